@@ -1,0 +1,805 @@
+//! Configuration: built-in defaults ← TOML file ← `ASTBAN_SECTION__KEY`
+//! environment, validated into typed settings.
+//!
+//! Every struct denies unknown keys and every error names where the bad
+//! value came from (file or environment variable), the key, and what is
+//! allowed, because a daemon that guesses at a typo is a daemon that
+//! silently does not protect anything.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::failure::FailureKind;
+use crate::logwatch::filter::RuleDef;
+
+/// Where `astban` looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/astban/astban.toml";
+
+/// Prefix of environment overrides: `ASTBAN_JAIL__MAXRETRY=3`.
+pub const ENV_PREFIX: &str = "ASTBAN_";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The Asterisk Manager Interface input.
+    pub ami: AmiConfig,
+    /// Which inputs count.
+    pub input: InputConfig,
+    /// The `messages` log input.
+    pub log: LogConfig,
+    /// Ban policy.
+    pub jail: JailConfig,
+    /// Where bans are enforced.
+    pub firewall: FirewallConfig,
+    /// Mail notifications.
+    pub mail: MailConfig,
+    /// The control socket used by `astban status|bans|ban|unban`.
+    pub control: ControlConfig,
+    /// Persistent state (bans, offender history, log cursor).
+    pub state: StateConfig,
+}
+
+/// `[ami]`: how to reach and log in to the Manager Interface.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmiConfig {
+    /// Host name or address of Asterisk's AMI listener.
+    pub host: String,
+    /// AMI TCP port (manager.conf `port`).
+    pub port: u16,
+    /// The manager.conf section astban logs in as.
+    pub username: String,
+    /// The section's `secret`. Prefer `secret_file`.
+    pub secret: Secret,
+    /// A file whose first line is the secret; wins over `secret`.
+    pub secret_file: Option<PathBuf>,
+    /// `md5` (challenge/response, the secret never crosses the wire) or
+    /// `plain`.
+    pub auth: AmiAuth,
+    /// How often to send `Action: Ping`.
+    #[serde(with = "duration")]
+    pub ping_interval: Duration,
+    /// How long to wait for the Pong before declaring the link dead.
+    #[serde(with = "duration")]
+    pub ping_timeout: Duration,
+    /// TCP connect and login timeout.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubles up to `reconnect_max`, with jitter.
+    #[serde(with = "duration")]
+    pub reconnect_min: Duration,
+    /// Longest reconnect delay.
+    #[serde(with = "duration")]
+    pub reconnect_max: Duration,
+    /// Largest AMI message accepted, in bytes; a larger one drops the
+    /// connection instead of growing the buffer.
+    pub max_message_size: usize,
+    /// Security events that count as failures.
+    pub events: Vec<FailureKind>,
+}
+
+impl Default for AmiConfig {
+    fn default() -> Self {
+        AmiConfig {
+            host: "127.0.0.1".into(),
+            port: 5038,
+            username: "astban".into(),
+            secret: Secret::default(),
+            secret_file: None,
+            auth: AmiAuth::Md5,
+            ping_interval: Duration::from_secs(20),
+            ping_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(60),
+            max_message_size: 64 * 1024,
+            events: FailureKind::ALL
+                .into_iter()
+                .filter(|k| k.event_name().is_some())
+                .collect(),
+        }
+    }
+}
+
+/// AMI login method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmiAuth {
+    /// `Action: Challenge` then `Key: md5(challenge + secret)`.
+    Md5,
+    /// `Secret:` in clear text.
+    Plain,
+}
+
+/// `[input]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputConfig {
+    /// Which inputs count failures.
+    pub mode: InputMode,
+}
+
+/// Which inputs count failures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputMode {
+    /// AMI while its session is up, the log while it is down.
+    #[default]
+    Auto,
+    /// AMI only.
+    Ami,
+    /// The log only (PBXs without AMI security events).
+    Log,
+}
+
+impl InputMode {
+    /// Whether the AMI input runs in this mode.
+    pub fn uses_ami(self) -> bool {
+        matches!(self, InputMode::Auto | InputMode::Ami)
+    }
+
+    /// Whether the log input runs in this mode.
+    pub fn uses_log(self) -> bool {
+        matches!(self, InputMode::Auto | InputMode::Log)
+    }
+}
+
+/// `[log]`: the `messages` log and its rules.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// The log file to follow.
+    pub path: PathBuf,
+    /// A built-in rule set (`asterisk`, `book`) or the path of a rules
+    /// TOML file.
+    pub rules: String,
+    /// Rules added to the set.
+    #[serde(rename = "rule")]
+    pub extra_rules: Vec<RuleDef>,
+    /// Lines matching any of these never count.
+    pub ignoreregex: Vec<String>,
+    /// Longest line read; longer ones are skipped (and counted as such).
+    pub max_line_length: usize,
+    /// How often to look at the file when inotify cannot be used.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    /// Where to start when there is no saved cursor.
+    pub start: StartAt,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            path: PathBuf::from("/var/log/asterisk/messages"),
+            rules: "asterisk".into(),
+            extra_rules: Vec::new(),
+            ignoreregex: Vec::new(),
+            max_line_length: 8 * 1024,
+            poll_interval: Duration::from_secs(1),
+            start: StartAt::End,
+        }
+    }
+}
+
+/// Where the log input starts reading when it has no saved cursor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// Only lines written from now on (the default for a daemon).
+    #[default]
+    End,
+    /// The whole file (demos, first runs that should judge history).
+    Beginning,
+}
+
+/// `[jail]`: when a host is banned and for how long.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JailConfig {
+    /// Failures within `findtime` that trigger a ban.
+    pub maxretry: u32,
+    /// The window failures are counted in.
+    #[serde(with = "duration")]
+    pub findtime: Duration,
+    /// Length of a first ban.
+    #[serde(with = "duration")]
+    pub bantime: Duration,
+    /// Each further ban of the same host lasts this many times the last.
+    pub bantime_factor: u32,
+    /// Escalated bans never exceed this.
+    #[serde(with = "duration")]
+    pub bantime_max: Duration,
+    /// How long a host's ban history is remembered for escalation.
+    #[serde(with = "duration")]
+    pub history: Duration,
+    /// Networks that are never banned (addresses or CIDRs).
+    #[serde(with = "net_list")]
+    pub ignoreip: Vec<IpNet>,
+    /// Also never ban the addresses of this host's own interfaces.
+    pub ignore_self: bool,
+    /// IPv6 sources are counted and banned per prefix of this length.
+    pub ipv6_prefix: u8,
+    /// Most hosts tracked at once; the stalest non-banned ones are
+    /// forgotten first.
+    pub max_tracked_hosts: usize,
+    /// A successful login clears the host's failure count.
+    pub reset_on_success: bool,
+}
+
+impl Default for JailConfig {
+    fn default() -> Self {
+        JailConfig {
+            maxretry: 5,
+            findtime: Duration::from_secs(10 * 60),
+            bantime: Duration::from_secs(3 * 24 * 3600),
+            bantime_factor: 2,
+            bantime_max: Duration::from_secs(5 * 7 * 24 * 3600),
+            history: Duration::from_secs(30 * 24 * 3600),
+            ignoreip: vec![
+                "127.0.0.0/8".parse().expect("literal"),
+                "::1/128".parse().expect("literal"),
+            ],
+            ignore_self: true,
+            ipv6_prefix: 64,
+            max_tracked_hosts: 200_000,
+            reset_on_success: true,
+        }
+    }
+}
+
+/// `[firewall]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FirewallConfig {
+    /// `nftables` enforces bans; `dry-run` only logs them.
+    pub backend: Backend,
+    /// The `inet` table astban owns.
+    pub table: String,
+    /// Ports to block for banned hosts (TCP and UDP); empty blocks all.
+    pub ports: Vec<u16>,
+    /// Priority of astban's input hook; below 0 runs before the usual
+    /// `filter` chains.
+    pub priority: i32,
+    /// The `nft` command; a prefix like `["ip", "netns", "exec", "pbx",
+    /// "nft"]` runs it elsewhere.
+    pub nft: Vec<String>,
+    /// Delay before a failed `nft` transaction is tried again.
+    #[serde(with = "duration")]
+    pub retry_interval: Duration,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            backend: Backend::Nftables,
+            table: "astban".into(),
+            ports: Vec::new(),
+            priority: -10,
+            nft: vec!["nft".into()],
+            retry_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Firewall backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Real bans in the kernel.
+    Nftables,
+    /// Logs what would be done; nothing is blocked.
+    DryRun,
+}
+
+/// `[mail]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MailConfig {
+    /// Send mail at all.
+    pub enabled: bool,
+    /// Recipient.
+    pub destemail: String,
+    /// From address.
+    pub sender: String,
+    /// `smtp` (a local MTA) or `sendmail` (the binary).
+    pub transport: MailTransport,
+    /// SMTP server.
+    pub smtp_host: String,
+    /// SMTP port.
+    pub smtp_port: u16,
+    /// Require STARTTLS (needs the `tls` cargo feature).
+    pub starttls: bool,
+    /// SMTP AUTH user, if the MTA wants one.
+    pub username: Option<String>,
+    /// SMTP AUTH password. Prefer `password_file`.
+    pub password: Secret,
+    /// A file whose first line is the SMTP password.
+    pub password_file: Option<PathBuf>,
+    /// The sendmail binary for `transport = "sendmail"`.
+    pub sendmail: PathBuf,
+    /// Mail on daemon start and stop.
+    pub on_start_stop: bool,
+    /// Bans are collected for this long and sent as one mail, so a flood
+    /// gives one digest instead of thousands of mails.
+    #[serde(with = "duration")]
+    pub digest_interval: Duration,
+    /// Most bans listed in one digest; the rest are only counted.
+    pub digest_max_bans: usize,
+    /// Attempts per mail before it is given up.
+    pub retries: u32,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            enabled: false,
+            destemail: "root@localhost".into(),
+            sender: "astban@localhost".into(),
+            transport: MailTransport::Smtp,
+            smtp_host: "localhost".into(),
+            smtp_port: 25,
+            starttls: false,
+            username: None,
+            password: Secret::default(),
+            password_file: None,
+            sendmail: PathBuf::from("/usr/sbin/sendmail"),
+            on_start_stop: true,
+            digest_interval: Duration::from_secs(60),
+            digest_max_bans: 200,
+            retries: 3,
+        }
+    }
+}
+
+/// How mail leaves the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransport {
+    /// SMTP to `smtp_host:smtp_port`.
+    Smtp,
+    /// The sendmail binary.
+    Sendmail,
+}
+
+/// `[control]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// The Unix socket path (created mode 0600).
+    pub socket: PathBuf,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: PathBuf::from("/run/astban/astban.sock"),
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory for bans, offender history and the log cursor.
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: PathBuf::from("/var/lib/astban"),
+        }
+    }
+}
+
+/// A secret that never shows up in `Debug`, logs or `check-config`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"********\"" })
+    }
+}
+
+impl Serialize for Secret {
+    /// Serialises masked: the only serialisation of a config is for humans.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "********" })
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment did not parse, or a value has the wrong type
+    /// or an unknown key; figment's message names the key and the source.
+    #[error("{0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// A value parsed but is not allowed.
+    #[error("{key}{origin}: {message}")]
+    Invalid {
+        /// The dotted key (`jail.maxretry`).
+        key: String,
+        /// " in FILE" or " from ENV", when known.
+        origin: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// A secret file could not be read.
+    #[error("{key}: cannot read {path}: {source}")]
+    SecretFile {
+        /// The key that named the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl Config {
+    /// Loads defaults ← `path` (if given; it must exist) ← environment.
+    ///
+    /// Without `path`, [`DEFAULT_CONFIG_PATH`] is used when it exists, so a
+    /// fresh install runs on defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(p) => {
+                if !p.exists() {
+                    return Err(ConfigError::Invalid {
+                        key: "--config".into(),
+                        origin: String::new(),
+                        message: format!(
+                            "{} does not exist (copy conf/astban.toml there, or leave --config out to run on defaults)",
+                            p.display()
+                        ),
+                    });
+                }
+                Some(p.to_path_buf())
+            }
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        };
+        let mut figment = Figment::new();
+        if let Some(file) = &file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        Config::from_figment(figment.merge(env_provider()))
+    }
+
+    /// Loads a config from TOML text (plus the environment), for the
+    /// built-in demo and for tests.
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(Figment::new().merge(Toml::string(toml)).merge(env_provider()))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        config.validate(&figment)?;
+        config.resolve_secret_files()?;
+        Ok(config)
+    }
+
+    fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| {
+            let origin = figment
+                .find_metadata(key)
+                .map(|m| match &m.source {
+                    Some(source) => format!(" in {source}"),
+                    None => format!(" from {}", m.name),
+                })
+                .unwrap_or_default();
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                origin,
+                message,
+            })
+        };
+        let j = &self.jail;
+        if j.maxretry == 0 {
+            return invalid("jail.maxretry", "must be at least 1".into());
+        }
+        if j.findtime.is_zero() {
+            return invalid("jail.findtime", "must be longer than 0s (e.g. \"10m\")".into());
+        }
+        if j.bantime.as_secs() == 0 {
+            return invalid("jail.bantime", "must be at least 1s (e.g. \"3d\")".into());
+        }
+        if j.bantime_factor == 0 {
+            return invalid("jail.bantime_factor", "must be at least 1 (1 = no escalation)".into());
+        }
+        if j.bantime_max < j.bantime {
+            return invalid("jail.bantime_max", "must not be shorter than jail.bantime".into());
+        }
+        if !(1..=128).contains(&j.ipv6_prefix) {
+            return invalid("jail.ipv6_prefix", "must be between 1 and 128 (default 64)".into());
+        }
+        if j.max_tracked_hosts == 0 {
+            return invalid("jail.max_tracked_hosts", "must be at least 1".into());
+        }
+        let fw = &self.firewall;
+        if fw.table.is_empty()
+            || fw.table.len() > 32
+            || !fw.table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return invalid(
+                "firewall.table",
+                format!("{:?} is not a valid nft table name (1-32 of A-Z a-z 0-9 _)", fw.table),
+            );
+        }
+        if fw.nft.is_empty() || fw.nft[0].is_empty() {
+            return invalid("firewall.nft", "must name the nft command, e.g. [\"nft\"]".into());
+        }
+        if fw.ports.contains(&0) {
+            return invalid("firewall.ports", "port 0 cannot be blocked; list 1-65535".into());
+        }
+        let ami = &self.ami;
+        if self.input.mode.uses_ami() {
+            if ami.username.is_empty() {
+                return invalid("ami.username", "must name the manager.conf user section".into());
+            }
+            if ami.ping_interval.is_zero() || ami.ping_timeout.is_zero() {
+                return invalid("ami.ping_interval", "ping_interval and ping_timeout must be longer than 0s".into());
+            }
+            if ami.reconnect_max < ami.reconnect_min {
+                return invalid("ami.reconnect_max", "must not be shorter than ami.reconnect_min".into());
+            }
+        }
+        if ami.max_message_size < 1024 {
+            return invalid("ami.max_message_size", "must be at least 1024 bytes".into());
+        }
+        if self.log.max_line_length < 256 {
+            return invalid("log.max_line_length", "must be at least 256 bytes".into());
+        }
+        for (i, re) in self.log.ignoreregex.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(re) {
+                return invalid(&format!("log.ignoreregex[{i}]"), format!("not a valid regex: {e}"));
+            }
+        }
+        let mail = &self.mail;
+        if mail.enabled {
+            if mail.destemail.parse::<lettre::message::Mailbox>().is_err() {
+                return invalid("mail.destemail", format!("{:?} is not a mail address", mail.destemail));
+            }
+            if mail.sender.parse::<lettre::message::Mailbox>().is_err() {
+                return invalid("mail.sender", format!("{:?} is not a mail address", mail.sender));
+            }
+            if mail.starttls && !cfg!(feature = "tls") {
+                return invalid(
+                    "mail.starttls",
+                    "this astban was built without TLS; rebuild with `--features tls` or set starttls = false".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.ami.secret_file {
+            self.ami.secret = read_secret_file("ami.secret_file", path)?;
+        }
+        if let Some(path) = &self.mail.password_file {
+            self.mail.password = read_secret_file("mail.password_file", path)?;
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets masked, for
+    /// `astban check-config`.
+    pub fn to_masked_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+}
+
+fn env_provider() -> Env {
+    // Only SECTION__KEY variables are config; ASTBAN_CONFIG and friends
+    // belong to the command line.
+    Env::prefixed(ENV_PREFIX)
+        .filter(|key| key.as_str().contains("__"))
+        .split("__")
+}
+
+fn read_secret_file(key: &'static str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        key,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Secret::new(text.lines().next().unwrap_or("").trim()))
+}
+
+/// Parses `"1.2.3.4"` as `1.2.3.4/32` and `"10.0.0.0/8"` as itself.
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR (e.g. 192.0.2.7, 10.0.0.0/8, 2001:db8::/32)"))
+}
+
+/// Parses `"90"`, `"10m"`, `"3d"`, `"1h 30m"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); use seconds or e.g. \"90s\", \"10m\", \"3d\""))
+}
+
+/// Formats a duration the way the config accepts it (`3days 2h`).
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+/// Serde for durations given as seconds or humantime strings.
+pub mod duration {
+    use super::*;
+
+    /// Accepts an integer number of seconds or a string like `"10m"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+        }
+    }
+
+    /// Writes the humantime form.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+}
+
+/// Serde for lists of addresses and CIDRs.
+mod net_list {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| parse_net(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
+
+    pub fn serialize<S: Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(nets.iter().map(|n| n.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(Figment::new().merge(Toml::string(toml)))
+    }
+
+    #[test]
+    fn defaults_are_the_books_jail() {
+        let c = load("").expect("defaults load");
+        assert_eq!(c.jail.maxretry, 5);
+        assert_eq!(c.jail.findtime, Duration::from_secs(600));
+        assert_eq!(c.jail.bantime, Duration::from_secs(3 * 86400));
+        assert_eq!(c.input.mode, InputMode::Auto);
+        assert_eq!(c.firewall.backend, Backend::Nftables);
+        assert_eq!(c.ami.auth, AmiAuth::Md5);
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_units() {
+        let c = load("[jail]\nfindtime = 90\nbantime = \"3d\"\nbantime_max = \"1w\"").expect("loads");
+        assert_eq!(c.jail.findtime, Duration::from_secs(90));
+        assert_eq!(c.jail.bantime, Duration::from_secs(3 * 86400));
+        let err = load("[jail]\nbantime = \"forever\"").expect_err("bad duration");
+        let msg = err.to_string();
+        assert!(msg.contains("bantime") && msg.contains("forever"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let msg = load("[jail]\nmaxretries = 3").expect_err("typo").to_string();
+        assert!(msg.contains("maxretries"), "{msg}");
+        let msg = load("[jails]\nmaxretry = 3").expect_err("typo").to_string();
+        assert!(msg.contains("jails"), "{msg}");
+    }
+
+    #[test]
+    fn invalid_values_name_key_and_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("astban.toml");
+        std::fs::write(&path, "[jail]\nmaxretry = 0\n").expect("write");
+        let msg = Config::from_figment(Figment::new().merge(Toml::file_exact(&path)))
+            .expect_err("maxretry 0")
+            .to_string();
+        assert!(msg.contains("jail.maxretry"), "{msg}");
+        assert!(msg.contains("astban.toml"), "{msg}");
+        assert!(msg.contains("at least 1"), "{msg}");
+    }
+
+    #[test]
+    fn ignoreip_takes_addresses_and_cidrs() {
+        let c = load("[jail]\nignoreip = [\"192.0.2.7\", \"10.1.2.3/8\", \"2001:db8::/32\"]").expect("loads");
+        let nets: Vec<String> = c.jail.ignoreip.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["192.0.2.7/32", "10.0.0.0/8", "2001:db8::/32"]);
+        let msg = load("[jail]\nignoreip = [\"not-an-ip\"]").expect_err("bad").to_string();
+        assert!(msg.contains("not-an-ip"), "{msg}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("astban.toml", "[jail]\nmaxretry = 3\n")?;
+            jail.set_env("ASTBAN_JAIL__MAXRETRY", "7");
+            jail.set_env("ASTBAN_FIREWALL__BACKEND", "dry-run");
+            jail.set_env("ASTBAN_CONFIG", "ignored: not a SECTION__KEY variable");
+            let c = Config::load(Some(Path::new("astban.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.jail.maxretry, 7);
+            assert_eq!(c.firewall.backend, Backend::DryRun);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_config_file_is_a_clear_error() {
+        let msg = Config::load(Some(Path::new("/nonexistent/astban.toml")))
+            .expect_err("missing")
+            .to_string();
+        assert!(msg.contains("/nonexistent/astban.toml") && msg.contains("does not exist"), "{msg}");
+    }
+
+    #[test]
+    fn secrets_are_masked_and_read_from_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cret-from-file\n").expect("write");
+        let toml = format!("[ami]\nsecret = \"inline-secret\"\nsecret_file = {:?}\n", path.display().to_string());
+        let c = load(&toml).expect("loads");
+        assert_eq!(c.ami.secret.expose(), "s3cret-from-file");
+        let shown = c.to_masked_toml().expect("renders");
+        assert!(!shown.contains("s3cret") && !shown.contains("inline-secret"), "{shown}");
+        assert!(shown.contains("secret = \"********\""), "{shown}");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn masked_toml_loads_back() {
+        let c = load("[jail]\nmaxretry = 4\nignoreip = [\"10.0.0.0/8\"]").expect("loads");
+        let again = load(&c.to_masked_toml().expect("renders")).expect("rendered config is valid TOML");
+        assert_eq!(again.jail.maxretry, 4);
+        assert_eq!(again.jail.ignoreip, c.jail.ignoreip);
+        assert_eq!(again.jail.bantime, c.jail.bantime);
+    }
+}

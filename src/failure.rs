@@ -1,0 +1,319 @@
+//! The one fact that flows through astban: "host H failed to authenticate".
+//!
+//! Both inputs (AMI and the log) produce [`Failure`]s and only the engine
+//! consumes them. Everything here is plain data: no parsing, no policy.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// Longest attacker-supplied text (account name, session id) kept per
+/// failure. Attackers choose these strings, so they are bounded to keep a
+/// flood of huge usernames from costing memory in the engine and in mail.
+pub const MAX_ATTACKER_TEXT: usize = 64;
+
+/// One authentication failure, as seen by one input.
+///
+/// Only `host` decides who is banned, and it always comes from a field that
+/// Asterisk itself writes (AMI's `RemoteAddress`, or an anchored `<HOST>`
+/// in a log rule). `account` and `session` are attacker-controlled and are
+/// kept for humans (logs, mail) only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The address the attempt came from.
+    pub host: IpAddr,
+    /// What went wrong.
+    pub kind: FailureKind,
+    /// Which Asterisk service was attacked.
+    pub service: Service,
+    /// The account the attacker tried, if Asterisk reported one.
+    pub account: Option<AttackerText>,
+    /// Asterisk's session id for the attempt (AMI `SessionID`), if any.
+    pub session: Option<AttackerText>,
+    /// When Asterisk saw the attempt (AMI `EventTV`, or the log timestamp).
+    pub time: Timestamp,
+    /// Which input reported it; only the input-mode fallback looks at this.
+    pub source: Source,
+}
+
+/// Which input produced a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The AMI security event stream.
+    Ami,
+    /// The `messages` log.
+    Log,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Ami => "ami",
+            Source::Log => "log",
+        })
+    }
+}
+
+/// What kind of failure an attempt was.
+///
+/// The variants follow Asterisk's `security_events.h` so that AMI events
+/// map one to one; log rules name one of these too. `ChallengeSent` and
+/// `SuccessfulAuth` are deliberately absent: they are normal traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// `FailedACL`: the address is not allowed by an ACL.
+    FailedAcl,
+    /// `InvalidAccountID`: no such account.
+    InvalidAccountId,
+    /// `SessionLimit`: too many sessions.
+    SessionLimit,
+    /// `MemoryLimit`: a memory limit was reached for the session.
+    MemoryLimit,
+    /// `LoadAverageLimit`: refused because of load.
+    LoadAverageLimit,
+    /// `RequestNotSupported`.
+    RequestNotSupported,
+    /// `RequestNotAllowed`.
+    RequestNotAllowed,
+    /// `AuthMethodNotAllowed`.
+    AuthMethodNotAllowed,
+    /// `RequestBadFormat`.
+    RequestBadFormat,
+    /// `UnexpectedAddress`: a known session from an unexpected address.
+    UnexpectedAddress,
+    /// `ChallengeResponseFailed`: a wrong answer to an auth challenge.
+    ChallengeResponseFailed,
+    /// `InvalidPassword`: wrong password (chan_sip also reports unknown
+    /// users this way when `alwaysauthreject = yes`).
+    InvalidPassword,
+    /// `InvalidTransport`.
+    InvalidTransport,
+    /// A call to an extension that does not exist (log only: dial-plan
+    /// scanning, "rejected because extension not found").
+    ExtensionNotFound,
+    /// Asterisk flagged the request as hostile (log only: "hacking attempt
+    /// detected", "Rejecting unknown SIP connection").
+    Suspicious,
+}
+
+impl FailureKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [FailureKind; 15] = [
+        FailureKind::FailedAcl,
+        FailureKind::InvalidAccountId,
+        FailureKind::SessionLimit,
+        FailureKind::MemoryLimit,
+        FailureKind::LoadAverageLimit,
+        FailureKind::RequestNotSupported,
+        FailureKind::RequestNotAllowed,
+        FailureKind::AuthMethodNotAllowed,
+        FailureKind::RequestBadFormat,
+        FailureKind::UnexpectedAddress,
+        FailureKind::ChallengeResponseFailed,
+        FailureKind::InvalidPassword,
+        FailureKind::InvalidTransport,
+        FailureKind::ExtensionNotFound,
+        FailureKind::Suspicious,
+    ];
+
+    /// The name astban uses in config, rules and JSON (`invalid_password`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::FailedAcl => "failed_acl",
+            FailureKind::InvalidAccountId => "invalid_account_id",
+            FailureKind::SessionLimit => "session_limit",
+            FailureKind::MemoryLimit => "memory_limit",
+            FailureKind::LoadAverageLimit => "load_average_limit",
+            FailureKind::RequestNotSupported => "request_not_supported",
+            FailureKind::RequestNotAllowed => "request_not_allowed",
+            FailureKind::AuthMethodNotAllowed => "auth_method_not_allowed",
+            FailureKind::RequestBadFormat => "request_bad_format",
+            FailureKind::UnexpectedAddress => "unexpected_address",
+            FailureKind::ChallengeResponseFailed => "challenge_response_failed",
+            FailureKind::InvalidPassword => "invalid_password",
+            FailureKind::InvalidTransport => "invalid_transport",
+            FailureKind::ExtensionNotFound => "extension_not_found",
+            FailureKind::Suspicious => "suspicious",
+        }
+    }
+
+    /// The AMI / res_security_log event name (`InvalidPassword`), for the
+    /// kinds Asterisk reports as security events.
+    pub fn event_name(self) -> Option<&'static str> {
+        Some(match self {
+            FailureKind::FailedAcl => "FailedACL",
+            FailureKind::InvalidAccountId => "InvalidAccountID",
+            FailureKind::SessionLimit => "SessionLimit",
+            FailureKind::MemoryLimit => "MemoryLimit",
+            FailureKind::LoadAverageLimit => "LoadAverageLimit",
+            FailureKind::RequestNotSupported => "RequestNotSupported",
+            FailureKind::RequestNotAllowed => "RequestNotAllowed",
+            FailureKind::AuthMethodNotAllowed => "AuthMethodNotAllowed",
+            FailureKind::RequestBadFormat => "RequestBadFormat",
+            FailureKind::UnexpectedAddress => "UnexpectedAddress",
+            FailureKind::ChallengeResponseFailed => "ChallengeResponseFailed",
+            FailureKind::InvalidPassword => "InvalidPassword",
+            FailureKind::InvalidTransport => "InvalidTransport",
+            FailureKind::ExtensionNotFound | FailureKind::Suspicious => return None,
+        })
+    }
+
+    /// The kind for a security event name, or `None` for events that are
+    /// not failures (`ChallengeSent`, `SuccessfulAuth`) or unknown ones.
+    pub fn from_event_name(name: &str) -> Option<FailureKind> {
+        FailureKind::ALL
+            .into_iter()
+            .find(|k| k.event_name() == Some(name))
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is neither a kind's snake_case name nor its event name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown failure kind {0:?} (expected e.g. invalid_password or InvalidPassword)")]
+pub struct UnknownKind(pub String);
+
+impl FromStr for FailureKind {
+    type Err = UnknownKind;
+
+    /// Accepts both `invalid_password` and `InvalidPassword`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FailureKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .or_else(|| FailureKind::from_event_name(s))
+            .ok_or_else(|| UnknownKind(s.to_owned()))
+    }
+}
+
+/// The Asterisk service an attempt targeted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    /// chan_sip.
+    Sip,
+    /// res_pjsip.
+    Pjsip,
+    /// chan_iax2.
+    Iax2,
+    /// The Manager Interface.
+    Ami,
+    /// Anything else Asterisk names in `Service:`.
+    Other,
+}
+
+impl Service {
+    /// Maps AMI's `Service:` value; unknown services are kept as `Other`
+    /// rather than rejected, since the failure still counts.
+    pub fn from_ami(name: &str) -> Service {
+        match name {
+            "SIP" => Service::Sip,
+            "PJSIP" => Service::Pjsip,
+            "IAX2" => Service::Iax2,
+            "AMI" => Service::Ami,
+            _ => Service::Other,
+        }
+    }
+
+    /// The lowercase name used in logs and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Sip => "sip",
+            Service::Pjsip => "pjsip",
+            Service::Iax2 => "iax2",
+            Service::Ami => "ami",
+            Service::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Text chosen by an attacker (an account name, a session id), made safe to
+/// store and print: at most [`MAX_ATTACKER_TEXT`] bytes, control characters
+/// replaced, so it can neither blow up memory nor forge log lines.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AttackerText(Box<str>);
+
+impl AttackerText {
+    /// Sanitises `raw`: control characters become `?`, and the result is
+    /// cut at a character boundary so it fits [`MAX_ATTACKER_TEXT`] bytes.
+    pub fn new(raw: &str) -> AttackerText {
+        let mut out = String::with_capacity(raw.len().min(MAX_ATTACKER_TEXT));
+        for c in raw.chars() {
+            let c = if c.is_control() { '?' } else { c };
+            if out.len() + c.len_utf8() > MAX_ATTACKER_TEXT {
+                break;
+            }
+            out.push(c);
+        }
+        AttackerText(out.into_boxed_str())
+    }
+
+    /// The sanitised text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AttackerText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for AttackerText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_through_both_names() {
+        for kind in FailureKind::ALL {
+            assert_eq!(kind.as_str().parse::<FailureKind>(), Ok(kind));
+            if let Some(event) = kind.event_name() {
+                assert_eq!(FailureKind::from_event_name(event), Some(kind));
+                assert_eq!(event.parse::<FailureKind>(), Ok(kind));
+            }
+        }
+    }
+
+    #[test]
+    fn normal_traffic_is_not_a_failure() {
+        assert_eq!(FailureKind::from_event_name("ChallengeSent"), None);
+        assert_eq!(FailureKind::from_event_name("SuccessfulAuth"), None);
+        assert!("nonsense".parse::<FailureKind>().is_err());
+    }
+
+    #[test]
+    fn attacker_text_is_bounded_and_cannot_forge_lines() {
+        let t = AttackerText::new("evil\n[2026-11-24 13:04:07] NOTICE fake");
+        assert!(!t.as_str().contains('\n'));
+        assert!(t.as_str().starts_with("evil?[2026"));
+
+        let long = "é".repeat(100);
+        let t = AttackerText::new(&long);
+        assert!(t.as_str().len() <= MAX_ATTACKER_TEXT);
+        assert_eq!(t.as_str().chars().count(), MAX_ATTACKER_TEXT / 2);
+    }
+}

@@ -1,0 +1,3 @@
+//! The `astban` command line. Business logic lives in the library.
+
+fn main() {}
