@@ -39,6 +39,56 @@ pub struct Failure {
     pub source: Source,
 }
 
+/// What an input tells the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// A failed attempt.
+    Failure(Failure),
+    /// A successful login: the host knows a password, so with
+    /// `reset_on_success` its failure count starts over (an office behind
+    /// one NAT address with one misconfigured phone is not an attacker).
+    Success(Success),
+}
+
+/// A successful authentication (AMI `SuccessfulAuth`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Success {
+    /// The address that logged in.
+    pub host: IpAddr,
+    /// Which service it logged in to.
+    pub service: Service,
+    /// When Asterisk saw it.
+    pub time: Timestamp,
+    /// Which input reported it.
+    pub source: Source,
+}
+
+impl Report {
+    /// The address the report is about.
+    pub fn host(&self) -> IpAddr {
+        match self {
+            Report::Failure(f) => f.host,
+            Report::Success(s) => s.host,
+        }
+    }
+
+    /// Which input produced the report.
+    pub fn source(&self) -> Source {
+        match self {
+            Report::Failure(f) => f.source,
+            Report::Success(s) => s.source,
+        }
+    }
+
+    /// When Asterisk saw it.
+    pub fn time(&self) -> Timestamp {
+        match self {
+            Report::Failure(f) => f.time,
+            Report::Success(s) => s.time,
+        }
+    }
+}
+
 /// Which input produced a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -16,3 +16,4 @@ pub mod firewall;
 pub mod input;
 pub mod logwatch;
 pub mod notify;
+pub mod persist;
