@@ -1,1 +1,343 @@
-//! Input modes.
+//! Which failures count: the input-mode rule between the inputs and the
+//! engine.
+//!
+//! In `auto` mode AMI is authoritative while its session is up; while it is
+//! down, failures from the log count instead. The decision is made on the
+//! time Asterisk saw the attempt, not on when astban read it, so a log line
+//! read late still counts exactly when AMI was blind at that moment. Log
+//! timestamps have one-second resolution, so a second in which AMI went
+//! down or came back may hold attempts that both inputs report: there,
+//! reports are matched by host and second and the second report of a pair
+//! is dropped. An attempt is never counted twice; in the worst case an
+//! attempt in a switch-over second counts once although it happened twice.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::IpAddr;
+
+use jiff::Timestamp;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::ami::client::Health;
+use crate::config::InputMode;
+use crate::failure::{Report, Source};
+
+/// Down intervals remembered: enough for a flapping link, small enough to
+/// scan per report.
+const MAX_INTERVALS: usize = 32;
+/// Recent (host, second) records kept per input for switch-over matching.
+const MAX_RECENT: usize = 4096;
+
+/// The pure decision: does this report count?
+#[derive(Debug)]
+pub struct Gate {
+    mode: InputMode,
+    /// Closed periods when AMI was not delivering events, oldest first, as
+    /// half-open `[start, end)` in milliseconds since the epoch.
+    down: VecDeque<(i64, i64)>,
+    /// Start of the current down period; `Some(i64::MIN)` until AMI first
+    /// comes up (before that nothing watched).
+    down_since: Option<i64>,
+    /// AMI failures recently counted, for matching log lines of the same
+    /// second.
+    ami_recent: Recent,
+    /// Log failures counted in switch-over seconds, for matching AMI
+    /// failures of the same second.
+    log_recent: Recent,
+}
+
+/// A bounded multiset of (host, second).
+#[derive(Debug, Default)]
+struct Recent(VecDeque<(IpAddr, i64)>);
+
+impl Recent {
+    fn push(&mut self, host: IpAddr, second: i64) {
+        if self.0.len() == MAX_RECENT {
+            self.0.pop_front();
+        }
+        self.0.push_back((host, second));
+    }
+
+    /// Removes one matching record; true if there was one.
+    fn take(&mut self, host: IpAddr, second: i64) -> bool {
+        match self.0.iter().position(|&r| r == (host, second)) {
+            Some(i) => {
+                self.0.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Gate {
+    /// A gate for `mode`; AMI counts as down until the first `Up`.
+    pub fn new(mode: InputMode) -> Gate {
+        Gate {
+            mode,
+            down: VecDeque::new(),
+            down_since: Some(i64::MIN),
+            ami_recent: Recent::default(),
+            log_recent: Recent::default(),
+        }
+    }
+
+    /// Records a change of the AMI session's health.
+    pub fn set_health(&mut self, health: &Health) {
+        match health {
+            Health::Up { since } => {
+                if let Some(start) = self.down_since.take() {
+                    if self.down.len() == MAX_INTERVALS {
+                        self.down.pop_front();
+                    }
+                    self.down.push_back((start, since.as_millisecond()));
+                }
+            }
+            Health::Down { since, .. } => {
+                if self.down_since.is_none() {
+                    self.down_since = Some(since.as_millisecond());
+                }
+            }
+            Health::Connecting => {}
+        }
+    }
+
+    /// Whether AMI was blind at some moment of the second starting at
+    /// `second_ms`.
+    fn down_during(&self, second_ms: i64) -> bool {
+        let end = second_ms + 1000;
+        self.down_since.is_some_and(|s| s < end)
+            || self.down.iter().any(|&(s, e)| s < end && e > second_ms)
+    }
+
+    /// Whether AMI changed state within the second starting at `second_ms`.
+    fn switch_in(&self, second_ms: i64) -> bool {
+        let within = |t: i64| t >= second_ms && t < second_ms + 1000;
+        self.down_since.is_some_and(within) || self.down.iter().any(|&(s, e)| within(s) || within(e))
+    }
+
+    /// Decides whether `report` counts, and remembers what is needed to
+    /// keep the other input from counting the same attempt.
+    pub fn admit(&mut self, report: &Report) -> bool {
+        let source = report.source();
+        match (self.mode, source) {
+            (InputMode::Log, Source::Log) | (InputMode::Ami, Source::Ami) => return true,
+            (InputMode::Log, Source::Ami) | (InputMode::Ami, Source::Log) => return false,
+            (InputMode::Auto, _) => {}
+        }
+        // A success only resets a count; it cannot double anything.
+        let Report::Failure(failure) = report else {
+            return source == Source::Ami || self.down_during(second_of(report.time()));
+        };
+        let second = second_of(failure.time);
+        match source {
+            Source::Ami => {
+                if self.switch_in(second) && self.log_recent.take(failure.host, second) {
+                    return false;
+                }
+                self.ami_recent.push(failure.host, second);
+                true
+            }
+            Source::Log => {
+                if !self.down_during(second) {
+                    return false;
+                }
+                if self.switch_in(second) {
+                    if self.ami_recent.take(failure.host, second) {
+                        return false;
+                    }
+                    self.log_recent.push(failure.host, second);
+                }
+                true
+            }
+        }
+    }
+}
+
+/// The start of the second holding `t`, in milliseconds.
+fn second_of(t: Timestamp) -> i64 {
+    t.as_second() * 1000
+}
+
+/// Where admitted reports go: the engine in the daemon, a channel in tests.
+pub trait ReportSink {
+    /// Delivers one report; an error means the receiver is gone.
+    fn deliver(&self, report: Report) -> impl Future<Output = Result<(), ()>> + Send;
+}
+
+impl ReportSink for mpsc::Sender<Report> {
+    fn deliver(&self, report: Report) -> impl Future<Output = Result<(), ()>> + Send {
+        async move { self.send(report).await.map_err(|_| ()) }
+    }
+}
+
+/// Forwards the reports of both inputs that count under `mode` to `sink`,
+/// until shutdown or until the sink is gone.
+///
+/// Health changes are applied before any report that follows them, so a
+/// report is always judged against the AMI state of its own time.
+pub async fn run<S: ReportSink>(
+    mode: InputMode,
+    mut health: watch::Receiver<Health>,
+    mut ami: mpsc::Receiver<Report>,
+    mut log: mpsc::Receiver<Report>,
+    sink: S,
+    shutdown: CancellationToken,
+) {
+    let mut gate = Gate::new(mode);
+    gate.set_health(&health.borrow_and_update());
+    let (mut ami_open, mut log_open, mut health_open) = (true, true, true);
+    loop {
+        let report = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            changed = health.changed(), if health_open => {
+                match changed {
+                    Ok(()) => gate.set_health(&health.borrow_and_update()),
+                    Err(_) => health_open = false,
+                }
+                continue;
+            }
+            r = ami.recv(), if ami_open => match r {
+                Some(r) => r,
+                None => { ami_open = false; continue; }
+            },
+            r = log.recv(), if log_open => match r {
+                Some(r) => r,
+                None => { log_open = false; continue; }
+            },
+            else => return,
+        };
+        if gate.admit(&report) {
+            if sink.deliver(report).await.is_err() {
+                return;
+            }
+        } else {
+            tracing::trace!(host = %report.host(), source = %report.source(), "not counted: the other input covers this moment");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::{Failure, FailureKind, Service};
+
+    fn ts(ms: i64) -> Timestamp {
+        Timestamp::from_millisecond(1_795_536_000_000 + ms).expect("valid")
+    }
+
+    fn failure(source: Source, host: &str, ms: i64) -> Report {
+        Report::Failure(Failure {
+            host: host.parse().expect("ip"),
+            kind: FailureKind::InvalidPassword,
+            service: Service::Sip,
+            account: None,
+            session: None,
+            // Log lines only carry whole seconds.
+            time: if source == Source::Log { ts(ms - ms.rem_euclid(1000)) } else { ts(ms) },
+            source,
+        })
+    }
+
+    fn up(ms: i64) -> Health {
+        Health::Up { since: ts(ms) }
+    }
+
+    fn down(ms: i64) -> Health {
+        Health::Down {
+            since: ts(ms),
+            reason: "test".into(),
+        }
+    }
+
+    #[test]
+    fn single_input_modes_count_only_their_input() {
+        let mut g = Gate::new(InputMode::Log);
+        assert!(g.admit(&failure(Source::Log, "192.0.2.1", 0)));
+        assert!(!g.admit(&failure(Source::Ami, "192.0.2.1", 0)));
+        let mut g = Gate::new(InputMode::Ami);
+        g.set_health(&down(0));
+        assert!(g.admit(&failure(Source::Ami, "192.0.2.1", 10)));
+        assert!(!g.admit(&failure(Source::Log, "192.0.2.1", 10)));
+    }
+
+    #[test]
+    fn auto_counts_the_log_until_ami_first_comes_up() {
+        let mut g = Gate::new(InputMode::Auto);
+        g.set_health(&Health::Connecting);
+        assert!(g.admit(&failure(Source::Log, "192.0.2.1", 0)));
+        g.set_health(&up(5_000));
+        assert!(!g.admit(&failure(Source::Log, "192.0.2.1", 10_000)));
+        assert!(g.admit(&failure(Source::Ami, "192.0.2.1", 10_000)));
+        // A line from before AMI came up, read late, still counts.
+        assert!(g.admit(&failure(Source::Log, "192.0.2.1", 3_000)));
+    }
+
+    #[test]
+    fn auto_switches_to_the_log_from_the_moment_ami_went_silent() {
+        let mut g = Gate::new(InputMode::Auto);
+        g.set_health(&up(0));
+        // AMI died silently at 20.5 s (last frame); the Ping timeout
+        // notices later, but the log covers from 20.5 s on.
+        g.set_health(&down(20_500));
+        assert!(!g.admit(&failure(Source::Log, "192.0.2.1", 19_000)));
+        assert!(g.admit(&failure(Source::Log, "192.0.2.1", 21_000)));
+        g.set_health(&up(40_200));
+        assert!(g.admit(&failure(Source::Log, "192.0.2.1", 30_000)), "inside the down interval");
+        assert!(!g.admit(&failure(Source::Log, "192.0.2.1", 41_000)), "AMI is back");
+    }
+
+    #[test]
+    fn an_attempt_in_the_switch_second_is_counted_once() {
+        let mut g = Gate::new(InputMode::Auto);
+        g.set_health(&up(0));
+        // Attempt at 10.2 s seen by AMI, which then dies at 10.6 s.
+        assert!(g.admit(&failure(Source::Ami, "192.0.2.1", 10_200)));
+        g.set_health(&down(10_600));
+        // The log line of that attempt (second 10) arrives: already counted.
+        assert!(!g.admit(&failure(Source::Log, "192.0.2.1", 10_200)));
+        // A second attempt in the same second, only in the log: counts.
+        assert!(g.admit(&failure(Source::Log, "192.0.2.1", 10_800)));
+        // Another host in that second is unaffected.
+        assert!(g.admit(&failure(Source::Log, "192.0.2.9", 10_900)));
+    }
+
+    #[test]
+    fn the_switch_back_second_is_not_counted_twice() {
+        let mut g = Gate::new(InputMode::Auto);
+        g.set_health(&up(0));
+        g.set_health(&down(5_000));
+        g.set_health(&up(30_400));
+        // The log line read first, then AMI reports the same attempt.
+        assert!(g.admit(&failure(Source::Log, "192.0.2.1", 30_500)));
+        assert!(!g.admit(&failure(Source::Ami, "192.0.2.1", 30_500)));
+        // Later AMI failures count normally.
+        assert!(g.admit(&failure(Source::Ami, "192.0.2.1", 31_000)));
+    }
+
+    #[tokio::test]
+    async fn run_forwards_what_counts() {
+        let (health_tx, health_rx) = watch::channel(Health::Connecting);
+        let (ami_tx, ami_rx) = mpsc::channel(8);
+        let (log_tx, log_rx) = mpsc::channel(8);
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(InputMode::Auto, health_rx, ami_rx, log_rx, out_tx, shutdown.clone()));
+
+        log_tx.send(failure(Source::Log, "192.0.2.1", 1_000)).await.expect("send");
+        assert_eq!(out_rx.recv().await.map(|r| r.host()), Some("192.0.2.1".parse().expect("ip")));
+
+        health_tx.send(up(2_000)).expect("health");
+        // Health is applied before later reports: this line is dropped and
+        // the AMI failure after it is forwarded.
+        log_tx.send(failure(Source::Log, "192.0.2.2", 3_000)).await.expect("send");
+        tokio::task::yield_now().await;
+        ami_tx.send(failure(Source::Ami, "192.0.2.3", 3_000)).await.expect("send");
+        assert_eq!(out_rx.recv().await.map(|r| r.host()), Some("192.0.2.3".parse().expect("ip")));
+
+        shutdown.cancel();
+        task.await.expect("gate task");
+    }
+}
