@@ -1,1 +1,547 @@
-//! The daemon.
+//! `astban run`: wires the inputs, the engine, the firewall, mail and the
+//! control socket into one service, and owns its lifecycle (start, SIGHUP
+//! reload, SIGTERM/SIGINT shutdown, systemd readiness).
+
+use std::fmt::Write as _;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::ami::client::Health;
+use crate::config::{Config, InputMode, parse_duration, parse_net};
+use crate::control::{self, Handler, Request, Response};
+use crate::demo::Demo;
+use crate::engine::{self, EngineEvent, EngineHandle};
+use crate::failure::Report;
+use crate::firewall::AnyFirewall;
+use crate::input::{self, ReportSink};
+use crate::logwatch::{self, filter::RuleSet};
+use crate::notify::{self, BanNotice, Mailer, Notice};
+
+/// Reports buffered between an input and the gate. Enough to absorb a
+/// burst; when full, the input waits (AMI's TCP window or the log file
+/// holds the rest), so memory stays bounded.
+const REPORT_QUEUE: usize = 4096;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state directory could not be created.
+    #[error("cannot create state directory {path}: {source} (set [state] dir, or run as root)")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The engine could not start.
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    /// The log rules did not compile.
+    #[error(transparent)]
+    Rules(#[from] logwatch::filter::FilterError),
+    /// The control socket could not be served.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    /// Mail is enabled but cannot be set up.
+    #[error(transparent)]
+    Mail(#[from] notify::NotifyError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. `config_path` is re-read on
+/// SIGHUP; `demo` keeps the demo's files alive and replays its log.
+pub async fn run(config: Config, config_path: Option<PathBuf>, demo: Option<Demo>) -> Result<(), DaemonError> {
+    let shutdown = CancellationToken::new();
+    let mut signals = Signals::install().map_err(DaemonError::Signals)?;
+    create_private_dir(&config.state.dir)?;
+
+    let engine_stop = CancellationToken::new();
+    let firewall = AnyFirewall::from_config(&config.firewall);
+    let (engine, engine_task) = engine::spawn(&config.jail, &config.state.dir, firewall, engine_stop.clone())?;
+
+    let mode = config.input.mode;
+    let (health_tx, health_rx) = watch::channel(Health::Connecting);
+    let (ami_tx, ami_rx) = mpsc::channel(REPORT_QUEUE);
+    let (log_tx, log_rx) = mpsc::channel(REPORT_QUEUE);
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+
+    if mode.uses_ami() {
+        tasks.push(tokio::spawn(crate::ami::client::run(
+            config.ami.clone(),
+            ami_tx,
+            health_tx,
+            shutdown.clone(),
+        )));
+    } else {
+        drop((ami_tx, health_tx));
+    }
+
+    let rules_tx = if mode.uses_log() {
+        let rules = RuleSet::from_config(&config.log)?;
+        let (rules_tx, rules_rx) = watch::channel(Arc::new(rules));
+        let (log_cfg, state_dir, stop) = (config.log.clone(), config.state.dir.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = logwatch::run(log_cfg, rules_rx, state_dir, log_tx, stop).await {
+                tracing::error!(error = %e, "the log input stopped");
+            }
+        }));
+        Some(rules_tx)
+    } else {
+        drop(log_tx);
+        None
+    };
+
+    tasks.push(tokio::spawn(input::run(
+        mode,
+        health_rx.clone(),
+        ami_rx,
+        log_rx,
+        engine.clone(),
+        shutdown.clone(),
+    )));
+
+    let server = control::Server::bind(&config.control.socket).await?;
+    let control = Arc::new(Control {
+        engine: engine.clone(),
+        health: health_rx,
+        mode,
+        started: Timestamp::now(),
+        config: watch::channel(Arc::new(config.clone())).0,
+    });
+    tasks.push(tokio::spawn(server.serve(Arc::clone(&control), shutdown.clone())));
+
+    let mail = if config.mail.enabled {
+        let (mailer, task) = notify::spawn(&config.mail, system_name())?;
+        if config.mail.on_start_stop {
+            mailer.notify(Notice::Started(describe(&config)));
+        }
+        tasks.push(tokio::spawn(forward_bans(engine.subscribe(), mailer.clone())));
+        Some((mailer, task))
+    } else {
+        None
+    };
+
+    if let Some(demo) = &demo {
+        tasks.push(tokio::spawn(demo.clone().replay(shutdown.clone())));
+    }
+
+    tracing::info!(
+        mode = ?mode,
+        firewall = ?config.firewall.backend,
+        socket = %config.control.socket.display(),
+        "astban running"
+    );
+    sd_notify("READY=1");
+
+    let mut config = config;
+    loop {
+        match signals.next().await {
+            Signal::Reload => {
+                sd_notify("RELOADING=1");
+                config = reload(config, config_path.as_deref(), rules_tx.as_ref(), &control);
+                sd_notify("READY=1");
+            }
+            Signal::Stop => break,
+        }
+    }
+
+    tracing::info!("stopping");
+    sd_notify("STOPPING=1");
+    shutdown.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let active_bans = engine.stats().await.map(|s| s.active_bans).unwrap_or(0);
+    engine_stop.cancel();
+    let _ = engine_task.await;
+    if let Some((mailer, task)) = mail {
+        if config.mail.on_start_stop {
+            mailer.notify(Notice::Stopped { active_bans });
+        }
+        drop(mailer);
+        notify::finish(task).await;
+    }
+    tracing::info!(active_bans, "stopped; bans stay enforced by the kernel until they expire");
+    Ok(())
+}
+
+/// Applies a reloaded config where that can be done live, and says what
+/// needs a restart. A broken config is refused and the old one kept.
+fn reload(
+    old: Config,
+    path: Option<&Path>,
+    rules_tx: Option<&watch::Sender<Arc<RuleSet>>>,
+    control: &Control,
+) -> Config {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; keeping the running config");
+            return old;
+        }
+    };
+    if let Some(tx) = rules_tx {
+        match RuleSet::from_config(&new.log) {
+            Ok(rules) => {
+                tx.send_replace(Arc::new(rules));
+                tracing::info!(rules = %new.log.rules, "log rules reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused: the log rules do not compile; keeping the running config");
+                return old;
+            }
+        }
+    }
+    let restart_needed = [
+        ("ami", toml_eq(&old.ami, &new.ami)),
+        ("input", toml_eq(&old.input, &new.input)),
+        ("jail", toml_eq(&old.jail, &new.jail)),
+        ("firewall", toml_eq(&old.firewall, &new.firewall)),
+        ("mail", toml_eq(&old.mail, &new.mail)),
+        ("control", toml_eq(&old.control, &new.control)),
+        ("state", toml_eq(&old.state, &new.state)),
+        ("log.path", old.log.path == new.log.path),
+    ];
+    for (section, same) in restart_needed {
+        if !same {
+            tracing::warn!(section, "changed on reload; restart astban to apply it");
+        }
+    }
+    control.config.send_replace(Arc::new(new.clone()));
+    new
+}
+
+fn toml_eq<T: Serialize>(a: &T, b: &T) -> bool {
+    toml::to_string(a).ok() == toml::to_string(b).ok()
+}
+
+/// What a mail says about a ban.
+fn ban_notice(ban: &engine::BanInfo) -> BanNotice {
+    BanNotice {
+        host: ban.net.to_string(),
+        failures: ban.failures,
+        accounts: ban.accounts.iter().map(|a| a.to_string()).collect(),
+        kinds: ban.kinds.iter().map(|k| k.to_string()).collect(),
+        duration: ban.duration(),
+        expires: ban.expires,
+        offense: ban.offense,
+        manual: ban.manual,
+    }
+}
+
+async fn forward_bans(mut events: tokio::sync::broadcast::Receiver<EngineEvent>, mailer: Mailer) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(EngineEvent::Banned(ban)) => {
+                mailer.notify(Notice::Banned(ban_notice(&ban)));
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "mail fell behind the ban events"),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+impl ReportSink for EngineHandle {
+    fn deliver(&self, report: Report) -> impl std::future::Future<Output = Result<(), ()>> + Send {
+        async move { self.report(report).await.map_err(drop) }
+    }
+}
+
+/// The control socket's view of the daemon.
+struct Control {
+    engine: EngineHandle,
+    health: watch::Receiver<Health>,
+    mode: InputMode,
+    started: Timestamp,
+    config: watch::Sender<Arc<Config>>,
+}
+
+/// What `astban status --json` prints.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// astban's version.
+    pub version: String,
+    /// When the daemon started.
+    pub started: Timestamp,
+    /// `auto`, `ami` or `log`.
+    pub input_mode: InputMode,
+    /// The AMI input.
+    pub ami: InputStatus,
+    /// The log input.
+    pub log: InputStatus,
+    /// The engine's and firewall's counters.
+    pub engine: Value,
+}
+
+/// One input's state.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InputStatus {
+    /// `up`, `down`, `connecting`, `following` or `off`.
+    pub state: String,
+    /// Whether its failures count right now.
+    pub counting: bool,
+    /// Since when, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
+    /// Details for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Control {
+    fn status(&self, engine: Value) -> Status {
+        let health = self.health.borrow().clone();
+        let config = self.config.borrow().clone();
+        let ami_up = matches!(health, Health::Up { .. });
+        let ami = if !self.mode.uses_ami() {
+            InputStatus {
+                state: "off".into(),
+                counting: false,
+                since: None,
+                detail: None,
+            }
+        } else {
+            let (state, since, detail) = match health {
+                Health::Connecting => ("connecting", None, None),
+                Health::Up { since } => ("up", Some(since), None),
+                Health::Down { since, reason } => ("down", Some(since), Some(reason)),
+            };
+            InputStatus {
+                state: state.into(),
+                counting: true,
+                since,
+                detail,
+            }
+        };
+        let log = InputStatus {
+            state: if self.mode.uses_log() { "following" } else { "off" }.into(),
+            counting: match self.mode {
+                InputMode::Log => true,
+                InputMode::Ami => false,
+                InputMode::Auto => !ami_up,
+            },
+            since: None,
+            detail: self.mode.uses_log().then(|| config.log.path.display().to_string()),
+        };
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            started: self.started,
+            input_mode: self.mode,
+            ami,
+            log,
+            engine,
+        }
+    }
+}
+
+impl Handler for Control {
+    async fn handle(&self, request: Request) -> Response {
+        let gone = |_| Response::error("the ban engine has stopped");
+        match request {
+            Request::Status => match self.engine.stats().await {
+                Ok(stats) => to_response(&self.status(serde_json::to_value(stats).unwrap_or(Value::Null))),
+                Err(e) => gone(e),
+            },
+            Request::Bans => match self.engine.bans().await {
+                Ok(bans) => to_response(&bans),
+                Err(e) => gone(e),
+            },
+            Request::Ban { host, duration, force } => {
+                let net = match parse_net(&host) {
+                    Ok(n) => n,
+                    Err(e) => return Response::error(e),
+                };
+                let duration = match duration.as_deref().map(parse_duration).transpose() {
+                    Ok(d) => d,
+                    Err(e) => return Response::error(e),
+                };
+                match self.engine.ban(net, duration, force).await {
+                    Ok(ban) => to_response(&ban),
+                    Err(e) => Response::error(e.to_string()),
+                }
+            }
+            Request::Unban { host } => {
+                let net: IpNet = match parse_net(&host) {
+                    Ok(n) => n,
+                    Err(e) => return Response::error(e),
+                };
+                match self.engine.unban(net).await {
+                    Ok(Some(ban)) => to_response(&ban),
+                    Ok(None) => Response::error(format!("{net} is not banned")),
+                    Err(e) => gone(e),
+                }
+            }
+        }
+    }
+}
+
+fn to_response<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_value(value) {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::error(format!("cannot encode the answer: {e}")),
+    }
+}
+
+/// `astban status` for humans.
+pub fn render_status(data: &Value) -> String {
+    let mut out = String::new();
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    let _ = writeln!(out, "astban {} running since {}", s(&data["version"]), s(&data["started"]));
+    let _ = writeln!(out, "input mode: {}", s(&data["input_mode"]));
+    for input in ["ami", "log"] {
+        let i = &data[input];
+        let mut line = format!("  {input:<4} {}", s(&i["state"]));
+        if let Some(since) = i["since"].as_str() {
+            let _ = write!(line, " since {since}");
+        }
+        if i["counting"].as_bool() == Some(true) {
+            line.push_str(", counting");
+        }
+        if let Some(detail) = i["detail"].as_str() {
+            let _ = write!(line, " ({detail})");
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    if let Some(engine) = data["engine"].as_object() {
+        let _ = writeln!(out, "engine:");
+        for (key, value) in engine {
+            let value = match value {
+                Value::String(s) => s.clone(),
+                Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            let _ = writeln!(out, "  {key}: {value}");
+        }
+    }
+    out
+}
+
+/// `astban bans` for humans: one ban per line.
+pub fn render_bans(data: &Value) -> String {
+    let bans = data.as_array().map(Vec::as_slice).unwrap_or_default();
+    if bans.is_empty() {
+        return "no active bans\n".into();
+    }
+    let mut out = format!("{:<40} {:<26} {:>8}  accounts\n", "host", "expires", "failures");
+    for ban in bans {
+        let _ = writeln!(out, "{}", render_ban_line(ban));
+    }
+    out
+}
+
+/// One ban as a line: host, expiry, failures, accounts tried.
+pub fn render_ban_line(ban: &Value) -> String {
+    let accounts: Vec<&str> = ban["accounts"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    format!(
+        "{:<40} {:<26} {:>8}  {}",
+        ban["host"].as_str().unwrap_or("?"),
+        ban["expires"].as_str().unwrap_or("?"),
+        ban["failures"].as_u64().unwrap_or(0),
+        accounts.join(", ")
+    )
+}
+
+/// A one-paragraph description of the setup, for the start mail.
+fn describe(config: &Config) -> String {
+    let j = &config.jail;
+    format!(
+        "input mode: {:?}\njail: {} failures within {} ban for {} (x{} for repeat offenders, at most {})\nfirewall: {:?}, table inet {}",
+        config.input.mode,
+        j.maxretry,
+        crate::config::format_duration(j.findtime),
+        crate::config::format_duration(j.bantime),
+        j.bantime_factor,
+        crate::config::format_duration(j.bantime_max),
+        config.firewall.backend,
+        config.firewall.table,
+    )
+}
+
+fn system_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| DaemonError::StateDir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// What a signal asks of the daemon.
+enum Signal {
+    Reload,
+    Stop,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}
+
+/// Tells systemd about readiness when run as a `Type=notify` service; a
+/// no-op otherwise.
+fn sd_notify(state: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let result = UnixDatagram::unbound().and_then(|socket| {
+        let bytes = path.as_encoded_bytes();
+        match bytes.strip_prefix(b"@") {
+            Some(abstract_name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)?;
+                socket.send_to_addr(state.as_bytes(), &addr)
+            }
+            None => socket.send_to(state.as_bytes(), &path),
+        }
+    });
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}

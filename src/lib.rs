@@ -10,6 +10,7 @@ pub mod ami;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod demo;
 pub mod engine;
 pub mod failure;
 pub mod firewall;

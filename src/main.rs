@@ -1,3 +1,226 @@
-//! The `astban` command line. Business logic lives in the library.
+//! The `astban` command line. It parses arguments, sets up logging and
+//! hands over to the library; what each command does lives there.
 
-fn main() {}
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+
+use astban::config::{Config, DEFAULT_CONFIG_PATH};
+use astban::control::{self, Request};
+use astban::logwatch::testlog::{self, TestLogArgs};
+use astban::{daemon, demo};
+
+/// Bans Asterisk brute-force and account-scanning attackers with nftables,
+/// from AMI security events and the messages log.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Plain lines (journald adds its own timestamps).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// Config file [default: /etc/astban/astban.toml if it exists, else
+    /// built-in defaults].
+    #[arg(long, short, env = "ASTBAN_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SocketArg {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Control socket [default: [control] socket of the config].
+    #[arg(long, env = "ASTBAN_SOCKET")]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (SIGTERM/SIGINT stop, SIGHUP
+    /// reloads).
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Run a self-contained demo: dry-run firewall, no Asterisk, no root;
+        /// replays a bundled attack log into a temporary directory.
+        #[arg(long, conflicts_with = "config")]
+        demo: bool,
+    },
+    /// Show what the log rules match in FILE, like fail2ban-regex.
+    TestLog(TestLogArgs),
+    /// Validate the config and print the effective settings (secrets
+    /// masked).
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show the daemon's inputs, counts and firewall state.
+    Status {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List active bans.
+    Bans {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print JSON: an array of objects with host, expires, failures, ...
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban an address or network now.
+    Ban {
+        /// Address or CIDR.
+        host: String,
+        /// Ban length, e.g. 1h or 3d [default: the jail's bantime].
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// Ban even an address covered by ignoreip.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Lift a ban.
+    Unban {
+        /// Address or CIDR.
+        host: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("astban: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Run { config, demo } => {
+            let runtime = runtime()?;
+            runtime.block_on(async {
+                if demo {
+                    let demo = demo::Demo::prepare().context("preparing the demo")?;
+                    demo.print_banner();
+                    daemon::run(demo.config(), None, Some(demo)).await?;
+                } else {
+                    let cfg = Config::load(config.config.as_deref())?;
+                    daemon::run(cfg, config.config, None).await?;
+                }
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::TestLog(args) => Ok(testlog::run(args)),
+        Command::CheckConfig { config } => {
+            let cfg = Config::load(config.config.as_deref())?;
+            let source = match &config.config {
+                Some(p) => p.display().to_string(),
+                None if Path::new(DEFAULT_CONFIG_PATH).exists() => DEFAULT_CONFIG_PATH.into(),
+                None => "built-in defaults".into(),
+            };
+            print!("# astban: config OK ({source}, plus ASTBAN_* environment)\n\n{}", cfg.to_masked_toml()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { socket, json } => {
+            let data = ask(&socket, Request::Status)?;
+            if json {
+                print_json(&data)?;
+            } else {
+                print!("{}", daemon::render_status(&data));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bans { socket, json } => {
+            let data = ask(&socket, Request::Bans)?;
+            if json {
+                print_json(&data)?;
+            } else {
+                print!("{}", daemon::render_bans(&data));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ban {
+            host,
+            duration,
+            force,
+            socket,
+        } => {
+            let data = ask(&socket, Request::Ban { host, duration, force })?;
+            println!("banned {}", daemon::render_ban_line(&data));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unban { host, socket } => {
+            ask(&socket, Request::Unban { host: host.clone() })?;
+            println!("unbanned {host}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// One request to the running daemon; its error becomes ours.
+fn ask(socket: &SocketArg, request: Request) -> Result<Value> {
+    let path = match &socket.socket {
+        Some(p) => p.clone(),
+        None => Config::load(socket.config.config.as_deref())?.control.socket,
+    };
+    let response = runtime()?.block_on(control::request(&path, &request))?;
+    match (response.ok, response.data, response.error) {
+        (true, data, _) => Ok(data.unwrap_or(Value::Null)),
+        (false, _, error) => bail!("{}", error.unwrap_or_else(|| "the daemon refused the request".into())),
+    }
+}
+
+fn print_json(value: &Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// astban is I/O bound and small; one thread keeps it lean and simple.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Under systemd, journald timestamps every line and shows no colours.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text if journald => builder.without_time().with_ansi(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
