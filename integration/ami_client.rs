@@ -80,7 +80,12 @@ impl Client {
         let waited = timeout(WAIT, self.health.wait_for(pred))
             .await
             .map(|seen| seen.expect("client alive").clone());
-        waited.unwrap_or_else(|_| panic!("health never became {what}; last: {:?}", *self.health.borrow()))
+        waited.unwrap_or_else(|_| {
+            panic!(
+                "health never became {what}; last: {:?}",
+                *self.health.borrow()
+            )
+        })
     }
 
     async fn up(&mut self) -> jiff::Timestamp {
@@ -163,9 +168,17 @@ async fn plain_login_delivers_the_captured_failures() {
     let reports = client.reports_through_sentinel(1).await;
     assert_eq!(
         failures_per_host(&reports),
-        expected(&[("127.0.0.2", 4), ("127.0.0.3", 1), ("127.0.0.4", 3), ("127.0.0.5", 1)])
+        expected(&[
+            ("127.0.0.2", 4),
+            ("127.0.0.3", 1),
+            ("127.0.0.4", 3),
+            ("127.0.0.5", 1)
+        ])
     );
-    let successes = reports.iter().filter(|r| matches!(r, Report::Success(_))).count();
+    let successes = reports
+        .iter()
+        .filter(|r| matches!(r, Report::Success(_)))
+        .count();
     assert_eq!(successes, 2);
 }
 
@@ -182,14 +195,23 @@ async fn md5_login_answers_the_captured_challenge() {
     assert_eq!(challenge.get("AuthType"), Some("MD5"));
     let login = fake.action(0, "Login").await;
     assert_eq!(login.get("AuthType"), Some("MD5"));
-    assert_eq!(login.get("Key"), Some(CAPTURED_KEY), "md5hex(challenge + secret) of the capture");
+    assert_eq!(
+        login.get("Key"),
+        Some(CAPTURED_KEY),
+        "md5hex(challenge + secret) of the capture"
+    );
     assert_eq!(login.get("Events"), Some("security"));
     let on_the_wire: Vec<_> = fake.sent(0).into_iter().flat_map(|s| s.fields).collect();
-    assert!(on_the_wire.iter().all(|(_, v)| !v.contains(SECRET)), "{on_the_wire:?}");
+    assert!(
+        on_the_wire.iter().all(|(_, v)| !v.contains(SECRET)),
+        "{on_the_wire:?}"
+    );
     client.up().await;
 
     let per_host = failures_per_host(&client.reports_through_sentinel(1).await);
-    let flood: Vec<(String, usize)> = (10..40).map(|octet| (format!("127.0.1.{octet}"), 5)).collect();
+    let flood: Vec<(String, usize)> = (10..40)
+        .map(|octet| (format!("127.0.1.{octet}"), 5))
+        .collect();
     assert_eq!(per_host, flood.into_iter().collect());
 }
 
@@ -209,7 +231,10 @@ async fn a_dropped_connection_is_followed_by_a_reconnect() {
     fake.hold_new_connections(true);
     fake.drop_connections();
     let (since, reason) = client.down("closed the connection").await;
-    assert!(since >= first_up, "Down since the last frame ({since}), not before the login ({first_up})");
+    assert!(
+        since >= first_up,
+        "Down since the last frame ({since}), not before the login ({first_up})"
+    );
     assert!(!reason.contains(SECRET));
 
     fake.hold_new_connections(false);
@@ -231,7 +256,14 @@ async fn a_refused_login_names_manager_conf_and_is_retried() {
     let mut client = Client::spawn(config(&fake, AmiAuth::Plain));
 
     let (_, reason) = client.down("refused").await;
-    for needle in ["manager.conf", "[astban]", "secret", "read = security", "permit/deny", "Authentication failed"] {
+    for needle in [
+        "manager.conf",
+        "[astban]",
+        "secret",
+        "read = security",
+        "permit/deny",
+        "Authentication failed",
+    ] {
         assert!(reason.contains(needle), "{needle:?} missing from {reason}");
     }
     assert!(!reason.contains(SECRET), "{reason}");
@@ -253,7 +285,10 @@ async fn a_server_that_stops_answering_pings_is_detected() {
 
     let (since, reason) = client.down("Pong").await;
     assert!(reason.contains("ami.ping_timeout"), "{reason}");
-    assert!(since >= up, "Down since the last frame ({since}), not before the login ({up})");
+    assert!(
+        since >= up,
+        "Down since the last frame ({since}), not before the login ({up})"
+    );
 }
 
 #[tokio::test]
@@ -283,5 +318,8 @@ async fn shutdown_stops_the_client_promptly() {
     client.up().await;
     client.shutdown.cancel();
     let task = client.task.take().expect("running");
-    timeout(WAIT, task).await.expect("stops on shutdown").expect("no panic");
+    timeout(WAIT, task)
+        .await
+        .expect("stops on shutdown")
+        .expect("no panic");
 }

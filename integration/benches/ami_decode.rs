@@ -49,7 +49,9 @@ fn pass(stream: &[u8], map: bool) -> Tally {
     for read in stream.chunks(READ_SIZE) {
         buf.extend_from_slice(read);
         while let Some(frame) = codec.decode(&mut buf).expect("capture decodes") {
-            let Frame::Message(message) = frame else { continue };
+            let Frame::Message(message) = frame else {
+                continue;
+            };
             if let MessageKind::Event { .. } = message.kind() {
                 tally.events += 1;
             }
@@ -94,17 +96,23 @@ fn measure(name: &str, stream: &[u8], map: bool) {
 }
 
 fn main() {
-    let body = FLOOD.strip_prefix(BANNER).expect("the capture starts with the banner");
+    let body = FLOOD
+        .strip_prefix(BANNER)
+        .expect("the capture starts with the banner");
     let mut stream = BANNER.to_vec();
     for _ in 0..REPEATS {
         stream.extend_from_slice(body);
     }
     let frames = {
         let mut codec = AmiCodec::new(64 * 1024);
-        let mut buf = BytesMut::from(&FLOOD[..]);
+        let mut buf = BytesMut::from(FLOOD);
         std::iter::from_fn(|| codec.decode(&mut buf).expect("decodes")).count()
     };
-    assert_eq!(frames, MESSAGES_PER_REPEAT + 1, "banner + messages of one capture");
+    assert_eq!(
+        frames,
+        MESSAGES_PER_REPEAT + 1,
+        "banner + messages of one capture"
+    );
     println!(
         "ami_decode: flood capture x{REPEATS} ({} bytes), {READ_SIZE}-byte reads, one thread",
         stream.len()

@@ -81,7 +81,10 @@ pub struct Sent {
 impl Sent {
     /// The first value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The action name.
@@ -113,7 +116,9 @@ impl FakeAmi {
     /// Starts listening on an unused loopback port.
     pub async fn start(script: Script) -> FakeAmi {
         eprintln!("fake AMI chunk seed: {}", script.seed);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared {
             script,
@@ -159,7 +164,12 @@ impl FakeAmi {
 
     /// Everything connection `index` (0-based) sent so far.
     pub fn sent(&self, index: usize) -> Vec<Sent> {
-        self.shared.sent.borrow().get(index).cloned().unwrap_or_default()
+        self.shared
+            .sent
+            .borrow()
+            .get(index)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Waits until connection `index` has sent an action named `name`, and
@@ -168,7 +178,11 @@ impl FakeAmi {
         let mut rx = self.shared.sent.subscribe();
         let found = tokio::time::timeout(
             WAIT,
-            rx.wait_for(|conns| conns.get(index).is_some_and(|c| c.iter().any(|s| s.action() == name))),
+            rx.wait_for(|conns| {
+                conns
+                    .get(index)
+                    .is_some_and(|c| c.iter().any(|s| s.action() == name))
+            }),
         )
         .await
         .unwrap_or_else(|_| panic!("connection {index} sent no {name} within {WAIT:?}"))
@@ -251,7 +265,9 @@ impl Connection {
             return;
         }
         while let Some(action) = self.read_action().await {
-            self.shared.sent.send_modify(|conns| conns[self.index].push(action.clone()));
+            self.shared
+                .sent
+                .send_modify(|conns| conns[self.index].push(action.clone()));
             if !self.answer(&action).await {
                 return;
             }
@@ -263,24 +279,39 @@ impl Connection {
         let id = action.get("ActionID").unwrap_or("").to_owned();
         let script = &self.shared.script;
         let reply = match action.action() {
-            "Challenge" => format!("Response: Success\r\nActionID: {id}\r\nChallenge: {}\r\n\r\n", script.challenge),
+            "Challenge" => format!(
+                "Response: Success\r\nActionID: {id}\r\nChallenge: {}\r\n\r\n",
+                script.challenge
+            ),
             "Login" => {
                 if !self.login_ok(action) {
-                    let refused = format!("Response: Error\r\nActionID: {id}\r\nMessage: Authentication failed\r\n\r\n");
+                    let refused = format!(
+                        "Response: Error\r\nActionID: {id}\r\nMessage: Authentication failed\r\n\r\n"
+                    );
                     // Asterisk closes the session after a failed login.
                     let _ = self.write(refused.as_bytes()).await;
                     return false;
                 }
-                let accepted = format!("Response: Success\r\nActionID: {id}\r\nMessage: Authentication accepted\r\n\r\n");
-                let after = script.after_login.get(self.index).cloned().unwrap_or_default();
+                let accepted = format!(
+                    "Response: Success\r\nActionID: {id}\r\nMessage: Authentication accepted\r\n\r\n"
+                );
+                let after = script
+                    .after_login
+                    .get(self.index)
+                    .cloned()
+                    .unwrap_or_default();
                 let mut bytes = accepted.into_bytes();
                 bytes.extend_from_slice(&after);
                 return self.write(&bytes).await.is_ok();
             }
             "Ping" if !self.shared.answer_pings.load(Ordering::SeqCst) => return true,
-            "Ping" => format!("Response: Success\r\nActionID: {id}\r\nPing: Pong\r\nTimestamp: 1795536253.408408\r\n\r\n"),
+            "Ping" => format!(
+                "Response: Success\r\nActionID: {id}\r\nPing: Pong\r\nTimestamp: 1795536253.408408\r\n\r\n"
+            ),
             "Logoff" => {
-                let bye = format!("Response: Goodbye\r\nActionID: {id}\r\nMessage: Thanks for all the fish.\r\n\r\n");
+                let bye = format!(
+                    "Response: Goodbye\r\nActionID: {id}\r\nMessage: Thanks for all the fish.\r\n\r\n"
+                );
                 let _ = self.write(bye.as_bytes()).await;
                 return false;
             }

@@ -69,7 +69,9 @@ const QUOTE_MAX: usize = 120;
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     /// The TCP connection could not be made.
-    #[error("cannot connect to AMI at {manager}: {source} (is Asterisk running, and are ami.host/ami.port its manager.conf bindaddr/port?)")]
+    #[error(
+        "cannot connect to AMI at {manager}: {source} (is Asterisk running, and are ami.host/ami.port its manager.conf bindaddr/port?)"
+    )]
     Connect {
         /// `host:port`.
         manager: String,
@@ -77,7 +79,9 @@ pub enum SessionError {
         source: std::io::Error,
     },
     /// Connecting, the banner or the login took longer than allowed.
-    #[error("AMI at {manager} did not complete connect and login within {after:?} (ami.connect_timeout)")]
+    #[error(
+        "AMI at {manager} did not complete connect and login within {after:?} (ami.connect_timeout)"
+    )]
     LoginTimeout {
         /// `host:port`.
         manager: String,
@@ -99,7 +103,9 @@ pub enum SessionError {
         message: String,
     },
     /// The MD5 challenge response did not carry a usable challenge.
-    #[error("AMI at {manager} answered the MD5 challenge without a Challenge value; try ami.auth = \"plain\"")]
+    #[error(
+        "AMI at {manager} answered the MD5 challenge without a Challenge value; try ami.auth = \"plain\""
+    )]
     NoChallenge {
         /// `host:port`.
         manager: String,
@@ -111,7 +117,9 @@ pub enum SessionError {
         manager: String,
     },
     /// A Ping got no Pong in time, or could not even be sent.
-    #[error("no Pong from AMI at {manager} within {after:?} of a Ping (ami.ping_timeout); the link is dead")]
+    #[error(
+        "no Pong from AMI at {manager} within {after:?} of a Ping (ami.ping_timeout); the link is dead"
+    )]
     PingTimeout {
         /// `host:port`.
         manager: String,
@@ -222,7 +230,9 @@ impl Input {
             "AMI session up: logged in to {} as {:?}, subscribed to security events",
             self.manager, self.config.username
         );
-        self.publish(Health::Up { since: Timestamp::now() });
+        self.publish(Health::Up {
+            since: Timestamp::now(),
+        });
         self.serve(&mut conn, early).await
     }
 
@@ -237,16 +247,20 @@ impl Input {
             })?;
         let mut conn = Framed::new(stream, AmiCodec::new(self.config.max_message_size));
         match self.next_frame(&mut conn).await? {
-            Frame::Banner(banner) => debug!("AMI at {} speaks version {}", self.manager, banner.version),
+            Frame::Banner(banner) => {
+                debug!("AMI at {} speaks version {}", self.manager, banner.version)
+            }
             // The codec yields the banner first or fails.
             Frame::Message(_) => return Err(self.closed()),
         }
         let mut early = Vec::new();
-        let login = Action::new("Login", &self.action_id()).field("Username", self.config.username.clone());
+        let login =
+            Action::new("Login", &self.action_id()).field("Username", self.config.username.clone());
         let login = match self.config.auth {
             AmiAuth::Plain => login.field("Secret", self.config.secret.expose()),
             AmiAuth::Md5 => {
-                let challenge = Action::new("Challenge", &self.action_id()).field("AuthType", "MD5");
+                let challenge =
+                    Action::new("Challenge", &self.action_id()).field("AuthType", "MD5");
                 let response = self.request(&mut conn, &challenge, &mut early).await?;
                 let challenge = response
                     .get("Challenge")
@@ -258,7 +272,9 @@ impl Input {
                     .chain_update(challenge)
                     .chain_update(self.config.secret.expose())
                     .finalize();
-                login.field("AuthType", "MD5").field("Key", format!("{key:x}"))
+                login
+                    .field("AuthType", "MD5")
+                    .field("Key", format!("{key:x}"))
             }
         };
         self.request(&mut conn, &login.field("Events", "security"), &mut early)
@@ -280,7 +296,9 @@ impl Input {
                 continue;
             };
             match message.kind() {
-                MessageKind::Response { status, action_id } if action_id == Some(action.action_id().as_bytes()) => {
+                MessageKind::Response { status, action_id }
+                    if action_id == Some(action.action_id().as_bytes()) =>
+                {
                     if status.eq_ignore_ascii_case(b"Success") {
                         return Ok(message);
                     }
@@ -304,7 +322,10 @@ impl Input {
             }
         }
         let ping_timeout = self.config.ping_timeout;
-        let mut ticks = tokio::time::interval_at(Instant::now() + self.config.ping_interval, self.config.ping_interval);
+        let mut ticks = tokio::time::interval_at(
+            Instant::now() + self.config.ping_interval,
+            self.config.ping_interval,
+        );
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let pong_deadline = sleep(ping_timeout);
         tokio::pin!(pong_deadline);
@@ -343,7 +364,9 @@ impl Input {
     async fn handle(&mut self, message: Message, keepalive: &mut Keepalive) -> Option<Ended> {
         match message.kind() {
             MessageKind::Response { action_id, .. } => {
-                if action_id.is_some() && action_id == keepalive.pending.as_deref().map(str::as_bytes) {
+                if action_id.is_some()
+                    && action_id == keepalive.pending.as_deref().map(str::as_bytes)
+                {
                     keepalive.pending = None;
                     if !keepalive.checked_read_permission {
                         keepalive.checked_read_permission = true;
@@ -359,7 +382,12 @@ impl Input {
                     keepalive.saw_own_login = true;
                 }
                 match self.security.interpret(&message, Timestamp::now()) {
-                    Ok(Some(report)) => self.reports.send(report).await.err().map(|_| Ended::ReportsClosed),
+                    Ok(Some(report)) => self
+                        .reports
+                        .send(report)
+                        .await
+                        .err()
+                        .map(|_| Ended::ReportsClosed),
                     Ok(None) => None,
                     Err(skip) => {
                         self.skips.log(&skip);
@@ -373,7 +401,8 @@ impl Input {
 
     /// Whether a `SuccessfulAuth` is Asterisk reporting astban's own login.
     fn is_own_login(&self, message: &Message) -> bool {
-        message.get("Service") == Some(b"AMI") && message.get("AccountID") == Some(self.config.username.as_bytes())
+        message.get("Service") == Some(b"AMI")
+            && message.get("AccountID") == Some(self.config.username.as_bytes())
     }
 
     /// Asterisk announces every AMI login as a `SuccessfulAuth` security
@@ -450,7 +479,9 @@ struct Keepalive {
 /// Sanitised, bounded text from the server for an error message.
 fn quote(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(&raw[..raw.len().min(QUOTE_MAX)]);
-    text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// Logs skipped events at `warn` at most once per [`SKIP_WARN_INTERVAL`],
@@ -526,7 +557,10 @@ mod tests {
         let mut step = min;
         for _ in 0..20 {
             let delay = backoff.next_delay();
-            assert!(delay >= step / 2 && delay <= step, "{delay:?} not in upper half of {step:?}");
+            assert!(
+                delay >= step / 2 && delay <= step,
+                "{delay:?} not in upper half of {step:?}"
+            );
             step = (step * 2).min(max);
         }
         backoff.reset();
@@ -547,7 +581,14 @@ mod tests {
             message: "Authentication failed".into(),
         }
         .to_string();
-        for needle in ["manager.conf", "[astban]", "secret", "read = security", "permit/deny", "127.0.0.1:5038"] {
+        for needle in [
+            "manager.conf",
+            "[astban]",
+            "secret",
+            "read = security",
+            "permit/deny",
+            "127.0.0.1:5038",
+        ] {
             assert!(msg.contains(needle), "{needle} missing from {msg}");
         }
     }
@@ -556,7 +597,10 @@ mod tests {
     fn md5_key_matches_the_capture() {
         // From ami-login-variants-dialogue.txt: challenge 119281354, secret
         // astban-secret, Key 44aa94644d68d1150ec34febdd69fc93.
-        let key = Md5::new().chain_update("119281354").chain_update("astban-secret").finalize();
+        let key = Md5::new()
+            .chain_update("119281354")
+            .chain_update("astban-secret")
+            .finalize();
         assert_eq!(format!("{key:x}"), "44aa94644d68d1150ec34febdd69fc93");
     }
 }

@@ -50,7 +50,9 @@ pub enum CodecError {
         got: String,
     },
     /// An action field would break the line-based protocol.
-    #[error("AMI action field {key} contains a line break, which would inject a field (check the config value it comes from)")]
+    #[error(
+        "AMI action field {key} contains a line break, which would inject a field (check the config value it comes from)"
+    )]
     LineBreak {
         /// The offending key.
         key: &'static str,
@@ -79,28 +81,35 @@ pub struct Banner {
 
 /// Parses the banner line, including its line end.
 pub fn parse_banner(line: &[u8]) -> Result<Banner, CodecError> {
-    let parsed: IResult<&[u8], (&[u8], Option<&[u8]>)> = (
-        preceded(
-            tag(&b"Asterisk Call Manager/"[..]),
-            take_while1(|b: u8| b.is_ascii_digit() || b == b'.'),
-        ),
-        terminated(opt(tag(&b"\r"[..])), tag(&b"\n"[..])),
-    )
-        .parse(line);
-    match parsed {
-        Ok((rest, (version, cr))) if rest.is_empty() => Ok(Banner {
+    match banner_line(line) {
+        Ok(([], (version, crlf))) => Ok(Banner {
             // Digits and dots only, so this is ASCII.
             version: String::from_utf8_lossy(version).into_owned(),
-            crlf: cr.is_some(),
+            crlf,
         }),
         _ => Err(CodecError::NotAmi { got: quote(line) }),
     }
 }
 
+/// `Asterisk Call Manager/<version>` and its line end: the version, and
+/// whether the line ends with `\r\n`.
+fn banner_line(input: &[u8]) -> IResult<&[u8], (&[u8], bool)> {
+    (
+        preceded(
+            tag(&b"Asterisk Call Manager/"[..]),
+            take_while1(|b: u8| b.is_ascii_digit() || b == b'.'),
+        ),
+        terminated(opt(tag(&b"\r"[..])), tag(&b"\n"[..])).map(|cr| cr.is_some()),
+    )
+        .parse(input)
+}
+
 /// Sanitised, bounded text for error messages about unexpected input.
 fn quote(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(QUOTE_MAX)]);
-    text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// One AMI message: its raw bytes and where each key and value lies in them.
@@ -174,7 +183,9 @@ impl Message {
 
     /// All fields in order, repeated keys included.
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.fields.iter().map(|f| (self.slice(f.key), self.slice(f.value)))
+        self.fields
+            .iter()
+            .map(|f| (self.slice(f.key), self.slice(f.value)))
     }
 
     /// The first value of `key` (compared ASCII case-insensitively, as
@@ -255,7 +266,10 @@ impl Action {
     /// apart from the events around it.
     pub fn new(name: &str, action_id: &str) -> Action {
         Action {
-            fields: vec![("Action", name.to_owned()), ("ActionID", action_id.to_owned())],
+            fields: vec![
+                ("Action", name.to_owned()),
+                ("ActionID", action_id.to_owned()),
+            ],
         }
     }
 
@@ -276,7 +290,11 @@ impl fmt::Debug for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
             .entries(self.fields.iter().map(|(k, v)| {
-                let shown = if matches!(*k, "Secret" | "Key") { "********" } else { v.as_str() };
+                let shown = if matches!(*k, "Secret" | "Key") {
+                    "********"
+                } else {
+                    v.as_str()
+                };
                 (k, shown)
             }))
             .finish()
@@ -288,7 +306,9 @@ impl fmt::Debug for Action {
 enum Phase {
     Banner,
     /// After the banner; `crlf` says whether only `\r\n\r\n` ends a message.
-    Messages { crlf: bool },
+    Messages {
+        crlf: bool,
+    },
 }
 
 /// Decodes [`Frame`]s and encodes [`Action`]s; one per connection.
@@ -343,7 +363,11 @@ impl AmiCodec {
         Ok(Some(Frame::Banner(banner)))
     }
 
-    fn decode_message(&mut self, buf: &mut BytesMut, crlf: bool) -> Result<Option<Frame>, CodecError> {
+    fn decode_message(
+        &mut self,
+        buf: &mut BytesMut,
+        crlf: bool,
+    ) -> Result<Option<Frame>, CodecError> {
         if self.scanned == 0 {
             skip_blank_lines(buf);
         }
@@ -430,12 +454,18 @@ mod tests {
 
     const SECURITY: &[u8] = include_bytes!("../../integration/fixtures/ami-security-events.txt");
     const FLOOD: &[u8] = include_bytes!("../../integration/fixtures/ami-register-flood.txt");
-    const RECEIVED: &[u8] = include_bytes!("../../integration/fixtures/ami-login-variants-received.txt");
+    const RECEIVED: &[u8] =
+        include_bytes!("../../integration/fixtures/ami-login-variants-received.txt");
     const SENT: &[u8] = include_bytes!("../../integration/fixtures/ami-login-variants-sent.txt");
-    const DIALOGUE: &[u8] = include_bytes!("../../integration/fixtures/ami-login-variants-dialogue.txt");
+    const DIALOGUE: &[u8] =
+        include_bytes!("../../integration/fixtures/ami-login-variants-dialogue.txt");
 
     /// Decodes `input` fed in chunks of `chunk` bytes, then at EOF.
-    fn decode_chunked(mut codec: AmiCodec, input: &[u8], chunk: usize) -> Result<Vec<Frame>, CodecError> {
+    fn decode_chunked(
+        mut codec: AmiCodec,
+        input: &[u8],
+        chunk: usize,
+    ) -> Result<Vec<Frame>, CodecError> {
         let mut buf = BytesMut::new();
         let mut frames = Vec::new();
         for piece in input.chunks(chunk.max(1)) {
@@ -535,8 +565,14 @@ mod tests {
         let first_event = messages(&frames)[1];
         let keys: Vec<&[u8]> = first_event.fields().map(|(k, _)| k).collect();
         assert_eq!(keys[..3], [&b"Event"[..], b"Privilege", b"EventTV"]);
-        assert_eq!(first_event.get("RemoteAddress"), Some(&b"IPV4/TCP/127.0.0.1/51464"[..]));
-        assert_eq!(first_event.get("remoteaddress"), first_event.get("RemoteAddress"));
+        assert_eq!(
+            first_event.get("RemoteAddress"),
+            Some(&b"IPV4/TCP/127.0.0.1/51464"[..])
+        );
+        assert_eq!(
+            first_event.get("remoteaddress"),
+            first_event.get("RemoteAddress")
+        );
         assert_eq!(first_event.get("NoSuchKey"), None);
     }
 
@@ -556,26 +592,46 @@ mod tests {
                 action_id: Some(b"bad-1")
             }
         );
-        assert_eq!(refused[0].get("Message"), Some(&b"Authentication failed"[..]));
+        assert_eq!(
+            refused[0].get("Message"),
+            Some(&b"Authentication failed"[..])
+        );
 
         let frames = decode_all(conns[1]);
         let msgs = messages(&frames);
         let ids: Vec<_> = msgs
             .iter()
             .map(|m| match m.kind() {
-                MessageKind::Response { action_id, .. } => action_id.map(|a| String::from_utf8_lossy(a).into_owned()),
-                MessageKind::Event { name } => Some(format!("event {}", String::from_utf8_lossy(name))),
+                MessageKind::Response { action_id, .. } => {
+                    action_id.map(|a| String::from_utf8_lossy(a).into_owned())
+                }
+                MessageKind::Event { name } => {
+                    Some(format!("event {}", String::from_utf8_lossy(name)))
+                }
                 MessageKind::Other => None,
             })
             .collect();
         assert_eq!(
             ids,
-            ["ch-1", "md5-1", "ping-2", "ev-1", "bad-2", "event RequestBadFormat", "cs-1", "bye-1"].map(|s| Some(s.to_owned()))
+            [
+                "ch-1",
+                "md5-1",
+                "ping-2",
+                "ev-1",
+                "bad-2",
+                "event RequestBadFormat",
+                "cs-1",
+                "bye-1"
+            ]
+            .map(|s| Some(s.to_owned()))
         );
         assert_eq!(msgs[0].get("Challenge"), Some(&b"119281354"[..]));
         assert_eq!(msgs[2].get("Ping"), Some(&b"Pong"[..]));
         let bad_format = msgs[5];
-        assert_eq!(bad_format.get("RequestType"), Some(&b"Action: NoSuchAction"[..]));
+        assert_eq!(
+            bad_format.get("RequestType"),
+            Some(&b"Action: NoSuchAction"[..])
+        );
         let settings = msgs[6];
         assert_eq!(settings.get("SystemName"), Some(&b""[..]));
         assert_eq!(settings.get("CoreRunUser"), Some(&b""[..]));
@@ -603,7 +659,11 @@ mod tests {
     #[test]
     fn response_and_event_in_one_read() {
         let reads = received_reads(DIALOGUE);
-        assert_eq!(reads.concat(), RECEIVED, "the reads are exactly the received bytes");
+        assert_eq!(
+            reads.concat(),
+            RECEIVED,
+            "the reads are exactly the received bytes"
+        );
         let read = reads
             .iter()
             .find(|r| memmem::find(r, b"ActionID: bad-2").is_some())
@@ -617,15 +677,28 @@ mod tests {
         let Some(Frame::Message(second)) = codec.decode(&mut buf).expect("decodes") else {
             panic!("no event");
         };
-        assert!(matches!(first.kind(), MessageKind::Response { status: b"Error", .. }));
-        assert_eq!(second.kind(), MessageKind::Event { name: b"RequestBadFormat" });
+        assert!(matches!(
+            first.kind(),
+            MessageKind::Response {
+                status: b"Error",
+                ..
+            }
+        ));
+        assert_eq!(
+            second.kind(),
+            MessageKind::Event {
+                name: b"RequestBadFormat"
+            }
+        );
         assert!(buf.is_empty());
     }
 
     #[test]
     fn actions_encode_like_the_capture() {
         let actions = [
-            Action::new("Login", "bad-1").field("Username", "astban").field("Secret", "not-the-secret"),
+            Action::new("Login", "bad-1")
+                .field("Username", "astban")
+                .field("Secret", "not-the-secret"),
             Action::new("Challenge", "ch-1").field("AuthType", "MD5"),
             Action::new("Login", "md5-1")
                 .field("AuthType", "MD5")
@@ -650,16 +723,24 @@ mod tests {
     fn action_debug_hides_the_login() {
         let shown = format!(
             "{:?}",
-            Action::new("Login", "l").field("Secret", "astban-secret").field("Key", "44aa94")
+            Action::new("Login", "l")
+                .field("Secret", "astban-secret")
+                .field("Key", "44aa94")
         );
-        assert!(!shown.contains("astban-secret") && !shown.contains("44aa94"), "{shown}");
+        assert!(
+            !shown.contains("astban-secret") && !shown.contains("44aa94"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn line_breaks_in_actions_are_refused() {
         let mut out = BytesMut::new();
         let err = AmiCodec::new(4096)
-            .encode(&Action::new("Login", "l").field("Username", "a\nEvents: all"), &mut out)
+            .encode(
+                &Action::new("Login", "l").field("Username", "a\nEvents: all"),
+                &mut out,
+            )
             .expect_err("injection");
         assert!(matches!(err, CodecError::LineBreak { key: "Username" }));
         assert!(out.is_empty());
@@ -667,9 +748,13 @@ mod tests {
 
     #[test]
     fn a_foreign_server_is_named_not_ami() {
-        let err = decode_chunked(AmiCodec::new(4096), b"SSH-2.0-OpenSSH_9.6\r\n", 100).expect_err("not AMI");
+        let err = decode_chunked(AmiCodec::new(4096), b"SSH-2.0-OpenSSH_9.6\r\n", 100)
+            .expect_err("not AMI");
         let msg = err.to_string();
-        assert!(msg.contains("SSH-2.0-OpenSSH_9.6") && msg.contains("ami.port"), "{msg}");
+        assert!(
+            msg.contains("SSH-2.0-OpenSSH_9.6") && msg.contains("ami.port"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -711,7 +796,9 @@ mod tests {
 
     #[test]
     fn bare_newlines_are_tolerated_after_a_bare_banner() {
-        let frames = decode_all(b"Asterisk Call Manager/2.10.4\nResponse: Success\nActionID: a\n\nEvent: X\r\nK: v\n\n");
+        let frames = decode_all(
+            b"Asterisk Call Manager/2.10.4\nResponse: Success\nActionID: a\n\nEvent: X\r\nK: v\n\n",
+        );
         let msgs = messages(&frames);
         assert_eq!(msgs.len(), 2);
         assert_eq!(msgs[0].get("ActionID"), Some(&b"a"[..]));
@@ -729,7 +816,12 @@ mod tests {
         let msgs = messages(&frames);
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].get_all("RemoteAddress").count(), 2);
-        assert_eq!(msgs[0].kind(), MessageKind::Event { name: b"InvalidPassword" });
+        assert_eq!(
+            msgs[0].kind(),
+            MessageKind::Event {
+                name: b"InvalidPassword"
+            }
+        );
     }
 
     #[test]
@@ -738,18 +830,24 @@ mod tests {
         let fields: Vec<_> = m.fields().collect();
         assert_eq!(
             fields,
-            [(&b"Event"[..], &b"X"[..]), (b"stray text", b""), (b"K", b"v")]
+            [
+                (&b"Event"[..], &b"X"[..]),
+                (b"stray text", b""),
+                (b"K", b"v")
+            ]
         );
     }
 
     /// Messages a generator can vary: keys, values with `: `, empty values.
     fn message_strategy() -> impl Strategy<Value = Vec<(String, String)>> {
-        prop::collection::vec(("[A-Za-z][A-Za-z0-9]{0,10}", "[ -~]{0,20}"), 1..8).prop_map(|fields| {
-            fields
-                .into_iter()
-                .map(|(k, v)| (k, v.trim_start().to_owned()))
-                .collect()
-        })
+        prop::collection::vec(("[A-Za-z][A-Za-z0-9]{0,10}", "[ -~]{0,20}"), 1..8).prop_map(
+            |fields| {
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k, v.trim_start().to_owned()))
+                    .collect()
+            },
+        )
     }
 
     proptest! {

@@ -53,7 +53,9 @@ pub enum Skip {
     /// `RemoteAddress` appears more than once: text planted in another
     /// field (a newline in a SIP username) added one, so the host is
     /// ambiguous.
-    #[error("{event} event carries RemoteAddress {count} times (a field injected through attacker text?); host is ambiguous, skipped")]
+    #[error(
+        "{event} event carries RemoteAddress {count} times (a field injected through attacker text?); host is ambiguous, skipped"
+    )]
     AmbiguousAddress {
         /// The event name.
         event: &'static str,
@@ -135,7 +137,10 @@ fn remote_host(message: &Message, event: &'static str) -> Result<IpAddr, Skip> {
     };
     let extra = values.count();
     if extra > 0 {
-        return Err(Skip::AmbiguousAddress { event, count: extra + 1 });
+        return Err(Skip::AmbiguousAddress {
+            event,
+            count: extra + 1,
+        });
     }
     parse_remote_address(value).ok_or_else(|| Skip::BadAddress {
         event,
@@ -152,7 +157,8 @@ fn remote_host(message: &Message, event: &'static str) -> Result<IpAddr, Skip> {
 pub fn parse_remote_address(value: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(value).ok()?;
     let mut parts = text.split('/');
-    let (family, transport, address, port) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (family, transport, address, port) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some()
         || !matches!(transport, "UDP" | "TCP" | "TLS" | "WS" | "WSS")
         || port.is_empty()
@@ -221,7 +227,13 @@ struct RecentAttempts {
 
 impl RecentAttempts {
     /// Whether this is the first event of its attempt; records it if so.
-    fn first_sighting(&mut self, host: IpAddr, kind: FailureKind, session: &[u8], time: Timestamp) -> bool {
+    fn first_sighting(
+        &mut self,
+        host: IpAddr,
+        kind: FailureKind,
+        session: &[u8],
+        time: Timestamp,
+    ) -> bool {
         let key = AttemptKey {
             host,
             kind,
@@ -233,7 +245,8 @@ impl RecentAttempts {
             }
         }
         while let Some(&(old, at)) = self.order.front() {
-            if self.order.len() < RECENT_ATTEMPTS_CAP && time.duration_since(at) < DUPLICATE_WINDOW {
+            if self.order.len() < RECENT_ATTEMPTS_CAP && time.duration_since(at) < DUPLICATE_WINDOW
+            {
                 break;
             }
             self.order.pop_front();
@@ -260,7 +273,8 @@ mod tests {
 
     const SECURITY: &[u8] = include_bytes!("../../integration/fixtures/ami-security-events.txt");
     const FLOOD: &[u8] = include_bytes!("../../integration/fixtures/ami-register-flood.txt");
-    const RECEIVED: &[u8] = include_bytes!("../../integration/fixtures/ami-login-variants-received.txt");
+    const RECEIVED: &[u8] =
+        include_bytes!("../../integration/fixtures/ami-login-variants-received.txt");
 
     fn all_kinds() -> SecurityEvents {
         SecurityEvents::new(&crate::config::AmiConfig::default().events)
@@ -273,7 +287,11 @@ mod tests {
         let mut out = Vec::new();
         while let Some(frame) = codec.decode(&mut buf).expect("capture decodes") {
             if let Frame::Message(m) = frame {
-                out.extend(events.interpret(&m, Timestamp::UNIX_EPOCH).expect("capture maps"));
+                out.extend(
+                    events
+                        .interpret(&m, Timestamp::UNIX_EPOCH)
+                        .expect("capture maps"),
+                );
             }
         }
         out
@@ -290,16 +308,23 @@ mod tests {
     }
 
     fn event(fields: &str) -> Message {
-        Message::parse(Bytes::from(format!("{}\r\n\r\n", fields.replace('\n', "\r\n"))))
+        Message::parse(Bytes::from(format!(
+            "{}\r\n\r\n",
+            fields.replace('\n', "\r\n")
+        )))
     }
 
     #[test]
     fn one_failure_per_attempt_in_the_security_capture() {
         let reports = reports(SECURITY);
-        let expected: BTreeMap<String, usize> =
-            [("127.0.0.2", 4), ("127.0.0.3", 1), ("127.0.0.4", 3), ("127.0.0.5", 1)]
-                .map(|(h, n)| (h.to_owned(), n))
-                .into();
+        let expected: BTreeMap<String, usize> = [
+            ("127.0.0.2", 4),
+            ("127.0.0.3", 1),
+            ("127.0.0.4", 3),
+            ("127.0.0.5", 1),
+        ]
+        .map(|(h, n)| (h.to_owned(), n))
+        .into();
         assert_eq!(failures_per_host(&reports), expected);
 
         let successes: Vec<_> = reports
@@ -311,28 +336,45 @@ mod tests {
             .collect();
         assert_eq!(
             successes,
-            [("127.0.0.1".to_owned(), Service::Ami), ("127.0.0.1".to_owned(), Service::Sip)]
+            [
+                ("127.0.0.1".to_owned(), Service::Ami),
+                ("127.0.0.1".to_owned(), Service::Sip)
+            ]
         );
     }
 
     #[test]
     fn failures_carry_the_events_own_fields() {
         let reports = reports(SECURITY);
-        let Some(Report::Failure(first)) = reports.iter().find(|r| matches!(r, Report::Failure(_))) else {
+        let Some(Report::Failure(first)) = reports.iter().find(|r| matches!(r, Report::Failure(_)))
+        else {
             panic!("no failure");
         };
         assert_eq!(first.host, IpAddr::from([127, 0, 0, 2]));
         assert_eq!(first.kind, FailureKind::InvalidPassword);
         assert_eq!(first.service, Service::Sip);
-        assert_eq!(first.account.as_ref().map(AttackerText::as_str), Some("100"));
-        assert_eq!(first.session.as_ref().map(AttackerText::as_str), Some("0x7fcb4c002180"));
-        assert_eq!(first.time, "2026-11-24T16:03:18.933Z".parse::<Timestamp>().expect("literal"));
+        assert_eq!(
+            first.account.as_ref().map(AttackerText::as_str),
+            Some("100")
+        );
+        assert_eq!(
+            first.session.as_ref().map(AttackerText::as_str),
+            Some("0x7fcb4c002180")
+        );
+        assert_eq!(
+            first.time,
+            "2026-11-24T16:03:18.933Z"
+                .parse::<Timestamp>()
+                .expect("literal")
+        );
         assert_eq!(first.source, Source::Ami);
 
         let kinds: Vec<(String, FailureKind, Service)> = reports
             .iter()
             .filter_map(|r| match r {
-                Report::Failure(f) if f.host != first.host => Some((f.host.to_string(), f.kind, f.service)),
+                Report::Failure(f) if f.host != first.host => {
+                    Some((f.host.to_string(), f.kind, f.service))
+                }
                 _ => None,
             })
             .collect();
@@ -340,9 +382,21 @@ mod tests {
             kinds,
             [
                 ("127.0.0.3".to_owned(), FailureKind::FailedAcl, Service::Sip),
-                ("127.0.0.4".to_owned(), FailureKind::InvalidPassword, Service::Ami),
-                ("127.0.0.4".to_owned(), FailureKind::InvalidPassword, Service::Ami),
-                ("127.0.0.4".to_owned(), FailureKind::InvalidAccountId, Service::Ami),
+                (
+                    "127.0.0.4".to_owned(),
+                    FailureKind::InvalidPassword,
+                    Service::Ami
+                ),
+                (
+                    "127.0.0.4".to_owned(),
+                    FailureKind::InvalidPassword,
+                    Service::Ami
+                ),
+                (
+                    "127.0.0.4".to_owned(),
+                    FailureKind::InvalidAccountId,
+                    Service::Ami
+                ),
                 ("127.0.0.5".to_owned(), FailureKind::FailedAcl, Service::Ami),
             ]
         );
@@ -353,14 +407,19 @@ mod tests {
         let per_host = failures_per_host(&reports(FLOOD));
         assert_eq!(per_host.len(), 30);
         for octet in 10..40 {
-            assert_eq!(per_host.get(&format!("127.0.1.{octet}")), Some(&5), "127.0.1.{octet}");
+            assert_eq!(
+                per_host.get(&format!("127.0.1.{octet}")),
+                Some(&5),
+                "127.0.1.{octet}"
+            );
         }
     }
 
     #[test]
     fn login_variants_give_the_bad_format_failure() {
         // Two connections; the codec expects one banner each.
-        let second = memchr::memmem::rfind(RECEIVED, b"Asterisk Call Manager/").expect("two connections");
+        let second =
+            memchr::memmem::rfind(RECEIVED, b"Asterisk Call Manager/").expect("two connections");
         let reports: Vec<Report> = [&RECEIVED[..second], &RECEIVED[second..]]
             .into_iter()
             .flat_map(reports)
@@ -369,13 +428,18 @@ mod tests {
         let Report::Failure(f) = &reports[0] else {
             panic!("not a failure");
         };
-        assert_eq!((f.kind, f.host), (FailureKind::RequestBadFormat, IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(
+            (f.kind, f.host),
+            (FailureKind::RequestBadFormat, IpAddr::from([127, 0, 0, 1]))
+        );
         assert_eq!(f.account.as_ref().map(AttackerText::as_str), Some("astban"));
     }
 
     #[test]
     fn remote_address_forms() {
-        let ok = |s: &str, ip: &str| assert_eq!(parse_remote_address(s.as_bytes()), ip.parse().ok(), "{s}");
+        let ok = |s: &str, ip: &str| {
+            assert_eq!(parse_remote_address(s.as_bytes()), ip.parse().ok(), "{s}")
+        };
         ok("IPV4/UDP/192.0.2.7/5060", "192.0.2.7");
         ok("IPV4/TCP/192.0.2.7/1", "192.0.2.7");
         ok("IPV4/TLS/192.0.2.7/5061", "192.0.2.7");
@@ -413,7 +477,10 @@ mod tests {
              AccountID: 192.0.2.66\nSessionID: 192.0.2.67\nLocalAddress: IPV4/UDP/192.0.2.68/5060\n\
              RemoteAddress: IPV4/UDP/203.0.113.9/5060\nChallenge: 192.0.2.69",
         );
-        let report = events.interpret(&m, Timestamp::UNIX_EPOCH).expect("maps").expect("counts");
+        let report = events
+            .interpret(&m, Timestamp::UNIX_EPOCH)
+            .expect("maps")
+            .expect("counts");
         assert_eq!(report.host(), IpAddr::from([203, 0, 113, 9]));
     }
 
@@ -441,8 +508,13 @@ mod tests {
             events.interpret(&missing, Timestamp::UNIX_EPOCH),
             Err(Skip::NoAddress { event: "FailedACL" })
         );
-        let huge = format!("Event: FailedACL\nRemoteAddress: IPV4/UDP/{}", "9".repeat(10_000));
-        let err = events.interpret(&event(&huge), Timestamp::UNIX_EPOCH).expect_err("bad address");
+        let huge = format!(
+            "Event: FailedACL\nRemoteAddress: IPV4/UDP/{}",
+            "9".repeat(10_000)
+        );
+        let err = events
+            .interpret(&event(&huge), Timestamp::UNIX_EPOCH)
+            .expect_err("bad address");
         assert!(err.to_string().len() < 200, "{err}");
     }
 
@@ -451,7 +523,9 @@ mod tests {
         let now: Timestamp = "2030-01-01T00:00:00Z".parse().expect("literal");
         let mut events = all_kinds();
         for tv in ["", "EventTV: yesterday\n"] {
-            let m = event(&format!("Event: InvalidPassword\n{tv}RemoteAddress: IPV4/UDP/192.0.2.1/5060"));
+            let m = event(&format!(
+                "Event: InvalidPassword\n{tv}RemoteAddress: IPV4/UDP/192.0.2.1/5060"
+            ));
             let report = events.interpret(&m, now).expect("maps").expect("counts");
             assert_eq!(report.time(), now);
         }
@@ -461,11 +535,21 @@ mod tests {
     fn normal_traffic_and_disabled_kinds_report_nothing() {
         let mut only_passwords = SecurityEvents::new(&[FailureKind::InvalidPassword]);
         for name in ["ChallengeSent", "FailedACL", "SomethingNew"] {
-            let m = event(&format!("Event: {name}\nRemoteAddress: IPV4/UDP/192.0.2.1/5060"));
-            assert_eq!(only_passwords.interpret(&m, Timestamp::UNIX_EPOCH), Ok(None), "{name}");
+            let m = event(&format!(
+                "Event: {name}\nRemoteAddress: IPV4/UDP/192.0.2.1/5060"
+            ));
+            assert_eq!(
+                only_passwords.interpret(&m, Timestamp::UNIX_EPOCH),
+                Ok(None),
+                "{name}"
+            );
         }
-        let response = event("Response: Success\nActionID: x\nRemoteAddress: IPV4/UDP/192.0.2.1/5060");
-        assert_eq!(only_passwords.interpret(&response, Timestamp::UNIX_EPOCH), Ok(None));
+        let response =
+            event("Response: Success\nActionID: x\nRemoteAddress: IPV4/UDP/192.0.2.1/5060");
+        assert_eq!(
+            only_passwords.interpret(&response, Timestamp::UNIX_EPOCH),
+            Ok(None)
+        );
     }
 
     #[test]
@@ -478,14 +562,19 @@ mod tests {
             ))
         };
         let counted = |events: &mut SecurityEvents, m: &Message| {
-            events.interpret(m, Timestamp::UNIX_EPOCH).expect("maps").is_some()
+            events
+                .interpret(m, Timestamp::UNIX_EPOCH)
+                .expect("maps")
+                .is_some()
         };
         assert!(counted(&mut events, &at(0)));
         assert!(!counted(&mut events, &at(0)));
         assert!(!counted(&mut events, &at(1)));
         assert!(counted(&mut events, &at(10)));
         // Another host with the same (reused) session id is another attempt.
-        let other = event("Event: FailedACL\nSessionID: 0x7fcb4c00fdd0\nRemoteAddress: IPV4/UDP/192.0.2.2/5060");
+        let other = event(
+            "Event: FailedACL\nSessionID: 0x7fcb4c00fdd0\nRemoteAddress: IPV4/UDP/192.0.2.2/5060",
+        );
         assert!(counted(&mut events, &other));
     }
 
@@ -495,8 +584,16 @@ mod tests {
         let host = IpAddr::from([192, 0, 2, 1]);
         for i in 0..(3 * RECENT_ATTEMPTS_CAP) {
             let session = i.to_string();
-            assert!(recent.first_sighting(host, FailureKind::FailedAcl, session.as_bytes(), Timestamp::UNIX_EPOCH));
-            assert!(recent.order.len() <= RECENT_ATTEMPTS_CAP && recent.seen.len() <= RECENT_ATTEMPTS_CAP);
+            assert!(recent.first_sighting(
+                host,
+                FailureKind::FailedAcl,
+                session.as_bytes(),
+                Timestamp::UNIX_EPOCH
+            ));
+            assert!(
+                recent.order.len() <= RECENT_ATTEMPTS_CAP
+                    && recent.seen.len() <= RECENT_ATTEMPTS_CAP
+            );
         }
         // Old entries expire by time too.
         let later = Timestamp::from_second(60).expect("in range");
