@@ -67,7 +67,7 @@ const QUOTE_MAX: usize = 120;
 /// Why a session ended. Its `Display` is the `reason` of [`Health::Down`],
 /// so it must say what to fix and never contain the secret.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+enum SessionError {
     /// The TCP connection could not be made.
     #[error(
         "cannot connect to AMI at {manager}: {source} (is Asterisk running, and are ami.host/ami.port its manager.conf bindaddr/port?)"
@@ -330,7 +330,10 @@ impl Input {
         let pong_deadline = sleep(ping_timeout);
         tokio::pin!(pong_deadline);
         loop {
+            // Frames first: a Pong already buffered must beat its deadline,
+            // and while frames keep coming the link is evidently alive.
             tokio::select! {
+                biased;
                 frame = self.next_frame(conn) => match frame {
                     Ok(Frame::Message(message)) => {
                         if let Some(ended) = self.handle(message, &mut keepalive).await {
@@ -496,10 +499,10 @@ impl Throttle {
     fn log(&mut self, skip: &Skip) {
         let now = Instant::now();
         if self.next_warn.is_none_or(|at| now >= at) {
-            warn!(
-                "{skip} ({} more skipped since the last such warning)",
-                self.suppressed
-            );
+            match self.suppressed {
+                0 => warn!("{skip}"),
+                n => warn!("{skip} ({n} more skipped since the last such warning)"),
+            }
             self.next_warn = Some(now + SKIP_WARN_INTERVAL);
             self.suppressed = 0;
         } else {

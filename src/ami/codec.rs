@@ -152,7 +152,8 @@ pub enum MessageKind<'a> {
 impl Message {
     /// Parses one complete frame (lines ended by `\n` or `\r\n`; empty lines
     /// are skipped). Never fails: a line without `:` becomes a key with an
-    /// empty value, so planted text can never break the session.
+    /// empty value, so planted text can never break the session. Lines
+    /// past 4 GiB are not indexed (the codec bounds frames far below that).
     pub fn parse(frame: Bytes) -> Message {
         let mut fields = Vec::with_capacity(16);
         let mut input: &[u8] = &frame;
@@ -163,15 +164,10 @@ impl Message {
                 continue;
             }
             let (key, value) = key_value(line);
-            let range = |part: &[u8]| {
-                let start = frame.offset(part);
-                // The codec bounds frames well below 4 GiB.
-                (start as u32, (start + part.len()) as u32)
+            let (Some(key), Some(value)) = (span(&frame, key), span(&frame, value)) else {
+                break;
             };
-            fields.push(Field {
-                key: range(key),
-                value: range(value),
-            });
+            fields.push(Field { key, value });
         }
         Message { frame, fields }
     }
@@ -234,6 +230,15 @@ impl fmt::Debug for Message {
             )
             .finish()
     }
+}
+
+/// Where `part`, a subslice of `frame`, lies in it, if that fits `u32`.
+fn span(frame: &[u8], part: &[u8]) -> Option<(u32, u32)> {
+    let start = frame.offset(part);
+    Some((
+        u32::try_from(start).ok()?,
+        u32::try_from(start + part.len()).ok()?,
+    ))
 }
 
 /// One line without its `\n` (a trailing `\r` is left for the caller).
@@ -424,6 +429,23 @@ impl Decoder for AmiCodec {
             Phase::Banner => self.decode_banner(buf),
             Phase::Messages { crlf } => self.decode_message(buf, crlf),
         }
+    }
+
+    /// At EOF, leftover blank lines are nothing, but a partial message
+    /// means the peer hung up in the middle of it.
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        if let Some(frame) = self.decode(buf)? {
+            return Ok(Some(frame));
+        }
+        if buf.iter().all(|&b| b == b'\r' || b == b'\n') {
+            buf.clear();
+            return Ok(None);
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the connection closed in the middle of an AMI message",
+        )
+        .into())
     }
 }
 
@@ -825,6 +847,24 @@ mod tests {
     }
 
     #[test]
+    fn a_message_cut_by_eof_is_an_unexpected_eof() {
+        let err = decode_chunked(
+            AmiCodec::new(4096),
+            b"Asterisk Call Manager/9.0.0\r\nEvent: X\r\n",
+            7,
+        )
+        .expect_err("truncated");
+        assert!(matches!(err, CodecError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof));
+        let frames = decode_chunked(
+            AmiCodec::new(4096),
+            b"Asterisk Call Manager/9.0.0\r\n\r\n",
+            7,
+        )
+        .expect("clean EOF");
+        assert_eq!(frames.len(), 1);
+    }
+
+    #[test]
     fn lines_without_colon_are_kept() {
         let m = Message::parse(Bytes::from_static(b"Event: X\r\nstray text\r\nK:v\r\n\r\n"));
         let fields: Vec<_> = m.fields().collect();
@@ -861,12 +901,23 @@ mod tests {
         }
 
         #[test]
-        fn any_split_decodes_the_same(split in 0usize..SECURITY.len(), chunk in 1usize..4096) {
-            let whole = decode_all(SECURITY);
+        fn any_split_decodes_the_same(
+            bare_newlines: bool,
+            split in 0usize..SECURITY.len(),
+            chunk in 1usize..4096,
+        ) {
+            let input = if bare_newlines {
+                SECURITY.split(|&b| b == b'\r').collect::<Vec<_>>().concat()
+            } else {
+                SECURITY.to_vec()
+            };
+            let split = split.min(input.len());
+            let whole = decode_all(&input);
+            prop_assert_eq!(event_names(&whole).len(), 17);
             let mut codec = AmiCodec::new(64 * 1024);
             let mut buf = BytesMut::new();
             let mut frames = Vec::new();
-            let (a, b) = SECURITY.split_at(split);
+            let (a, b) = input.split_at(split);
             for piece in a.chunks(chunk).chain(b.chunks(chunk)) {
                 buf.extend_from_slice(piece);
                 while let Some(frame) = codec.decode(&mut buf).expect("decodes") {
