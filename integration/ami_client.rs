@@ -4,7 +4,10 @@
 #[path = "support/fake_ami.rs"]
 mod fake_ami;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use astban::ami::client::{self, Health};
@@ -38,6 +41,67 @@ fn replay(capture: &[u8], n: u32) -> Vec<u8> {
     let mut bytes = events_of(capture);
     bytes.extend(sentinel(n));
     bytes
+}
+
+/// What the client logs on this thread while a capture is active.
+///
+/// One global subscriber (installed once) writes each event to the
+/// capture of the thread that emitted it; `#[tokio::test]` runs the client
+/// on the test's own thread. Per-thread subscribers would not do: tracing
+/// caches each call site's interest across threads.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+thread_local! {
+    static CAPTURE: RefCell<Option<Logs>> = const { RefCell::new(None) };
+}
+
+/// Ends the capture of its thread when dropped.
+struct Capturing;
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| c.borrow_mut().take());
+    }
+}
+
+impl Logs {
+    fn capture() -> (Logs, Capturing) {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            // Fails only if another subscriber is global already.
+            let _ = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_writer(|| ThreadCapture)
+                .try_init();
+        });
+        let logs = Logs::default();
+        CAPTURE.with(|c| *c.borrow_mut() = Some(logs.clone()));
+        (logs, Capturing)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log lock")).into_owned()
+    }
+}
+
+/// The global subscriber's writer: appends to the current thread's capture.
+struct ThreadCapture;
+
+impl Write for ThreadCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURE.with(|c| {
+            if let Some(logs) = &*c.borrow() {
+                logs.0.lock().expect("log lock").extend_from_slice(buf);
+            }
+        });
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn config(fake: &FakeAmi, auth: AmiAuth) -> AmiConfig {
@@ -248,6 +312,7 @@ async fn a_dropped_connection_is_followed_by_a_reconnect() {
 
 #[tokio::test]
 async fn a_refused_login_names_manager_conf_and_is_retried() {
+    let (logs, _guard) = Logs::capture();
     let fake = FakeAmi::start(Script {
         refuse_logins: true,
         ..Script::default()
@@ -269,6 +334,31 @@ async fn a_refused_login_names_manager_conf_and_is_retried() {
     assert!(!reason.contains(SECRET), "{reason}");
     // Retried with backoff, on a new connection.
     fake.action(1, "Login").await;
+    let logs = logs.text();
+    assert!(logs.contains("manager.conf"), "{logs}");
+    assert!(!logs.contains(SECRET), "{logs}");
+}
+
+/// Asterisk reports every AMI login, astban's own included, as a
+/// SuccessfulAuth security event; without `read = security` it never comes.
+#[tokio::test]
+async fn a_user_without_read_security_is_warned_about() {
+    for (after_login, warned) in [(Vec::new(), true), (replay(SECURITY, 1), false)] {
+        let (logs, _guard) = Logs::capture();
+        let fake = FakeAmi::start(Script {
+            after_login: vec![after_login],
+            ..Script::default()
+        })
+        .await;
+        let _client = Client::spawn(AmiConfig {
+            ping_interval: Duration::from_millis(50),
+            ..config(&fake, AmiAuth::Md5)
+        });
+        // The second Ping goes out only after the first Pong was handled.
+        fake.nth_action(0, "Ping", 1).await;
+        let logs = logs.text();
+        assert_eq!(logs.contains("lacks `read = security`"), warned, "{logs}");
+    }
 }
 
 #[tokio::test]
@@ -280,7 +370,10 @@ async fn a_server_that_stops_answering_pings_is_detected() {
         ..config(&fake, AmiAuth::Md5)
     });
     let up = client.up().await;
-    fake.action(0, "Ping").await;
+    // A third Ping on the first connection: each Pong was matched in time.
+    fake.nth_action(0, "Ping", 2).await;
+    assert_eq!(fake.connections(), 1);
+    assert!(matches!(*client.health.borrow(), Health::Up { .. }));
     fake.answer_pings(false);
 
     let (since, reason) = client.down("Pong").await;

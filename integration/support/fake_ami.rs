@@ -175,23 +175,22 @@ impl FakeAmi {
     /// Waits until connection `index` has sent an action named `name`, and
     /// returns the first such action. Panics after [`WAIT`].
     pub async fn action(&self, index: usize, name: &str) -> Sent {
+        self.nth_action(index, name, 0).await
+    }
+
+    /// Like [`FakeAmi::action`], for the `nth` (0-based) such action.
+    pub async fn nth_action(&self, index: usize, name: &str, nth: usize) -> Sent {
+        let nth_of = |conns: &[Vec<Sent>]| {
+            conns
+                .get(index)
+                .and_then(|c| c.iter().filter(|s| s.action() == name).nth(nth).cloned())
+        };
         let mut rx = self.shared.sent.subscribe();
-        let found = tokio::time::timeout(
-            WAIT,
-            rx.wait_for(|conns| {
-                conns
-                    .get(index)
-                    .is_some_and(|c| c.iter().any(|s| s.action() == name))
-            }),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("connection {index} sent no {name} within {WAIT:?}"))
-        .expect("fake AMI alive");
-        found[index]
-            .iter()
-            .find(|s| s.action() == name)
-            .cloned()
-            .expect("just matched")
+        let found = tokio::time::timeout(WAIT, rx.wait_for(|conns| nth_of(conns).is_some()))
+            .await
+            .unwrap_or_else(|_| panic!("connection {index} sent no {name} #{nth} within {WAIT:?}"))
+            .expect("fake AMI alive");
+        nth_of(&found).expect("just matched")
     }
 }
 
