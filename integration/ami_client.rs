@@ -366,7 +366,7 @@ async fn a_server_that_stops_answering_pings_is_detected() {
     let fake = FakeAmi::start(Script::default()).await;
     let mut client = Client::spawn(AmiConfig {
         ping_interval: Duration::from_millis(100),
-        ping_timeout: Duration::from_millis(400),
+        ping_timeout: Duration::from_millis(1500),
         ..config(&fake, AmiAuth::Md5)
     });
     let up = client.up().await;
