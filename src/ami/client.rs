@@ -61,6 +61,10 @@ const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(10);
 /// flood goes to `debug`.
 const SKIP_WARN_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Most events kept from before the login response (Asterisk sends none
+/// before it; this only bounds a misbehaving peer).
+const EARLY_EVENTS_MAX: usize = 64;
+
 /// Longest text from the server quoted in an error.
 const QUOTE_MAX: usize = 120;
 
@@ -254,36 +258,46 @@ impl Input {
             Frame::Message(_) => return Err(self.closed()),
         }
         let mut early = Vec::new();
+        let key = match self.config.auth {
+            AmiAuth::Plain => None,
+            AmiAuth::Md5 => Some(self.md5_key(&mut conn, &mut early).await?),
+        };
         let login =
             Action::new("Login", &self.action_id()).field("Username", self.config.username.clone());
-        let login = match self.config.auth {
-            AmiAuth::Plain => login.field("Secret", self.config.secret.expose()),
-            AmiAuth::Md5 => {
-                let challenge =
-                    Action::new("Challenge", &self.action_id()).field("AuthType", "MD5");
-                let response = self.request(&mut conn, &challenge, &mut early).await?;
-                let challenge = response
-                    .get("Challenge")
-                    .filter(|c| !c.is_empty())
-                    .ok_or_else(|| SessionError::NoChallenge {
-                        manager: self.manager.clone(),
-                    })?;
-                let key = Md5::new()
-                    .chain_update(challenge)
-                    .chain_update(self.config.secret.expose())
-                    .finalize();
-                login
-                    .field("AuthType", "MD5")
-                    .field("Key", format!("{key:x}"))
-            }
+        let login = match key {
+            None => login.field("Secret", self.config.secret.expose()),
+            Some(key) => login.field("AuthType", "MD5").field("Key", key),
         };
         self.request(&mut conn, &login.field("Events", "security"), &mut early)
             .await?;
         Ok((conn, early))
     }
 
-    /// Sends `action` and waits for its successful response; other messages
-    /// meanwhile are kept in `early`.
+    /// Asks for an MD5 challenge and answers it: md5hex(challenge + secret),
+    /// so the secret itself never crosses the wire.
+    async fn md5_key(
+        &mut self,
+        conn: &mut Connection,
+        early: &mut Vec<Message>,
+    ) -> Result<String, SessionError> {
+        let challenge = Action::new("Challenge", &self.action_id()).field("AuthType", "MD5");
+        let response = self.request(conn, &challenge, early).await?;
+        let challenge = response
+            .get("Challenge")
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| SessionError::NoChallenge {
+                manager: self.manager.clone(),
+            })?;
+        let key = Md5::new()
+            .chain_update(challenge)
+            .chain_update(self.config.secret.expose())
+            .finalize();
+        Ok(format!("{key:x}"))
+    }
+
+    /// Sends `action` and waits for its successful response. Events that
+    /// arrive meanwhile are kept in `early`, at most [`EARLY_EVENTS_MAX`] of
+    /// them, so a peer that floods instead of answering cannot grow memory.
     async fn request(
         &mut self,
         conn: &mut Connection,
@@ -308,7 +322,8 @@ impl Input {
                         message: quote(message.get("Message").unwrap_or(status)),
                     });
                 }
-                _ => early.push(message),
+                MessageKind::Event { .. } if early.len() < EARLY_EVENTS_MAX => early.push(message),
+                _ => {}
             }
         }
     }
