@@ -416,3 +416,21 @@ async fn shutdown_stops_the_client_promptly() {
         .expect("stops on shutdown")
         .expect("no panic");
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_reported_down() {
+    // A port that was just free: nothing listens there any more.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let mut client = Client::spawn(AmiConfig {
+        host: "127.0.0.1".into(),
+        port,
+        reconnect_min: Duration::from_millis(10),
+        reconnect_max: Duration::from_millis(200),
+        ..AmiConfig::default()
+    });
+    let (_, reason) = client.down("cannot connect").await;
+    assert!(reason.contains(&format!("127.0.0.1:{port}")), "{reason}");
+}
