@@ -56,14 +56,14 @@ fn pass(stream: &[u8], map: bool) -> Tally {
                 tally.events += 1;
             }
             if map {
+                if let Ok(Some(report)) = security.interpret(&message, now) {
+                    tally.reports += 1;
+                    black_box(report);
+                }
                 messages_in_repeat += 1;
                 if messages_in_repeat == MESSAGES_PER_REPEAT {
                     messages_in_repeat = 0;
                     security = SecurityEvents::new(&kinds);
-                }
-                if let Ok(Some(report)) = security.interpret(&message, now) {
-                    tally.reports += 1;
-                    black_box(report);
                 }
             } else {
                 black_box(&message);
