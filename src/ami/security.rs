@@ -111,8 +111,12 @@ impl SecurityEvents {
         let event = kind.event_name().unwrap_or("security");
         let host = remote_host(message, event)?;
         let time = event_time(message, now);
-        let session = message.get("SessionID").filter(|s| !s.is_empty());
-        if let Some(session) = session {
+        let mut sessions = message.get_all("SessionID").filter(|s| !s.is_empty());
+        let session = sessions.next();
+        // A second SessionID was planted through attacker text; collapsing
+        // on it would let the attacker choose which attempts count.
+        let planted = sessions.next().is_some();
+        if let Some(session) = session.filter(|_| !planted) {
             if !self.recent.first_sighting(host, kind, session, time) {
                 return Ok(None);
             }
@@ -576,6 +580,23 @@ mod tests {
             "Event: FailedACL\nSessionID: 0x7fcb4c00fdd0\nRemoteAddress: IPV4/UDP/192.0.2.2/5060",
         );
         assert!(counted(&mut events, &other));
+    }
+
+    #[test]
+    fn a_planted_session_id_does_not_collapse_attempts() {
+        let mut events = all_kinds();
+        let m = event(
+            "Event: InvalidPassword\nAccountID: x\nSessionID: chosen\nSessionID: 0x7fcb4c002180\n\
+             RemoteAddress: IPV4/UDP/192.0.2.1/5060",
+        );
+        for _ in 0..3 {
+            assert!(
+                events
+                    .interpret(&m, Timestamp::UNIX_EPOCH)
+                    .expect("maps")
+                    .is_some()
+            );
+        }
     }
 
     #[test]
