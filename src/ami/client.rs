@@ -1,6 +1,33 @@
 //! The AMI session: connect, log in, subscribe, keep alive, reconnect.
+//!
+//! [`run`] is the AMI input's task. Each session connects over TCP, reads
+//! the banner, logs in (MD5 challenge or plain secret) subscribed to the
+//! `security` event class only, then turns security events into reports
+//! while a Ping every `ping_interval` proves the link alive. Whatever ends
+//! a session is published as [`Health::Down`] and the next one starts after
+//! a capped, jittered exponential backoff, forever, until shutdown.
+//!
+//! TLS (manager.conf `[general] tlsenable`) is not supported: AMI normally
+//! listens on localhost next to astban, and plain TCP keeps this small.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
 use jiff::Timestamp;
+use md5::{Digest, Md5};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep, timeout};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::codec::{Action, AmiCodec, CodecError, Frame, Message, MessageKind};
+use super::security::{SecurityEvents, Skip};
+use crate::config::{AmiAuth, AmiConfig};
+use crate::failure::Report;
 
 /// The AMI session's health, published on a `tokio::sync::watch` channel.
 ///
@@ -24,4 +51,574 @@ pub enum Health {
         /// Why, for humans (`connection refused`, `login refused: ...`).
         reason: String,
     },
+}
+
+/// Shortest wait between two connection attempts, whatever the config, so
+/// a zero `reconnect_min` cannot spin.
+const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(10);
+
+/// How often a skipped security event is logged at `warn`; the rest of a
+/// flood goes to `debug`.
+const SKIP_WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Most events kept from before the login response (Asterisk sends none
+/// before it; this only bounds a misbehaving peer).
+const EARLY_EVENTS_MAX: usize = 64;
+
+/// Longest text from the server quoted in an error.
+const QUOTE_MAX: usize = 120;
+
+/// Why a session ended. Its `Display` is the `reason` of [`Health::Down`],
+/// so it must say what to fix and never contain the secret.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// The TCP connection could not be made.
+    #[error(
+        "cannot connect to AMI at {manager}: {source} (is Asterisk running, and are ami.host/ami.port its manager.conf bindaddr/port?)"
+    )]
+    Connect {
+        /// `host:port`.
+        manager: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// Connecting, the banner or the login took longer than allowed.
+    #[error(
+        "AMI at {manager} did not complete connect and login within {after:?} (ami.connect_timeout)"
+    )]
+    LoginTimeout {
+        /// `host:port`.
+        manager: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// Asterisk answered the login (or the MD5 challenge) with an error.
+    #[error(
+        "AMI login as {username:?} refused by {manager}: {message:?}. Check manager.conf on the Asterisk host: \
+         a [{username}] section must exist, its `secret` must match ami.secret (or ami.secret_file), \
+         it needs `read = security` (or `read = all`), and its permit/deny must allow this host"
+    )]
+    LoginRefused {
+        /// `host:port`.
+        manager: String,
+        /// The manager.conf section astban logs in as.
+        username: String,
+        /// Asterisk's `Message:` (`Authentication failed`).
+        message: String,
+    },
+    /// The MD5 challenge response did not carry a usable challenge.
+    #[error(
+        "AMI at {manager} answered the MD5 challenge without a Challenge value; try ami.auth = \"plain\""
+    )]
+    NoChallenge {
+        /// `host:port`.
+        manager: String,
+    },
+    /// The server closed the connection.
+    #[error("AMI at {manager} closed the connection")]
+    Closed {
+        /// `host:port`.
+        manager: String,
+    },
+    /// A Ping got no Pong in time, or could not even be sent.
+    #[error(
+        "no Pong from AMI at {manager} within {after:?} of a Ping (ami.ping_timeout); the link is dead"
+    )]
+    PingTimeout {
+        /// `host:port`.
+        manager: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// Reading or decoding failed (including an oversized message).
+    #[error("AMI at {manager}: {source}")]
+    Codec {
+        /// `host:port`.
+        manager: String,
+        /// What went wrong.
+        source: CodecError,
+    },
+}
+
+/// Runs the AMI input until `shutdown`: keeps a session up, reconnecting
+/// forever, sends a [`Report`] per counted security event and publishes
+/// the session's [`Health`]. Errors are logged and reflected in `health`;
+/// it returns only on shutdown or when `reports` is closed.
+pub async fn run(
+    config: AmiConfig,
+    reports: mpsc::Sender<Report>,
+    health: watch::Sender<Health>,
+    shutdown: CancellationToken,
+) {
+    let mut input = Input {
+        manager: format!("{}:{}", config.host, config.port),
+        security: SecurityEvents::new(&config.events),
+        reports,
+        health,
+        last_frame: Timestamp::now(),
+        skips: Throttle::default(),
+        next_action_id: 0,
+        config,
+    };
+    let mut backoff = Backoff::new(input.config.reconnect_min, input.config.reconnect_max);
+    loop {
+        let ended = tokio::select! {
+            () = shutdown.cancelled() => return,
+            ended = input.session(&mut backoff) => ended,
+        };
+        let error = match ended {
+            Ended::ReportsClosed => {
+                debug!("AMI input stops: nobody receives its reports");
+                return;
+            }
+            Ended::Failed(error) => error,
+        };
+        let delay = backoff.next_delay();
+        warn!("AMI session down: {error}; reconnecting in {delay:.1?}");
+        input.publish(Health::Down {
+            since: input.last_frame,
+            reason: error.to_string(),
+        });
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = sleep(delay) => {}
+        }
+    }
+}
+
+/// How a session ended, short of shutdown.
+enum Ended {
+    Failed(SessionError),
+    ReportsClosed,
+}
+
+impl From<SessionError> for Ended {
+    fn from(error: SessionError) -> Ended {
+        Ended::Failed(error)
+    }
+}
+
+type Connection = Framed<TcpStream, AmiCodec>;
+
+/// The AMI input's state that outlives a session.
+struct Input {
+    config: AmiConfig,
+    /// `host:port`, for messages.
+    manager: String,
+    security: SecurityEvents,
+    reports: mpsc::Sender<Report>,
+    health: watch::Sender<Health>,
+    /// When the last frame arrived, on any session.
+    last_frame: Timestamp,
+    skips: Throttle,
+    next_action_id: u64,
+}
+
+impl Input {
+    /// One session, from connect to whatever ends it.
+    async fn session(&mut self, backoff: &mut Backoff) -> Ended {
+        let limit = self.config.connect_timeout;
+        let (mut conn, early) = match timeout(limit, self.connect_and_login()).await {
+            Ok(Ok(logged_in)) => logged_in,
+            Ok(Err(error)) => return error.into(),
+            Err(_) => {
+                return SessionError::LoginTimeout {
+                    manager: self.manager.clone(),
+                    after: limit,
+                }
+                .into();
+            }
+        };
+        backoff.reset();
+        info!(
+            "AMI session up: logged in to {} as {:?}, subscribed to security events",
+            self.manager, self.config.username
+        );
+        self.publish(Health::Up {
+            since: Timestamp::now(),
+        });
+        self.serve(&mut conn, early).await
+    }
+
+    /// Connects, reads the banner and logs in. Returns the connection and
+    /// any events that arrived before the login response.
+    async fn connect_and_login(&mut self) -> Result<(Connection, Vec<Message>), SessionError> {
+        let stream = TcpStream::connect((self.config.host.as_str(), self.config.port))
+            .await
+            .map_err(|source| SessionError::Connect {
+                manager: self.manager.clone(),
+                source,
+            })?;
+        let mut conn = Framed::new(stream, AmiCodec::new(self.config.max_message_size));
+        match self.next_frame(&mut conn).await? {
+            Frame::Banner(banner) => {
+                debug!("AMI at {} speaks version {}", self.manager, banner.version)
+            }
+            // The codec yields the banner first or fails.
+            Frame::Message(_) => return Err(self.closed()),
+        }
+        let mut early = Vec::new();
+        let key = match self.config.auth {
+            AmiAuth::Plain => None,
+            AmiAuth::Md5 => Some(self.md5_key(&mut conn, &mut early).await?),
+        };
+        let login =
+            Action::new("Login", &self.action_id()).field("Username", self.config.username.clone());
+        let login = match key {
+            None => login.field("Secret", self.config.secret.expose()),
+            Some(key) => login.field("AuthType", "MD5").field("Key", key),
+        };
+        self.request(&mut conn, &login.field("Events", "security"), &mut early)
+            .await?;
+        Ok((conn, early))
+    }
+
+    /// Asks for an MD5 challenge and answers it: md5hex(challenge + secret),
+    /// so the secret itself never crosses the wire.
+    async fn md5_key(
+        &mut self,
+        conn: &mut Connection,
+        early: &mut Vec<Message>,
+    ) -> Result<String, SessionError> {
+        let challenge = Action::new("Challenge", &self.action_id()).field("AuthType", "MD5");
+        let response = self.request(conn, &challenge, early).await?;
+        let challenge = response
+            .get("Challenge")
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| SessionError::NoChallenge {
+                manager: self.manager.clone(),
+            })?;
+        let key = Md5::new()
+            .chain_update(challenge)
+            .chain_update(self.config.secret.expose())
+            .finalize();
+        Ok(format!("{key:x}"))
+    }
+
+    /// Sends `action` and waits for its successful response. Events that
+    /// arrive meanwhile are kept in `early`, at most [`EARLY_EVENTS_MAX`] of
+    /// them, so a peer that floods instead of answering cannot grow memory.
+    async fn request(
+        &mut self,
+        conn: &mut Connection,
+        action: &Action,
+        early: &mut Vec<Message>,
+    ) -> Result<Message, SessionError> {
+        conn.send(action).await.map_err(|e| self.codec_error(e))?;
+        loop {
+            let Frame::Message(message) = self.next_frame(conn).await? else {
+                continue;
+            };
+            match message.kind() {
+                MessageKind::Response { status, action_id }
+                    if action_id == Some(action.action_id().as_bytes()) =>
+                {
+                    if status.eq_ignore_ascii_case(b"Success") {
+                        return Ok(message);
+                    }
+                    return Err(SessionError::LoginRefused {
+                        manager: self.manager.clone(),
+                        username: self.config.username.clone(),
+                        message: quote(message.get("Message").unwrap_or(status)),
+                    });
+                }
+                MessageKind::Event { .. } if early.len() < EARLY_EVENTS_MAX => early.push(message),
+                _ => {}
+            }
+        }
+    }
+
+    /// The logged-in session: events to reports, Ping/Pong, until it dies.
+    async fn serve(&mut self, conn: &mut Connection, early: Vec<Message>) -> Ended {
+        let mut keepalive = Keepalive::default();
+        for message in early {
+            if let Some(ended) = self.handle(message, &mut keepalive).await {
+                return ended;
+            }
+        }
+        let ping_timeout = self.config.ping_timeout;
+        let mut ticks = tokio::time::interval_at(
+            Instant::now() + self.config.ping_interval,
+            self.config.ping_interval,
+        );
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pong_deadline = sleep(ping_timeout);
+        tokio::pin!(pong_deadline);
+        loop {
+            // Frames first: a Pong already buffered must beat its deadline,
+            // and while frames keep coming the link is evidently alive.
+            tokio::select! {
+                biased;
+                frame = self.next_frame(conn) => match frame {
+                    Ok(Frame::Message(message)) => {
+                        if let Some(ended) = self.handle(message, &mut keepalive).await {
+                            return ended;
+                        }
+                    }
+                    // The codec yields the banner only first.
+                    Ok(Frame::Banner(_)) => {}
+                    Err(error) => return error.into(),
+                },
+                _ = ticks.tick(), if keepalive.pending.is_none() => {
+                    let id = self.action_id();
+                    let sent = timeout(ping_timeout, conn.send(&Action::new("Ping", &id))).await;
+                    match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => return self.codec_error(error).into(),
+                        Err(_) => return self.ping_timeout().into(),
+                    }
+                    keepalive.pending = Some(id);
+                    pong_deadline.as_mut().reset(Instant::now() + ping_timeout);
+                }
+                () = &mut pong_deadline, if keepalive.pending.is_some() => {
+                    return self.ping_timeout().into();
+                }
+            }
+        }
+    }
+
+    /// Consumes one message: a Pong clears the pending Ping, a security
+    /// event may become a report, everything else is dropped.
+    async fn handle(&mut self, message: Message, keepalive: &mut Keepalive) -> Option<Ended> {
+        match message.kind() {
+            MessageKind::Response { action_id, .. } => {
+                if action_id.is_some()
+                    && action_id == keepalive.pending.as_deref().map(str::as_bytes)
+                {
+                    keepalive.pending = None;
+                    if !keepalive.checked_read_permission {
+                        keepalive.checked_read_permission = true;
+                        if !keepalive.saw_own_login {
+                            self.warn_no_security_events();
+                        }
+                    }
+                }
+                None
+            }
+            MessageKind::Event { name } => {
+                if name == b"SuccessfulAuth" && self.is_own_login(&message) {
+                    keepalive.saw_own_login = true;
+                }
+                match self.security.interpret(&message, Timestamp::now()) {
+                    Ok(Some(report)) => self
+                        .reports
+                        .send(report)
+                        .await
+                        .err()
+                        .map(|_| Ended::ReportsClosed),
+                    Ok(None) => None,
+                    Err(skip) => {
+                        self.skips.log(&skip);
+                        None
+                    }
+                }
+            }
+            MessageKind::Other => None,
+        }
+    }
+
+    /// Whether a `SuccessfulAuth` is Asterisk reporting astban's own login.
+    fn is_own_login(&self, message: &Message) -> bool {
+        message.get("Service") == Some(b"AMI")
+            && message.get("AccountID") == Some(self.config.username.as_bytes())
+    }
+
+    /// Asterisk announces every AMI login as a `SuccessfulAuth` security
+    /// event, including astban's own. If it has not come by the first Pong,
+    /// the user cannot read the security class and astban is blind.
+    fn warn_no_security_events(&self) {
+        warn!(
+            "logged in to AMI at {} as {:?}, but Asterisk did not send this login's own SuccessfulAuth security event: \
+             the [{}] section of manager.conf probably lacks `read = security` (or `read = all`), \
+             so no attack will be seen over AMI",
+            self.manager, self.config.username, self.config.username
+        );
+    }
+
+    async fn next_frame(&mut self, conn: &mut Connection) -> Result<Frame, SessionError> {
+        match conn.next().await {
+            Some(Ok(frame)) => {
+                self.last_frame = Timestamp::now();
+                Ok(frame)
+            }
+            Some(Err(error)) => Err(self.codec_error(error)),
+            None => Err(self.closed()),
+        }
+    }
+
+    fn publish(&self, new: Health) {
+        self.health.send_if_modified(|health| {
+            let changed = *health != new;
+            *health = new;
+            changed
+        });
+    }
+
+    fn action_id(&mut self) -> String {
+        self.next_action_id += 1;
+        format!("astban-{}", self.next_action_id)
+    }
+
+    fn codec_error(&self, source: CodecError) -> SessionError {
+        match source {
+            CodecError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => self.closed(),
+            source => SessionError::Codec {
+                manager: self.manager.clone(),
+                source,
+            },
+        }
+    }
+
+    fn closed(&self) -> SessionError {
+        SessionError::Closed {
+            manager: self.manager.clone(),
+        }
+    }
+
+    fn ping_timeout(&self) -> SessionError {
+        SessionError::PingTimeout {
+            manager: self.manager.clone(),
+            after: self.config.ping_timeout,
+        }
+    }
+}
+
+/// Per-session keepalive and permission-check state.
+#[derive(Default)]
+struct Keepalive {
+    /// The ActionID of the Ping awaiting its Pong.
+    pending: Option<String>,
+    /// Whether Asterisk reported astban's own login as a security event.
+    saw_own_login: bool,
+    /// Whether the read-permission check has been made this session.
+    checked_read_permission: bool,
+}
+
+/// Sanitised, bounded text from the server for an error message.
+fn quote(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(QUOTE_MAX)]);
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// Logs skipped events at `warn` at most once per [`SKIP_WARN_INTERVAL`],
+/// so a flood of unparsable events cannot flood the log.
+#[derive(Default)]
+struct Throttle {
+    next_warn: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    fn log(&mut self, skip: &Skip) {
+        let now = Instant::now();
+        if self.next_warn.is_none_or(|at| now >= at) {
+            match self.suppressed {
+                0 => warn!("{skip}"),
+                n => warn!("{skip} ({n} more skipped since the last such warning)"),
+            }
+            self.next_warn = Some(now + SKIP_WARN_INTERVAL);
+            self.suppressed = 0;
+        } else {
+            debug!("{skip}");
+            self.suppressed += 1;
+        }
+    }
+}
+
+/// Capped exponential backoff with jitter: each delay is drawn from the
+/// upper half of the current step, so many astbans restarting together do
+/// not reconnect in lockstep.
+#[derive(Debug)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    step: Duration,
+    jitter: RandomState,
+    draws: u64,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        let min = min.max(MIN_RECONNECT_DELAY);
+        Backoff {
+            min,
+            max: max.max(min),
+            step: min,
+            jitter: RandomState::new(),
+            draws: 0,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.draws += 1;
+        let unit = self.jitter.hash_one(self.draws) as f64 / u64::MAX as f64;
+        let delay = self.step.mul_f64(0.5 + 0.5 * unit);
+        self.step = self.step.saturating_mul(2).min(self.max);
+        delay.max(MIN_RECONNECT_DELAY)
+    }
+
+    fn reset(&mut self) {
+        self.step = self.min;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        let mut backoff = Backoff::new(min, max);
+        let mut step = min;
+        for _ in 0..20 {
+            let delay = backoff.next_delay();
+            assert!(
+                delay >= step / 2 && delay <= step,
+                "{delay:?} not in upper half of {step:?}"
+            );
+            step = (step * 2).min(max);
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= min);
+    }
+
+    #[test]
+    fn a_zero_backoff_cannot_spin() {
+        let mut backoff = Backoff::new(Duration::ZERO, Duration::ZERO);
+        assert!(backoff.next_delay() >= MIN_RECONNECT_DELAY);
+    }
+
+    #[test]
+    fn refused_login_names_the_settings_to_check() {
+        let msg = SessionError::LoginRefused {
+            manager: "127.0.0.1:5038".into(),
+            username: "astban".into(),
+            message: "Authentication failed".into(),
+        }
+        .to_string();
+        for needle in [
+            "manager.conf",
+            "[astban]",
+            "secret",
+            "read = security",
+            "permit/deny",
+            "127.0.0.1:5038",
+        ] {
+            assert!(msg.contains(needle), "{needle} missing from {msg}");
+        }
+    }
+
+    #[test]
+    fn md5_key_matches_the_capture() {
+        // From ami-login-variants-dialogue.txt: challenge 119281354, secret
+        // astban-secret, Key 44aa94644d68d1150ec34febdd69fc93.
+        let key = Md5::new()
+            .chain_update("119281354")
+            .chain_update("astban-secret")
+            .finalize();
+        assert_eq!(format!("{key:x}"), "44aa94644d68d1150ec34febdd69fc93");
+    }
 }

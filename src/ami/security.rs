@@ -1,1 +1,624 @@
-//! TODO(helper): see issue 2.
+//! Security events → [`Report`]s.
+//!
+//! Only Asterisk's own structured `RemoteAddress` decides the host; the
+//! account, session id and challenge fields are attacker text, kept for
+//! humans only. Pure apart from a small bounded cache that collapses the
+//! repeated events Asterisk emits for one attempt.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::codec::{Message, MessageKind};
+use crate::failure::{AttackerText, Failure, FailureKind, Report, Service, Source, Success};
+
+/// Events of one (host, kind, session) this close together are one attempt.
+///
+/// chan_sip emits two `FailedACL` events a millisecond apart for one
+/// ACL-rejected REGISTER. The window is short because `SessionID` is a
+/// reused heap address in chan_sip and the attacker's Call-ID in PJSIP: a
+/// key repeating later is a new attempt, and at worst an attacker who
+/// reuses one Call-ID is counted once per window instead of once per try.
+pub const DUPLICATE_WINDOW: SignedDuration = SignedDuration::from_secs(2);
+
+/// Most recent attempts remembered for [`DUPLICATE_WINDOW`]; past it the
+/// oldest are forgotten, so a flood of distinct sessions costs fixed memory
+/// (at worst a duplicate then counts twice).
+pub const RECENT_ATTEMPTS_CAP: usize = 4096;
+
+/// Longest piece of an unparsable address quoted in a [`Skip`].
+const QUOTE_MAX: usize = 64;
+
+/// A security event that should have counted but cannot be attributed to a
+/// host. The caller logs it; the event is dropped, never guessed at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Skip {
+    /// The event has no `RemoteAddress`.
+    #[error("{event} event without RemoteAddress; skipped")]
+    NoAddress {
+        /// The event name.
+        event: &'static str,
+    },
+    /// `RemoteAddress` is not `IPV4|IPV6/<transport>/<address>/<port>`.
+    #[error("{event} event with unparsable RemoteAddress {value:?}; skipped")]
+    BadAddress {
+        /// The event name.
+        event: &'static str,
+        /// The start of the value, sanitised.
+        value: String,
+    },
+    /// `RemoteAddress` appears more than once: text planted in another
+    /// field (a newline in a SIP username) added one, so the host is
+    /// ambiguous.
+    #[error(
+        "{event} event carries RemoteAddress {count} times (a field injected through attacker text?); host is ambiguous, skipped"
+    )]
+    AmbiguousAddress {
+        /// The event name.
+        event: &'static str,
+        /// How many `RemoteAddress` fields it had.
+        count: usize,
+    },
+}
+
+/// Turns security events into reports; one per AMI input.
+#[derive(Debug)]
+pub struct SecurityEvents {
+    /// Bit `kind as u32` is set for each kind configured in `ami.events`.
+    enabled: u32,
+    recent: RecentAttempts,
+}
+
+impl SecurityEvents {
+    /// Counts the given kinds (config `ami.events`); other failure events
+    /// are ignored.
+    pub fn new(kinds: &[FailureKind]) -> SecurityEvents {
+        SecurityEvents {
+            enabled: kinds.iter().fold(0, |bits, &k| bits | 1 << k as u32),
+            recent: RecentAttempts::default(),
+        }
+    }
+
+    /// The report for `message`, if it is a counted failure or a successful
+    /// login. Responses, `ChallengeSent`, disabled kinds and repeats of an
+    /// attempt give `Ok(None)`. `now` stands in for a missing or
+    /// unparsable `EventTV`.
+    pub fn interpret(&mut self, message: &Message, now: Timestamp) -> Result<Option<Report>, Skip> {
+        let MessageKind::Event { name } = message.kind() else {
+            return Ok(None);
+        };
+        let Ok(name) = std::str::from_utf8(name) else {
+            return Ok(None);
+        };
+        if name == "SuccessfulAuth" {
+            let host = remote_host(message, "SuccessfulAuth")?;
+            return Ok(Some(Report::Success(Success {
+                host,
+                service: service(message),
+                time: event_time(message, now),
+                source: Source::Ami,
+            })));
+        }
+        let Some(kind) = FailureKind::from_event_name(name) else {
+            return Ok(None);
+        };
+        if self.enabled & (1 << kind as u32) == 0 {
+            return Ok(None);
+        }
+        let event = kind.event_name().unwrap_or("security");
+        let host = remote_host(message, event)?;
+        let time = event_time(message, now);
+        let mut sessions = message.get_all("SessionID").filter(|s| !s.is_empty());
+        let session = sessions.next();
+        // A second SessionID was planted through attacker text; collapsing
+        // on it would let the attacker choose which attempts count.
+        let planted = sessions.next().is_some();
+        if let Some(session) = session.filter(|_| !planted) {
+            if !self.recent.first_sighting(host, kind, session, time) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(Report::Failure(Failure {
+            host,
+            kind,
+            service: service(message),
+            account: message.get("AccountID").map(attacker_text),
+            session: session.map(attacker_text),
+            time,
+            source: Source::Ami,
+        })))
+    }
+}
+
+/// The one `RemoteAddress` of the event, parsed.
+fn remote_host(message: &Message, event: &'static str) -> Result<IpAddr, Skip> {
+    let mut values = message.get_all("RemoteAddress");
+    let Some(value) = values.next() else {
+        return Err(Skip::NoAddress { event });
+    };
+    let extra = values.count();
+    if extra > 0 {
+        return Err(Skip::AmbiguousAddress {
+            event,
+            count: extra + 1,
+        });
+    }
+    parse_remote_address(value).ok_or_else(|| Skip::BadAddress {
+        event,
+        value: quote(value),
+    })
+}
+
+/// Parses Asterisk's `IPV4/UDP/192.0.2.7/5060` and `IPV6/TCP/2001:db8::7/5060`
+/// (the IPv6 address bare or in brackets), strictly: the family must match
+/// the address, the transport must be one Asterisk names (UDP, TCP, TLS,
+/// WS, WSS) and the port must be a port. IPv4-mapped IPv6 addresses become
+/// IPv4, since that is what the packets carry. The unspecified address is
+/// refused: it names nobody.
+pub fn parse_remote_address(value: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut parts = text.split('/');
+    let (family, transport, address, port) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || !matches!(transport, "UDP" | "TCP" | "TLS" | "WS" | "WSS")
+        || port.is_empty()
+        || port.len() > 5
+        || !port.bytes().all(|b| b.is_ascii_digit())
+        || port.parse::<u16>().is_err()
+    {
+        return None;
+    }
+    let host = match family {
+        "IPV4" => IpAddr::V4(address.parse::<Ipv4Addr>().ok()?),
+        "IPV6" => {
+            let bare = match address.strip_prefix('[') {
+                Some(inner) => inner.strip_suffix(']')?,
+                None => address,
+            };
+            IpAddr::V6(bare.parse::<Ipv6Addr>().ok()?).to_canonical()
+        }
+        _ => return None,
+    };
+    (!host.is_unspecified()).then_some(host)
+}
+
+/// The event's own time (`EventTV: 2026-11-24T16:03:18.933+0000`), or `now`.
+fn event_time(message: &Message, now: Timestamp) -> Timestamp {
+    message
+        .get("EventTV")
+        .and_then(|tv| std::str::from_utf8(tv).ok())
+        .and_then(|tv| tv.parse().ok())
+        .unwrap_or(now)
+}
+
+fn service(message: &Message) -> Service {
+    message
+        .get("Service")
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .map_or(Service::Other, Service::from_ami)
+}
+
+fn attacker_text(raw: &[u8]) -> AttackerText {
+    AttackerText::new(&String::from_utf8_lossy(raw))
+}
+
+fn quote(raw: &[u8]) -> String {
+    attacker_text(&raw[..raw.len().min(QUOTE_MAX)]).to_string()
+}
+
+/// Which attempt an event belongs to. The session id is kept as a keyed
+/// hash, so an entry has a fixed size whatever the attacker sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct AttemptKey {
+    host: IpAddr,
+    kind: FailureKind,
+    session: u64,
+}
+
+/// The attempts seen within the last [`DUPLICATE_WINDOW`], at most
+/// [`RECENT_ATTEMPTS_CAP`] of them.
+#[derive(Debug, Default)]
+struct RecentAttempts {
+    hasher: RandomState,
+    seen: HashMap<AttemptKey, Timestamp>,
+    /// Insertion order, for eviction.
+    order: VecDeque<(AttemptKey, Timestamp)>,
+}
+
+impl RecentAttempts {
+    /// Whether this is the first event of its attempt; records it if so.
+    fn first_sighting(
+        &mut self,
+        host: IpAddr,
+        kind: FailureKind,
+        session: &[u8],
+        time: Timestamp,
+    ) -> bool {
+        let key = AttemptKey {
+            host,
+            kind,
+            session: self.hasher.hash_one(session),
+        };
+        if let Some(&first) = self.seen.get(&key) {
+            if time.duration_since(first).abs() < DUPLICATE_WINDOW {
+                return false;
+            }
+        }
+        while let Some(&(old, at)) = self.order.front() {
+            if self.order.len() < RECENT_ATTEMPTS_CAP && time.duration_since(at) < DUPLICATE_WINDOW
+            {
+                break;
+            }
+            self.order.pop_front();
+            // A later sighting of the same key replaced this one; keep it.
+            if self.seen.get(&old) == Some(&at) {
+                self.seen.remove(&old);
+            }
+        }
+        self.seen.insert(key, time);
+        self.order.push_back((key, time));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tokio_util::bytes::{Bytes, BytesMut};
+    use tokio_util::codec::Decoder;
+
+    use super::*;
+    use crate::ami::codec::{AmiCodec, Frame};
+
+    const SECURITY: &[u8] = include_bytes!("../../integration/fixtures/ami-security-events.txt");
+    const FLOOD: &[u8] = include_bytes!("../../integration/fixtures/ami-register-flood.txt");
+    const RECEIVED: &[u8] =
+        include_bytes!("../../integration/fixtures/ami-login-variants-received.txt");
+
+    fn all_kinds() -> SecurityEvents {
+        SecurityEvents::new(&crate::config::AmiConfig::default().events)
+    }
+
+    fn reports(capture: &[u8]) -> Vec<Report> {
+        let mut codec = AmiCodec::new(64 * 1024);
+        let mut buf = BytesMut::from(capture);
+        let mut events = all_kinds();
+        let mut out = Vec::new();
+        while let Some(frame) = codec.decode(&mut buf).expect("capture decodes") {
+            if let Frame::Message(m) = frame {
+                out.extend(
+                    events
+                        .interpret(&m, Timestamp::UNIX_EPOCH)
+                        .expect("capture maps"),
+                );
+            }
+        }
+        out
+    }
+
+    fn failures_per_host(reports: &[Report]) -> BTreeMap<String, usize> {
+        let mut per_host = BTreeMap::new();
+        for r in reports {
+            if let Report::Failure(f) = r {
+                *per_host.entry(f.host.to_string()).or_default() += 1;
+            }
+        }
+        per_host
+    }
+
+    fn event(fields: &str) -> Message {
+        Message::parse(Bytes::from(format!(
+            "{}\r\n\r\n",
+            fields.replace('\n', "\r\n")
+        )))
+    }
+
+    #[test]
+    fn one_failure_per_attempt_in_the_security_capture() {
+        let reports = reports(SECURITY);
+        let expected: BTreeMap<String, usize> = [
+            ("127.0.0.2", 4),
+            ("127.0.0.3", 1),
+            ("127.0.0.4", 3),
+            ("127.0.0.5", 1),
+        ]
+        .map(|(h, n)| (h.to_owned(), n))
+        .into();
+        assert_eq!(failures_per_host(&reports), expected);
+
+        let successes: Vec<_> = reports
+            .iter()
+            .filter_map(|r| match r {
+                Report::Success(s) => Some((s.host.to_string(), s.service)),
+                Report::Failure(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            successes,
+            [
+                ("127.0.0.1".to_owned(), Service::Ami),
+                ("127.0.0.1".to_owned(), Service::Sip)
+            ]
+        );
+    }
+
+    #[test]
+    fn failures_carry_the_events_own_fields() {
+        let reports = reports(SECURITY);
+        let Some(Report::Failure(first)) = reports.iter().find(|r| matches!(r, Report::Failure(_)))
+        else {
+            panic!("no failure");
+        };
+        assert_eq!(first.host, IpAddr::from([127, 0, 0, 2]));
+        assert_eq!(first.kind, FailureKind::InvalidPassword);
+        assert_eq!(first.service, Service::Sip);
+        assert_eq!(
+            first.account.as_ref().map(AttackerText::as_str),
+            Some("100")
+        );
+        assert_eq!(
+            first.session.as_ref().map(AttackerText::as_str),
+            Some("0x7fcb4c002180")
+        );
+        assert_eq!(
+            first.time,
+            "2026-11-24T16:03:18.933Z"
+                .parse::<Timestamp>()
+                .expect("literal")
+        );
+        assert_eq!(first.source, Source::Ami);
+
+        let kinds: Vec<(String, FailureKind, Service)> = reports
+            .iter()
+            .filter_map(|r| match r {
+                Report::Failure(f) if f.host != first.host => {
+                    Some((f.host.to_string(), f.kind, f.service))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("127.0.0.3".to_owned(), FailureKind::FailedAcl, Service::Sip),
+                (
+                    "127.0.0.4".to_owned(),
+                    FailureKind::InvalidPassword,
+                    Service::Ami
+                ),
+                (
+                    "127.0.0.4".to_owned(),
+                    FailureKind::InvalidPassword,
+                    Service::Ami
+                ),
+                (
+                    "127.0.0.4".to_owned(),
+                    FailureKind::InvalidAccountId,
+                    Service::Ami
+                ),
+                ("127.0.0.5".to_owned(), FailureKind::FailedAcl, Service::Ami),
+            ]
+        );
+    }
+
+    #[test]
+    fn flood_counts_five_attempts_per_source() {
+        let per_host = failures_per_host(&reports(FLOOD));
+        assert_eq!(per_host.len(), 30);
+        for octet in 10..40 {
+            assert_eq!(
+                per_host.get(&format!("127.0.1.{octet}")),
+                Some(&5),
+                "127.0.1.{octet}"
+            );
+        }
+    }
+
+    #[test]
+    fn login_variants_give_the_bad_format_failure() {
+        // Two connections; the codec expects one banner each.
+        let second =
+            memchr::memmem::rfind(RECEIVED, b"Asterisk Call Manager/").expect("two connections");
+        let reports: Vec<Report> = [&RECEIVED[..second], &RECEIVED[second..]]
+            .into_iter()
+            .flat_map(reports)
+            .collect();
+        assert_eq!(reports.len(), 1);
+        let Report::Failure(f) = &reports[0] else {
+            panic!("not a failure");
+        };
+        assert_eq!(
+            (f.kind, f.host),
+            (FailureKind::RequestBadFormat, IpAddr::from([127, 0, 0, 1]))
+        );
+        assert_eq!(f.account.as_ref().map(AttackerText::as_str), Some("astban"));
+    }
+
+    #[test]
+    fn remote_address_forms() {
+        let ok = |s: &str, ip: &str| {
+            assert_eq!(parse_remote_address(s.as_bytes()), ip.parse().ok(), "{s}")
+        };
+        ok("IPV4/UDP/192.0.2.7/5060", "192.0.2.7");
+        ok("IPV4/TCP/192.0.2.7/1", "192.0.2.7");
+        ok("IPV4/TLS/192.0.2.7/5061", "192.0.2.7");
+        ok("IPV4/WS/192.0.2.7/8088", "192.0.2.7");
+        ok("IPV4/WSS/192.0.2.7/8089", "192.0.2.7");
+        ok("IPV6/UDP/2001:db8::7/5060", "2001:db8::7");
+        ok("IPV6/TCP/[2001:db8::7]/5060", "2001:db8::7");
+        ok("IPV6/UDP/::ffff:192.0.2.7/5060", "192.0.2.7");
+        for bad in [
+            "",
+            "IPV4/UDP/192.0.2.7",
+            "IPV4/UDP/192.0.2.7/5060/x",
+            "IPV4/UDP/2001:db8::7/5060",
+            "IPV6/UDP/192.0.2.7/5060",
+            "IPV6/UDP/[2001:db8::7/5060",
+            "IPV4/SCTP/192.0.2.7/5060",
+            "IPV4/UDP/192.0.2.7/65536",
+            "IPV4/UDP/192.0.2.7/+5060",
+            "IPV4/UDP/192.0.2.7/",
+            "IPV4/UDP/192.0.2.007/5060",
+            "IPV4/UDP/ 192.0.2.7/5060",
+            "IPV4/UDP/0.0.0.0/5060",
+            "IPV6/UDP/::/5060",
+            "ipv4/udp/192.0.2.7/5060",
+        ] {
+            assert_eq!(parse_remote_address(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_remote_address_decides_the_host() {
+        let mut events = all_kinds();
+        let m = event(
+            "Event: InvalidPassword\nEventTV: 2026-11-24T16:03:18.933+0000\nService: SIP\n\
+             AccountID: 192.0.2.66\nSessionID: 192.0.2.67\nLocalAddress: IPV4/UDP/192.0.2.68/5060\n\
+             RemoteAddress: IPV4/UDP/203.0.113.9/5060\nChallenge: 192.0.2.69",
+        );
+        let report = events
+            .interpret(&m, Timestamp::UNIX_EPOCH)
+            .expect("maps")
+            .expect("counts");
+        assert_eq!(report.host(), IpAddr::from([203, 0, 113, 9]));
+    }
+
+    #[test]
+    fn injected_remote_address_makes_the_event_ambiguous() {
+        let mut events = all_kinds();
+        let m = event(
+            "Event: InvalidPassword\nAccountID: x\nRemoteAddress: IPV4/UDP/192.0.2.1/5060\n\
+             SessionID: s\nRemoteAddress: IPV4/UDP/203.0.113.9/5060",
+        );
+        assert_eq!(
+            events.interpret(&m, Timestamp::UNIX_EPOCH),
+            Err(Skip::AmbiguousAddress {
+                event: "InvalidPassword",
+                count: 2
+            })
+        );
+    }
+
+    #[test]
+    fn unusable_addresses_are_skipped_and_quoted_briefly() {
+        let mut events = all_kinds();
+        let missing = event("Event: FailedACL\nSessionID: s");
+        assert_eq!(
+            events.interpret(&missing, Timestamp::UNIX_EPOCH),
+            Err(Skip::NoAddress { event: "FailedACL" })
+        );
+        let huge = format!(
+            "Event: FailedACL\nRemoteAddress: IPV4/UDP/{}",
+            "9".repeat(10_000)
+        );
+        let err = events
+            .interpret(&event(&huge), Timestamp::UNIX_EPOCH)
+            .expect_err("bad address");
+        assert!(err.to_string().len() < 200, "{err}");
+    }
+
+    #[test]
+    fn missing_or_bad_event_time_falls_back_to_now() {
+        let now: Timestamp = "2030-01-01T00:00:00Z".parse().expect("literal");
+        let mut events = all_kinds();
+        for tv in ["", "EventTV: yesterday\n"] {
+            let m = event(&format!(
+                "Event: InvalidPassword\n{tv}RemoteAddress: IPV4/UDP/192.0.2.1/5060"
+            ));
+            let report = events.interpret(&m, now).expect("maps").expect("counts");
+            assert_eq!(report.time(), now);
+        }
+    }
+
+    #[test]
+    fn normal_traffic_and_disabled_kinds_report_nothing() {
+        let mut only_passwords = SecurityEvents::new(&[FailureKind::InvalidPassword]);
+        for name in ["ChallengeSent", "FailedACL", "SomethingNew"] {
+            let m = event(&format!(
+                "Event: {name}\nRemoteAddress: IPV4/UDP/192.0.2.1/5060"
+            ));
+            assert_eq!(
+                only_passwords.interpret(&m, Timestamp::UNIX_EPOCH),
+                Ok(None),
+                "{name}"
+            );
+        }
+        let response =
+            event("Response: Success\nActionID: x\nRemoteAddress: IPV4/UDP/192.0.2.1/5060");
+        assert_eq!(
+            only_passwords.interpret(&response, Timestamp::UNIX_EPOCH),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn a_session_repeating_after_the_window_is_a_new_attempt() {
+        let mut events = all_kinds();
+        let at = |secs: i64| {
+            let tv = Timestamp::from_second(1_800_000_000 + secs).expect("in range");
+            event(&format!(
+                "Event: FailedACL\nEventTV: {tv}\nSessionID: 0x7fcb4c00fdd0\nRemoteAddress: IPV4/UDP/192.0.2.1/5060"
+            ))
+        };
+        let counted = |events: &mut SecurityEvents, m: &Message| {
+            events
+                .interpret(m, Timestamp::UNIX_EPOCH)
+                .expect("maps")
+                .is_some()
+        };
+        assert!(counted(&mut events, &at(0)));
+        assert!(!counted(&mut events, &at(0)));
+        assert!(!counted(&mut events, &at(1)));
+        assert!(counted(&mut events, &at(10)));
+        // Another host with the same (reused) session id is another attempt.
+        let other = event(
+            "Event: FailedACL\nSessionID: 0x7fcb4c00fdd0\nRemoteAddress: IPV4/UDP/192.0.2.2/5060",
+        );
+        assert!(counted(&mut events, &other));
+    }
+
+    #[test]
+    fn a_planted_session_id_does_not_collapse_attempts() {
+        let mut events = all_kinds();
+        let m = event(
+            "Event: InvalidPassword\nAccountID: x\nSessionID: chosen\nSessionID: 0x7fcb4c002180\n\
+             RemoteAddress: IPV4/UDP/192.0.2.1/5060",
+        );
+        for _ in 0..3 {
+            assert!(
+                events
+                    .interpret(&m, Timestamp::UNIX_EPOCH)
+                    .expect("maps")
+                    .is_some()
+            );
+        }
+    }
+
+    #[test]
+    fn the_attempt_cache_is_bounded() {
+        let mut recent = RecentAttempts::default();
+        let host = IpAddr::from([192, 0, 2, 1]);
+        for i in 0..(3 * RECENT_ATTEMPTS_CAP) {
+            let session = i.to_string();
+            assert!(recent.first_sighting(
+                host,
+                FailureKind::FailedAcl,
+                session.as_bytes(),
+                Timestamp::UNIX_EPOCH
+            ));
+            assert!(
+                recent.order.len() <= RECENT_ATTEMPTS_CAP
+                    && recent.seen.len() <= RECENT_ATTEMPTS_CAP
+            );
+        }
+        // Old entries expire by time too.
+        let later = Timestamp::from_second(60).expect("in range");
+        assert!(recent.first_sighting(host, FailureKind::FailedAcl, b"x", later));
+        assert_eq!((recent.order.len(), recent.seen.len()), (1, 1));
+    }
+}
