@@ -53,7 +53,13 @@ async fn start_ban_flood_digest_and_stop_are_mailed() {
     // The first ban after a quiet period goes out at once, with details.
     mailer.notify(Notice::Banned(ban(1)));
     let first = sink.next(WAIT).await.expect("ban mail");
-    assert!(first.subject().starts_with("[astban] 203.0.113.1 banned for 3days"), "{}", first.subject());
+    assert!(
+        first
+            .subject()
+            .starts_with("[astban] 203.0.113.1 banned for 3days"),
+        "{}",
+        first.subject()
+    );
     assert!(first.data.contains("100, admin"));
 
     // A flood of 200 bans right after becomes one digest, not 200 mails.
@@ -63,15 +69,24 @@ async fn start_ban_flood_digest_and_stop_are_mailed() {
     let digest = sink.next(WAIT).await.expect("digest");
     assert_eq!(digest.subject(), "[astban] 200 hosts banned on pbx1");
     assert!(digest.data.contains("203.0.113.2\r\n") || digest.data.contains("203.0.113.2\n"));
-    assert!(digest.data.contains("and 190 more"), "digest_max_bans bounds the listing");
+    assert!(
+        digest.data.contains("and 190 more"),
+        "digest_max_bans bounds the listing"
+    );
 
     mailer.notify(Notice::Stopped { active_bans: 201 });
     let stopped = sink.next(WAIT).await.expect("stop mail");
     assert_eq!(stopped.subject(), "[astban] stopped on pbx1");
     assert!(stopped.data.contains("201 bans stay enforced"));
     drop(mailer);
-    tokio::time::timeout(WAIT, task).await.expect("mailer ends after Stopped").expect("task");
-    assert!(sink.next(Duration::from_millis(300)).await.is_none(), "nothing else was sent");
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("mailer ends after Stopped")
+        .expect("task");
+    assert!(
+        sink.next(Duration::from_millis(300)).await.is_none(),
+        "nothing else was sent"
+    );
 }
 
 #[tokio::test]

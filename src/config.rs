@@ -425,7 +425,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"********\"" })
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"********\""
+        })
     }
 }
 
@@ -497,7 +501,11 @@ impl Config {
     /// Loads a config from TOML text (plus the environment), for the
     /// built-in demo and for tests.
     pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
-        Config::from_figment(Figment::new().merge(Toml::string(toml)).merge(env_provider()))
+        Config::from_figment(
+            Figment::new()
+                .merge(Toml::string(toml))
+                .merge(env_provider()),
+        )
     }
 
     fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
@@ -527,19 +535,31 @@ impl Config {
             return invalid("jail.maxretry", "must be at least 1".into());
         }
         if j.findtime.is_zero() {
-            return invalid("jail.findtime", "must be longer than 0s (e.g. \"10m\")".into());
+            return invalid(
+                "jail.findtime",
+                "must be longer than 0s (e.g. \"10m\")".into(),
+            );
         }
         if j.bantime.as_secs() == 0 {
             return invalid("jail.bantime", "must be at least 1s (e.g. \"3d\")".into());
         }
         if j.bantime_factor == 0 {
-            return invalid("jail.bantime_factor", "must be at least 1 (1 = no escalation)".into());
+            return invalid(
+                "jail.bantime_factor",
+                "must be at least 1 (1 = no escalation)".into(),
+            );
         }
         if j.bantime_max < j.bantime {
-            return invalid("jail.bantime_max", "must not be shorter than jail.bantime".into());
+            return invalid(
+                "jail.bantime_max",
+                "must not be shorter than jail.bantime".into(),
+            );
         }
         if !(1..=128).contains(&j.ipv6_prefix) {
-            return invalid("jail.ipv6_prefix", "must be between 1 and 128 (default 64)".into());
+            return invalid(
+                "jail.ipv6_prefix",
+                "must be between 1 and 128 (default 64)".into(),
+            );
         }
         if j.max_tracked_hosts == 0 {
             return invalid("jail.max_tracked_hosts", "must be at least 1".into());
@@ -547,29 +567,50 @@ impl Config {
         let fw = &self.firewall;
         if fw.table.is_empty()
             || fw.table.len() > 32
-            || !fw.table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || !fw
+                .table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
             return invalid(
                 "firewall.table",
-                format!("{:?} is not a valid nft table name (1-32 of A-Z a-z 0-9 _)", fw.table),
+                format!(
+                    "{:?} is not a valid nft table name (1-32 of A-Z a-z 0-9 _)",
+                    fw.table
+                ),
             );
         }
         if fw.nft.is_empty() || fw.nft[0].is_empty() {
-            return invalid("firewall.nft", "must name the nft command, e.g. [\"nft\"]".into());
+            return invalid(
+                "firewall.nft",
+                "must name the nft command, e.g. [\"nft\"]".into(),
+            );
         }
         if fw.ports.contains(&0) {
-            return invalid("firewall.ports", "port 0 cannot be blocked; list 1-65535".into());
+            return invalid(
+                "firewall.ports",
+                "port 0 cannot be blocked; list 1-65535".into(),
+            );
         }
         let ami = &self.ami;
         if self.input.mode.uses_ami() {
             if ami.username.is_empty() {
-                return invalid("ami.username", "must name the manager.conf user section".into());
+                return invalid(
+                    "ami.username",
+                    "must name the manager.conf user section".into(),
+                );
             }
             if ami.ping_interval.is_zero() || ami.ping_timeout.is_zero() {
-                return invalid("ami.ping_interval", "ping_interval and ping_timeout must be longer than 0s".into());
+                return invalid(
+                    "ami.ping_interval",
+                    "ping_interval and ping_timeout must be longer than 0s".into(),
+                );
             }
             if ami.reconnect_max < ami.reconnect_min {
-                return invalid("ami.reconnect_max", "must not be shorter than ami.reconnect_min".into());
+                return invalid(
+                    "ami.reconnect_max",
+                    "must not be shorter than ami.reconnect_min".into(),
+                );
             }
         }
         if ami.max_message_size < 1024 {
@@ -580,16 +621,25 @@ impl Config {
         }
         for (i, re) in self.log.ignoreregex.iter().enumerate() {
             if let Err(e) = regex::Regex::new(re) {
-                return invalid(&format!("log.ignoreregex[{i}]"), format!("not a valid regex: {e}"));
+                return invalid(
+                    &format!("log.ignoreregex[{i}]"),
+                    format!("not a valid regex: {e}"),
+                );
             }
         }
         let mail = &self.mail;
         if mail.enabled {
             if mail.destemail.parse::<lettre::message::Mailbox>().is_err() {
-                return invalid("mail.destemail", format!("{:?} is not a mail address", mail.destemail));
+                return invalid(
+                    "mail.destemail",
+                    format!("{:?} is not a mail address", mail.destemail),
+                );
             }
             if mail.sender.parse::<lettre::message::Mailbox>().is_err() {
-                return invalid("mail.sender", format!("{:?} is not a mail address", mail.sender));
+                return invalid(
+                    "mail.sender",
+                    format!("{:?} is not a mail address", mail.sender),
+                );
             }
             if mail.starttls && !cfg!(feature = "tls") {
                 return invalid(
@@ -641,7 +691,11 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
         .map(|n| n.trunc())
-        .map_err(|_| format!("{s:?} is not an IP address or CIDR (e.g. 192.0.2.7, 10.0.0.0/8, 2001:db8::/32)"))
+        .map_err(|_| {
+            format!(
+                "{s:?} is not an IP address or CIDR (e.g. 192.0.2.7, 10.0.0.0/8, 2001:db8::/32)"
+            )
+        })
 }
 
 /// Parses `"90"`, `"10m"`, `"3d"`, `"1h 30m"`.
@@ -650,8 +704,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration ({e}); use seconds or e.g. \"90s\", \"10m\", \"3d\""))
+    humantime::parse_duration(s).map_err(|e| {
+        format!("{s:?} is not a duration ({e}); use seconds or e.g. \"90s\", \"10m\", \"3d\"")
+    })
 }
 
 /// Formats a duration the way the config accepts it (`3days 2h`).
@@ -720,7 +775,8 @@ mod tests {
 
     #[test]
     fn durations_accept_seconds_and_units() {
-        let c = load("[jail]\nfindtime = 90\nbantime = \"3d\"\nbantime_max = \"1w\"").expect("loads");
+        let c =
+            load("[jail]\nfindtime = 90\nbantime = \"3d\"\nbantime_max = \"1w\"").expect("loads");
         assert_eq!(c.jail.findtime, Duration::from_secs(90));
         assert_eq!(c.jail.bantime, Duration::from_secs(3 * 86400));
         let err = load("[jail]\nbantime = \"forever\"").expect_err("bad duration");
@@ -730,7 +786,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_that_name_the_key() {
-        let msg = load("[jail]\nmaxretries = 3").expect_err("typo").to_string();
+        let msg = load("[jail]\nmaxretries = 3")
+            .expect_err("typo")
+            .to_string();
         assert!(msg.contains("maxretries"), "{msg}");
         let msg = load("[jails]\nmaxretry = 3").expect_err("typo").to_string();
         assert!(msg.contains("jails"), "{msg}");
@@ -751,14 +809,19 @@ mod tests {
 
     #[test]
     fn ignoreip_takes_addresses_and_cidrs() {
-        let c = load("[jail]\nignoreip = [\"192.0.2.7\", \"10.1.2.3/8\", \"2001:db8::/32\"]").expect("loads");
+        let c = load("[jail]\nignoreip = [\"192.0.2.7\", \"10.1.2.3/8\", \"2001:db8::/32\"]")
+            .expect("loads");
         let nets: Vec<String> = c.jail.ignoreip.iter().map(|n| n.to_string()).collect();
         assert_eq!(nets, ["192.0.2.7/32", "10.0.0.0/8", "2001:db8::/32"]);
-        let msg = load("[jail]\nignoreip = [\"not-an-ip\"]").expect_err("bad").to_string();
+        let msg = load("[jail]\nignoreip = [\"not-an-ip\"]")
+            .expect_err("bad")
+            .to_string();
         assert!(msg.contains("not-an-ip"), "{msg}");
     }
 
     #[test]
+    // figment::Jail's closure must return figment::Error, which is large.
+    #[allow(clippy::result_large_err)]
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("astban.toml", "[jail]\nmaxretry = 3\n")?;
@@ -777,7 +840,10 @@ mod tests {
         let msg = Config::load(Some(Path::new("/nonexistent/astban.toml")))
             .expect_err("missing")
             .to_string();
-        assert!(msg.contains("/nonexistent/astban.toml") && msg.contains("does not exist"), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/astban.toml") && msg.contains("does not exist"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -785,11 +851,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("secret");
         std::fs::write(&path, "s3cret-from-file\n").expect("write");
-        let toml = format!("[ami]\nsecret = \"inline-secret\"\nsecret_file = {:?}\n", path.display().to_string());
+        let toml = format!(
+            "[ami]\nsecret = \"inline-secret\"\nsecret_file = {:?}\n",
+            path.display().to_string()
+        );
         let c = load(&toml).expect("loads");
         assert_eq!(c.ami.secret.expose(), "s3cret-from-file");
         let shown = c.to_masked_toml().expect("renders");
-        assert!(!shown.contains("s3cret") && !shown.contains("inline-secret"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("inline-secret"),
+            "{shown}"
+        );
         assert!(shown.contains("secret = \"********\""), "{shown}");
         assert!(!format!("{c:?}").contains("s3cret"));
     }
@@ -797,7 +869,8 @@ mod tests {
     #[test]
     fn masked_toml_loads_back() {
         let c = load("[jail]\nmaxretry = 4\nignoreip = [\"10.0.0.0/8\"]").expect("loads");
-        let again = load(&c.to_masked_toml().expect("renders")).expect("rendered config is valid TOML");
+        let again =
+            load(&c.to_masked_toml().expect("renders")).expect("rendered config is valid TOML");
         assert_eq!(again.jail.maxretry, 4);
         assert_eq!(again.jail.ignoreip, c.jail.ignoreip);
         assert_eq!(again.jail.bantime, c.jail.bantime);

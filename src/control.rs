@@ -98,7 +98,9 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// Another daemon already answers on the socket.
-    #[error("another astban is already running on {0} (stop it, or set [control] socket to another path)")]
+    #[error(
+        "another astban is already running on {0} (stop it, or set [control] socket to another path)"
+    )]
     InUse(PathBuf),
     /// Creating or binding the socket failed.
     #[error("cannot create control socket {path}: {source}")]
@@ -109,7 +111,9 @@ pub enum ControlError {
         source: io::Error,
     },
     /// The daemon is not running (no socket, or nobody listening).
-    #[error("astban is not running (no daemon listens on {path}: {source}); start it with `astban run` or `systemctl start astban`, or pass the right --socket")]
+    #[error(
+        "astban is not running (no daemon listens on {path}: {source}); start it with `astban run` or `systemctl start astban`, or pass the right --socket"
+    )]
     NotRunning {
         /// The socket path.
         path: PathBuf,
@@ -207,7 +211,10 @@ impl Server {
             match stream.peer_cred() {
                 Ok(cred) if cred.uid() == 0 || cred.uid() == me => {}
                 Ok(cred) => {
-                    tracing::warn!(uid = cred.uid(), "control socket: refused a client of another user");
+                    tracing::warn!(
+                        uid = cred.uid(),
+                        "control socket: refused a client of another user"
+                    );
                     continue;
                 }
                 Err(e) => {
@@ -261,9 +268,8 @@ async fn serve_client<H: Handler>(stream: UnixStream, handler: &H) -> Result<(),
 }
 
 fn to_line(response: &Response) -> String {
-    serde_json::to_string(response).unwrap_or_else(|e| {
-        format!("{{\"ok\":false,\"error\":\"cannot encode response: {e}\"}}")
-    })
+    serde_json::to_string(response)
+        .unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"cannot encode response: {e}\"}}"))
 }
 
 /// Sends one request to the daemon listening on `path` and returns its
@@ -273,20 +279,29 @@ pub async fn request(path: &Path, request: &Request) -> Result<Response, Control
         path: path.to_path_buf(),
         message,
     };
-    let stream = UnixStream::connect(path).await.map_err(|source| match source.kind() {
-        io::ErrorKind::PermissionDenied => ControlError::PermissionDenied(path.to_path_buf()),
-        _ => ControlError::NotRunning {
-            path: path.to_path_buf(),
-            source,
-        },
-    })?;
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::PermissionDenied => ControlError::PermissionDenied(path.to_path_buf()),
+            _ => ControlError::NotRunning {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
     let mut framed = Framed::new(stream, LinesCodec::new_with_max_length(MAX_RESPONSE));
     let line = serde_json::to_string(request).map_err(|e| protocol(e.to_string()))?;
-    framed.send(line).await.map_err(|e| protocol(e.to_string()))?;
+    framed
+        .send(line)
+        .await
+        .map_err(|e| protocol(e.to_string()))?;
     match framed.next().await {
-        Some(Ok(line)) => serde_json::from_str(&line).map_err(|e| protocol(format!("bad response: {e}"))),
+        Some(Ok(line)) => {
+            serde_json::from_str(&line).map_err(|e| protocol(format!("bad response: {e}")))
+        }
         Some(Err(e)) => Err(protocol(e.to_string())),
-        None => Err(protocol("the daemon closed the connection without answering".into())),
+        None => Err(protocol(
+            "the daemon closed the connection without answering".into(),
+        )),
     }
 }
 
@@ -335,7 +350,13 @@ mod tests {
         }
     }
 
-    async fn start() -> (tempfile::TempDir, PathBuf, Arc<Echo>, CancellationToken, tokio::task::JoinHandle<()>) {
+    async fn start() -> (
+        tempfile::TempDir,
+        PathBuf,
+        Arc<Echo>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("run/astban.sock");
         let server = Server::bind(&path).await.expect("bind");
@@ -360,8 +381,13 @@ mod tests {
         };
         let response = request(&path, &ban).await.expect("request");
         assert!(response.ok);
-        assert_eq!(response.data.as_ref().and_then(|d| d["for"].as_str()), Some("1h"));
-        let response = request(&path, &Request::Unban { host: "bad".into() }).await.expect("request");
+        assert_eq!(
+            response.data.as_ref().and_then(|d| d["for"].as_str()),
+            Some("1h")
+        );
+        let response = request(&path, &Request::Unban { host: "bad".into() })
+            .await
+            .expect("request");
         assert_eq!(response.error.as_deref(), Some("not banned"));
         assert_eq!(handler.0.lock().expect("lock").len(), 2);
 
@@ -375,12 +401,18 @@ mod tests {
         let (_dir, path, _handler, shutdown, task) = start().await;
         let stream = UnixStream::connect(&path).await.expect("connect");
         let mut framed = Framed::new(stream, LinesCodec::new());
-        framed.send("{\"cmd\":\"explode\"}".to_string()).await.expect("send");
+        framed
+            .send("{\"cmd\":\"explode\"}".to_string())
+            .await
+            .expect("send");
         let line = framed.next().await.expect("answer").expect("line");
         let response: Response = serde_json::from_str(&line).expect("json");
         assert!(!response.ok && response.error.expect("error").contains("bad request"));
 
-        framed.send("x".repeat(MAX_REQUEST + 10)).await.expect("send");
+        framed
+            .send("x".repeat(MAX_REQUEST + 10))
+            .await
+            .expect("send");
         let line = framed.next().await.expect("answer").expect("line");
         assert!(line.contains("too long"));
         // The server still serves others.
@@ -399,7 +431,9 @@ mod tests {
         shutdown.cancel();
         task.await.expect("server");
 
-        let err = request(&path, &Request::Status).await.expect_err("nobody listens");
+        let err = request(&path, &Request::Status)
+            .await
+            .expect_err("nobody listens");
         assert!(matches!(err, ControlError::NotRunning { .. }));
         assert!(err.to_string().contains("not running"));
     }

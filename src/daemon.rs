@@ -61,14 +61,23 @@ pub enum DaemonError {
 
 /// Runs the daemon until SIGTERM or SIGINT. `config_path` is re-read on
 /// SIGHUP; `demo` keeps the demo's files alive and replays its log.
-pub async fn run(config: Config, config_path: Option<PathBuf>, demo: Option<Demo>) -> Result<(), DaemonError> {
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    demo: Option<Demo>,
+) -> Result<(), DaemonError> {
     let shutdown = CancellationToken::new();
     let mut signals = Signals::install().map_err(DaemonError::Signals)?;
     create_private_dir(&config.state.dir)?;
 
     let engine_stop = CancellationToken::new();
     let firewall = AnyFirewall::from_config(&config.firewall);
-    let (engine, engine_task) = engine::spawn(&config.jail, &config.state.dir, firewall, engine_stop.clone())?;
+    let (engine, engine_task) = engine::spawn(
+        &config.jail,
+        &config.state.dir,
+        firewall,
+        engine_stop.clone(),
+    )?;
 
     let mode = config.input.mode;
     let (health_tx, health_rx) = watch::channel(Health::Connecting);
@@ -90,7 +99,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: Option<Demo
     let rules_tx = if mode.uses_log() {
         let rules = RuleSet::from_config(&config.log)?;
         let (rules_tx, rules_rx) = watch::channel(Arc::new(rules));
-        let (log_cfg, state_dir, stop) = (config.log.clone(), config.state.dir.clone(), shutdown.clone());
+        let (log_cfg, state_dir, stop) = (
+            config.log.clone(),
+            config.state.dir.clone(),
+            shutdown.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             if let Err(e) = logwatch::run(log_cfg, rules_rx, state_dir, log_tx, stop).await {
                 tracing::error!(error = %e, "the log input stopped");
@@ -119,14 +132,19 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: Option<Demo
         started: Timestamp::now(),
         config: watch::channel(Arc::new(config.clone())).0,
     });
-    tasks.push(tokio::spawn(server.serve(Arc::clone(&control), shutdown.clone())));
+    tasks.push(tokio::spawn(
+        server.serve(Arc::clone(&control), shutdown.clone()),
+    ));
 
     let mail = if config.mail.enabled {
         let (mailer, task) = notify::spawn(&config.mail, system_name())?;
         if config.mail.on_start_stop {
             mailer.notify(Notice::Started(describe(&config)));
         }
-        tasks.push(tokio::spawn(forward_bans(engine.subscribe(), mailer.clone())));
+        tasks.push(tokio::spawn(forward_bans(
+            engine.subscribe(),
+            mailer.clone(),
+        )));
         Some((mailer, task))
     } else {
         None
@@ -172,7 +190,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, demo: Option<Demo
         drop(mailer);
         notify::finish(task).await;
     }
-    tracing::info!(active_bans, "stopped; bans stay enforced by the kernel until they expire");
+    tracing::info!(
+        active_bans,
+        "stopped; bans stay enforced by the kernel until they expire"
+    );
     Ok(())
 }
 
@@ -248,7 +269,9 @@ async fn forward_bans(mut events: tokio::sync::broadcast::Receiver<EngineEvent>,
                 mailer.notify(Notice::Banned(ban_notice(&ban)));
             }
             Ok(_) => {}
-            Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "mail fell behind the ban events"),
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "mail fell behind the ban events")
+            }
             Err(RecvError::Closed) => return,
         }
     }
@@ -327,14 +350,22 @@ impl Control {
             }
         };
         let log = InputStatus {
-            state: if self.mode.uses_log() { "following" } else { "off" }.into(),
+            state: if self.mode.uses_log() {
+                "following"
+            } else {
+                "off"
+            }
+            .into(),
             counting: match self.mode {
                 InputMode::Log => true,
                 InputMode::Ami => false,
                 InputMode::Auto => !ami_up,
             },
             since: None,
-            detail: self.mode.uses_log().then(|| config.log.path.display().to_string()),
+            detail: self
+                .mode
+                .uses_log()
+                .then(|| config.log.path.display().to_string()),
         };
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -352,14 +383,20 @@ impl Handler for Control {
         let gone = |_| Response::error("the ban engine has stopped");
         match request {
             Request::Status => match self.engine.stats().await {
-                Ok(stats) => to_response(&self.status(serde_json::to_value(stats).unwrap_or(Value::Null))),
+                Ok(stats) => {
+                    to_response(&self.status(serde_json::to_value(stats).unwrap_or(Value::Null)))
+                }
                 Err(e) => gone(e),
             },
             Request::Bans => match self.engine.bans().await {
                 Ok(bans) => to_response(&bans),
                 Err(e) => gone(e),
             },
-            Request::Ban { host, duration, force } => {
+            Request::Ban {
+                host,
+                duration,
+                force,
+            } => {
                 let net = match parse_net(&host) {
                     Ok(n) => n,
                     Err(e) => return Response::error(e),
@@ -399,7 +436,12 @@ fn to_response<T: Serialize>(value: &T) -> Response {
 pub fn render_status(data: &Value) -> String {
     let mut out = String::new();
     let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
-    let _ = writeln!(out, "astban {} running since {}", s(&data["version"]), s(&data["started"]));
+    let _ = writeln!(
+        out,
+        "astban {} running since {}",
+        s(&data["version"]),
+        s(&data["started"])
+    );
     let _ = writeln!(out, "input mode: {}", s(&data["input_mode"]));
     for input in ["ami", "log"] {
         let i = &data[input];
@@ -435,7 +477,10 @@ pub fn render_bans(data: &Value) -> String {
     if bans.is_empty() {
         return "no active bans\n".into();
     }
-    let mut out = format!("{:<40} {:<26} {:>8}  accounts\n", "host", "expires", "failures");
+    let mut out = format!(
+        "{:<40} {:<26} {:>8}  accounts\n",
+        "host", "expires", "failures"
+    );
     for ban in bans {
         let _ = writeln!(out, "{}", render_ban_line(ban));
     }

@@ -110,7 +110,9 @@ Stop with Ctrl-C.
 
 /// Appends `line` with its `[YYYY-MM-DD HH:MM:SS]` stamp replaced by now.
 fn append_now(path: &Path, line: &str) -> io::Result<()> {
-    let now = jiff::Zoned::now().strftime("[%Y-%m-%d %H:%M:%S]").to_string();
+    let now = jiff::Zoned::now()
+        .strftime("[%Y-%m-%d %H:%M:%S]")
+        .to_string();
     let rest = line.split_once("] ").map_or(line, |(_, rest)| rest);
     let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
     writeln!(file, "{now} {rest}")

@@ -114,7 +114,8 @@ impl Gate {
     /// Whether AMI changed state within the second starting at `second_ms`.
     fn switch_in(&self, second_ms: i64) -> bool {
         let within = |t: i64| t >= second_ms && t < second_ms + 1000;
-        self.down_since.is_some_and(within) || self.down.iter().any(|&(s, e)| within(s) || within(e))
+        self.down_since.is_some_and(within)
+            || self.down.iter().any(|&(s, e)| within(s) || within(e))
     }
 
     /// Decides whether `report` counts, and remembers what is needed to
@@ -236,7 +237,11 @@ mod tests {
             account: None,
             session: None,
             // Log lines only carry whole seconds.
-            time: if source == Source::Log { ts(ms - ms.rem_euclid(1000)) } else { ts(ms) },
+            time: if source == Source::Log {
+                ts(ms - ms.rem_euclid(1000))
+            } else {
+                ts(ms)
+            },
             source,
         })
     }
@@ -285,8 +290,14 @@ mod tests {
         assert!(!g.admit(&failure(Source::Log, "192.0.2.1", 19_000)));
         assert!(g.admit(&failure(Source::Log, "192.0.2.1", 21_000)));
         g.set_health(&up(40_200));
-        assert!(g.admit(&failure(Source::Log, "192.0.2.1", 30_000)), "inside the down interval");
-        assert!(!g.admit(&failure(Source::Log, "192.0.2.1", 41_000)), "AMI is back");
+        assert!(
+            g.admit(&failure(Source::Log, "192.0.2.1", 30_000)),
+            "inside the down interval"
+        );
+        assert!(
+            !g.admit(&failure(Source::Log, "192.0.2.1", 41_000)),
+            "AMI is back"
+        );
     }
 
     #[test]
@@ -324,18 +335,40 @@ mod tests {
         let (log_tx, log_rx) = mpsc::channel(8);
         let (out_tx, mut out_rx) = mpsc::channel(8);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(InputMode::Auto, health_rx, ami_rx, log_rx, out_tx, shutdown.clone()));
+        let task = tokio::spawn(run(
+            InputMode::Auto,
+            health_rx,
+            ami_rx,
+            log_rx,
+            out_tx,
+            shutdown.clone(),
+        ));
 
-        log_tx.send(failure(Source::Log, "192.0.2.1", 1_000)).await.expect("send");
-        assert_eq!(out_rx.recv().await.map(|r| r.host()), Some("192.0.2.1".parse().expect("ip")));
+        log_tx
+            .send(failure(Source::Log, "192.0.2.1", 1_000))
+            .await
+            .expect("send");
+        assert_eq!(
+            out_rx.recv().await.map(|r| r.host()),
+            Some("192.0.2.1".parse().expect("ip"))
+        );
 
         health_tx.send(up(2_000)).expect("health");
         // Health is applied before later reports: this line is dropped and
         // the AMI failure after it is forwarded.
-        log_tx.send(failure(Source::Log, "192.0.2.2", 3_000)).await.expect("send");
+        log_tx
+            .send(failure(Source::Log, "192.0.2.2", 3_000))
+            .await
+            .expect("send");
         tokio::task::yield_now().await;
-        ami_tx.send(failure(Source::Ami, "192.0.2.3", 3_000)).await.expect("send");
-        assert_eq!(out_rx.recv().await.map(|r| r.host()), Some("192.0.2.3".parse().expect("ip")));
+        ami_tx
+            .send(failure(Source::Ami, "192.0.2.3", 3_000))
+            .await
+            .expect("send");
+        assert_eq!(
+            out_rx.recv().await.map(|r| r.host()),
+            Some("192.0.2.3".parse().expect("ip"))
+        );
 
         shutdown.cancel();
         task.await.expect("gate task");

@@ -145,7 +145,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 None if Path::new(DEFAULT_CONFIG_PATH).exists() => DEFAULT_CONFIG_PATH.into(),
                 None => "built-in defaults".into(),
             };
-            print!("# astban: config OK ({source}, plus ASTBAN_* environment)\n\n{}", cfg.to_masked_toml()?);
+            print!(
+                "# astban: config OK ({source}, plus ASTBAN_* environment)\n\n{}",
+                cfg.to_masked_toml()?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { socket, json } => {
@@ -172,7 +175,14 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             force,
             socket,
         } => {
-            let data = ask(&socket, Request::Ban { host, duration, force })?;
+            let data = ask(
+                &socket,
+                Request::Ban {
+                    host,
+                    duration,
+                    force,
+                },
+            )?;
             println!("banned {}", daemon::render_ban_line(&data));
             Ok(ExitCode::SUCCESS)
         }
@@ -188,12 +198,19 @@ fn dispatch(command: Command) -> Result<ExitCode> {
 fn ask(socket: &SocketArg, request: Request) -> Result<Value> {
     let path = match &socket.socket {
         Some(p) => p.clone(),
-        None => Config::load(socket.config.config.as_deref())?.control.socket,
+        None => {
+            Config::load(socket.config.config.as_deref())?
+                .control
+                .socket
+        }
     };
     let response = runtime()?.block_on(control::request(&path, &request))?;
     match (response.ok, response.data, response.error) {
         (true, data, _) => Ok(data.unwrap_or(Value::Null)),
-        (false, _, error) => bail!("{}", error.unwrap_or_else(|| "the daemon refused the request".into())),
+        (false, _, error) => bail!(
+            "{}",
+            error.unwrap_or_else(|| "the daemon refused the request".into())
+        ),
     }
 }
 
@@ -215,7 +232,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // Under systemd, journald timestamps every line and shows no colours.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     match format {

@@ -19,8 +19,13 @@ use serde::de::DeserializeOwned;
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
 
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| io::Error::other("state path has no file name"))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("state path has no file name"))?;
     let mut tmp_name = name.to_os_string();
     tmp_name.push(format!(".tmp.{}", std::process::id()));
     let tmp = dir.join(tmp_name);
@@ -106,14 +111,20 @@ mod tests {
         }
         let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let names: Vec<_> = fs::read_dir(dir.path()).expect("ls").map(|e| e.expect("entry").file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
         assert_eq!(names, ["state.json"]);
     }
 
     #[test]
     fn missing_is_not_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(matches!(load_json::<u32>(&dir.path().join("nope")), Ok(Loaded::Missing)));
+        assert!(matches!(
+            load_json::<u32>(&dir.path().join("nope")),
+            Ok(Loaded::Missing)
+        ));
     }
 
     #[test]

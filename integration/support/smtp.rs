@@ -3,8 +3,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use tokio::sync::mpsc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// One received mail.
 #[derive(Debug, serde::Deserialize)]
@@ -33,7 +33,10 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub fn start() -> SmtpSink {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/integration/support/smtp_sink.py");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/integration/support/smtp_sink.py"
+        );
         let mut child = Command::new("python3")
             .arg(script)
             .stdin(Stdio::piped())
@@ -69,7 +72,10 @@ impl SmtpSink {
 
     /// The next mail, waiting at most `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> Option<Received> {
-        tokio::time::timeout(timeout, self.mails.recv()).await.ok().flatten()
+        tokio::time::timeout(timeout, self.mails.recv())
+            .await
+            .ok()
+            .flatten()
     }
 }
 

@@ -60,7 +60,13 @@ pub fn ban_mail(system: &str, ban: &BanNotice) -> Mail {
 /// One mail for many bans, sent instead of a mail per ban under a flood.
 /// `omitted` bans did not fit the digest and are only counted; `missed`
 /// counts notices lost because astban was too busy to queue them.
-pub fn digest_mail(system: &str, bans: &[BanNotice], omitted: usize, missed: usize, window: Duration) -> Mail {
+pub fn digest_mail(
+    system: &str,
+    bans: &[BanNotice],
+    omitted: usize,
+    missed: usize,
+    window: Duration,
+) -> Mail {
     let total = bans.len() + omitted;
     let mut body = format!(
         "astban on {system} banned {total} hosts in the last {}.\n",
@@ -74,7 +80,10 @@ pub fn digest_mail(system: &str, bans: &[BanNotice], omitted: usize, missed: usi
         let _ = writeln!(body, "\n... and {omitted} more (see `astban bans`).");
     }
     if missed > 0 {
-        let _ = writeln!(body, "\n{missed} ban notices were dropped because mail could not keep up.");
+        let _ = writeln!(
+            body,
+            "\n{missed} ban notices were dropped because mail could not keep up."
+        );
     }
     Mail {
         subject: format!("[astban] {total} hosts banned on {system}"),
@@ -86,7 +95,12 @@ fn ban_details(body: &mut String, ban: &BanNotice) {
     if ban.manual {
         let _ = writeln!(body, "  reason:     banned by an administrator");
     } else {
-        let _ = writeln!(body, "  failures:   {} ({})", ban.failures, ban.kinds.join(", "));
+        let _ = writeln!(
+            body,
+            "  failures:   {} ({})",
+            ban.failures,
+            ban.kinds.join(", ")
+        );
     }
     if !ban.accounts.is_empty() {
         let _ = writeln!(body, "  accounts:   {}", ban.accounts.join(", "));
@@ -94,7 +108,11 @@ fn ban_details(body: &mut String, ban: &BanNotice) {
     let _ = writeln!(body, "  banned for: {}", format_duration(ban.duration));
     let _ = writeln!(body, "  expires:    {}", ban.expires);
     if ban.offense > 1 {
-        let _ = writeln!(body, "  offense:    #{} (ban time escalated for a repeat offender)", ban.offense);
+        let _ = writeln!(
+            body,
+            "  offense:    #{} (ban time escalated for a repeat offender)",
+            ban.offense
+        );
     }
 }
 
@@ -136,8 +154,19 @@ mod tests {
     #[test]
     fn ban_mail_says_who_why_and_how_long() {
         let m = ban_mail("pbx1", &ban("203.0.113.7"));
-        assert_eq!(m.subject, "[astban] 203.0.113.7 banned for 3days on pbx1 (5 failures)");
-        for part in ["203.0.113.7", "5 (invalid_password)", "100, admin", "3days", "2026-11-28T12:00:00Z", "#2", "astban unban 203.0.113.7"] {
+        assert_eq!(
+            m.subject,
+            "[astban] 203.0.113.7 banned for 3days on pbx1 (5 failures)"
+        );
+        for part in [
+            "203.0.113.7",
+            "5 (invalid_password)",
+            "100, admin",
+            "3days",
+            "2026-11-28T12:00:00Z",
+            "#2",
+            "astban unban 203.0.113.7",
+        ] {
             assert!(m.body.contains(part), "{part:?} missing from {}", m.body);
         }
     }

@@ -112,7 +112,9 @@ impl MailTask {
                 }
             };
             match notice {
-                Some(Notice::Started(summary)) => self.send(started_mail(&self.system, &summary)).await,
+                Some(Notice::Started(summary)) => {
+                    self.send(started_mail(&self.system, &summary)).await
+                }
                 Some(Notice::Banned(ban)) => {
                     if let Some(ban) = self.batch.push(ban, Instant::now()) {
                         let mail = ban_mail(&self.system, &ban);
@@ -133,10 +135,19 @@ impl MailTask {
     }
 
     async fn flush(&mut self) {
-        if let Some(digest) = self.batch.take(Instant::now(), self.missed.swap(0, Ordering::Relaxed)) {
+        if let Some(digest) = self
+            .batch
+            .take(Instant::now(), self.missed.swap(0, Ordering::Relaxed))
+        {
             let mail = match digest.bans.as_slice() {
                 [one] if digest.omitted == 0 && digest.missed == 0 => ban_mail(&self.system, one),
-                bans => digest_mail(&self.system, bans, digest.omitted, digest.missed, self.batch.interval),
+                bans => digest_mail(
+                    &self.system,
+                    bans,
+                    digest.omitted,
+                    digest.missed,
+                    self.batch.interval,
+                ),
             };
             self.send(mail).await;
         }
@@ -203,7 +214,9 @@ impl Batch {
 
     /// Takes a ban; returns it back when it should be mailed right away.
     fn push(&mut self, ban: BanNotice, now: Instant) -> Option<BanNotice> {
-        let quiet = self.last_sent.is_none_or(|t| now.duration_since(t) >= self.interval);
+        let quiet = self
+            .last_sent
+            .is_none_or(|t| now.duration_since(t) >= self.interval);
         if quiet && self.pending.is_empty() {
             self.last_sent = Some(now);
             return Some(ban);
@@ -221,7 +234,10 @@ impl Batch {
         if self.pending.is_empty() && self.omitted == 0 {
             return None;
         }
-        Some(self.last_sent.map_or_else(Instant::now, |t| t + self.interval))
+        Some(
+            self.last_sent
+                .map_or_else(Instant::now, |t| t + self.interval),
+        )
     }
 
     /// Takes what is pending, with `missed` notices that never reached

@@ -71,11 +71,16 @@ impl Transport {
         let from = parse("sender", &config.sender)?;
         let to = parse("destemail", &config.destemail)?;
         let kind = match config.transport {
-            MailTransport::Sendmail => Kind::Sendmail(AsyncSendmailTransport::new_with_command(&config.sendmail)),
+            MailTransport::Sendmail => {
+                Kind::Sendmail(AsyncSendmailTransport::new_with_command(&config.sendmail))
+            }
             MailTransport::Smtp => {
                 let mut builder = smtp_builder(config)?.port(config.smtp_port);
                 if let Some(user) = &config.username {
-                    builder = builder.credentials(Credentials::new(user.clone(), config.password.expose().to_owned()));
+                    builder = builder.credentials(Credentials::new(
+                        user.clone(),
+                        config.password.expose().to_owned(),
+                    ));
                 }
                 Kind::Smtp {
                     transport: builder.build(),
@@ -95,37 +100,51 @@ impl Transport {
             .header(ContentType::TEXT_PLAIN)
             .body(mail.body.clone())?;
         match &self.kind {
-            Kind::Smtp { transport, target } => transport
+            Kind::Smtp { transport, target } => {
+                transport
+                    .send(message)
+                    .await
+                    .map(drop)
+                    .map_err(|source| NotifyError::SmtpSend {
+                        target: target.clone(),
+                        source,
+                    })
+            }
+            Kind::Sendmail(transport) => transport
                 .send(message)
                 .await
                 .map(drop)
-                .map_err(|source| NotifyError::SmtpSend {
-                    target: target.clone(),
-                    source,
-                }),
-            Kind::Sendmail(transport) => transport.send(message).await.map(drop).map_err(NotifyError::from),
+                .map_err(NotifyError::from),
         }
     }
 }
 
 #[cfg(feature = "tls")]
-fn smtp_builder(config: &MailConfig) -> Result<lettre::transport::smtp::AsyncSmtpTransportBuilder, NotifyError> {
+fn smtp_builder(
+    config: &MailConfig,
+) -> Result<lettre::transport::smtp::AsyncSmtpTransportBuilder, NotifyError> {
     if config.starttls {
-        return AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.smtp_host).map_err(|source| {
-            NotifyError::Smtp {
+        return AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.smtp_host).map_err(
+            |source| NotifyError::Smtp {
                 host: config.smtp_host.clone(),
                 port: config.smtp_port,
                 source,
-            }
-        });
+            },
+        );
     }
-    Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.smtp_host))
+    Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+        &config.smtp_host,
+    ))
 }
 
 /// Without TLS support only plain SMTP exists (config validation refuses
 /// `starttls = true` in such a build), which is what a local MTA on
 /// localhost:25 speaks.
 #[cfg(not(feature = "tls"))]
-fn smtp_builder(config: &MailConfig) -> Result<lettre::transport::smtp::AsyncSmtpTransportBuilder, NotifyError> {
-    Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.smtp_host))
+fn smtp_builder(
+    config: &MailConfig,
+) -> Result<lettre::transport::smtp::AsyncSmtpTransportBuilder, NotifyError> {
+    Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+        &config.smtp_host,
+    ))
 }

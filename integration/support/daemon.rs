@@ -1,0 +1,124 @@
+//! Runs the real `astban` binary as a daemon for tests: its own temp dir,
+//! config, state and control socket; its log lines observable as events;
+//! SIGTERM on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_astban");
+
+/// A running `astban run`.
+pub struct Daemon {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    /// Every line the daemon logged so far (for failure messages).
+    pub seen: Vec<String>,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `astban run --config <config>` and waits until it says it is
+    /// running. `socket` must be the config's `[control] socket`.
+    pub fn start(config: &Path, socket: &Path) -> Daemon {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,astban=debug")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn astban");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut daemon = Daemon {
+            child: Some(child),
+            lines,
+            seen: Vec::new(),
+            socket: socket.to_path_buf(),
+        };
+        daemon.wait_for_log("astban running", Duration::from_secs(30));
+        daemon
+    }
+
+    /// Waits for a log line containing `needle`; panics with everything the
+    /// daemon said if it does not come.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "astban did not log {needle:?} within {timeout:?}; it said:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Runs an `astban` CLI command against this daemon's socket.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.socket, args)
+    }
+
+    /// `astban bans --json`, parsed.
+    pub fn bans(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["bans", "--json"]);
+        assert!(out.status.success(), "bans failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("bans --json prints a JSON array")
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        terminate(&child);
+        let status = child.wait().expect("wait");
+        for line in self.lines.try_iter() {
+            self.seen.push(line);
+        }
+        status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&child);
+            let _ = child.wait();
+        }
+    }
+}
+
+fn terminate(child: &Child) {
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+/// Runs an `astban` CLI command against `socket`.
+pub fn cli(socket: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("run astban")
+}
