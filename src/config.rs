@@ -606,6 +606,12 @@ impl Config {
                     "ping_interval and ping_timeout must be longer than 0s".into(),
                 );
             }
+            if ami.reconnect_min.is_zero() {
+                return invalid(
+                    "ami.reconnect_min",
+                    "must be longer than 0s (e.g. \"1s\")".into(),
+                );
+            }
             if ami.reconnect_max < ami.reconnect_min {
                 return invalid(
                     "ami.reconnect_max",
