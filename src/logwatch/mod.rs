@@ -1,4 +1,9 @@
 //! The `messages` log input: following the file and matching its lines.
 
+pub mod clock;
 pub mod filter;
+pub mod host;
+pub mod prefix;
+pub mod rule;
+pub mod scan;
 pub mod tail;
