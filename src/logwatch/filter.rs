@@ -276,7 +276,7 @@ impl RuleSet {
                     attempts.len() - 1
                 }
             });
-            rules.push(Rule::compile(def, attempt).map_err(fail)?);
+            rules.push(Rule::compile(def, rules.len(), attempt).map_err(fail)?);
         }
         let ignore = compile_ignore(&ignoreregex)?;
         let any_module: Box<[usize]> = (0..rules.len()).filter(|&i| rules[i].module().is_none()).collect();

@@ -3,7 +3,9 @@
 pub mod clock;
 pub mod filter;
 pub mod host;
+pub mod lines;
 pub mod prefix;
 pub mod rule;
 pub mod scan;
 pub mod tail;
+pub mod testlog;

@@ -39,6 +39,7 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// A compiled rule.
 #[derive(Debug)]
 pub struct Rule {
+    index: usize,
     name: String,
     kind: FailureKind,
     service: Service,
@@ -83,8 +84,9 @@ pub enum Reading {
 }
 
 impl Rule {
-    /// Compiles `def`; `attempt` is the index of its attempt group.
-    pub fn compile(def: &RuleDef, attempt: Option<usize>) -> Result<Rule, String> {
+    /// Compiles `def`, the `index`th rule of its set; `attempt` is the
+    /// index of its attempt group.
+    pub fn compile(def: &RuleDef, index: usize, attempt: Option<usize>) -> Result<Rule, String> {
         // Rules are anchored anyway; a fail2ban habit of writing `^` must
         // not hide the leading literal.
         let source = def.failregex.strip_prefix('^').unwrap_or(&def.failregex);
@@ -105,18 +107,24 @@ impl Rule {
         let before = if p_is_literal { None } else { Some(build(&format!("^(?:{p})$"))?) };
         let after = build(&format!("^(?:{s})"))?;
         Ok(Rule {
+            index,
             name: def.name.clone(),
             kind: def.kind,
             service: def.service.unwrap_or(Service::Other),
             module: def.module.as_ref().map(|m| m.as_bytes().into()),
             anchor: def.anchor,
             attempt,
-            source: source.to_owned(),
+            source: def.failregex.clone(),
             head: head.into(),
             starts,
             before,
             after,
         })
+    }
+
+    /// The rule's position in its set.
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// The rule's unique name.
@@ -477,7 +485,7 @@ mod tests {
             anchor: Anchor::Message,
             attempt: None,
         };
-        Rule::compile(&def, None).expect("compiles")
+        Rule::compile(&def, 0, None).expect("compiles")
     }
 
     fn read(failregex: &str, target: &str) -> Reading {
@@ -524,7 +532,7 @@ mod tests {
             ("from <HOST> (", "not a valid regex"),
             ("from [<HOST>", "unclosed ["),
         ] {
-            let err = Rule::compile(&def(re), None).expect_err(re);
+            let err = Rule::compile(&def(re), 0, None).expect_err(re);
             assert!(err.contains(why), "{re}: {err}");
         }
     }
