@@ -189,6 +189,11 @@ pub enum LineMatch<'l> {
 }
 
 /// A compiled set of rules.
+///
+/// Cloning is cheap (compiled regexes are shared) and gives the clone its
+/// own regex scratch space: a thread that scans with its own clone never
+/// contends with another for it.
+#[derive(Clone)]
 pub struct RuleSet {
     origin: String,
     rules: Vec<Rule>,
@@ -322,10 +327,13 @@ impl RuleSet {
         let Some(prefix) = prefix::parse(line) else {
             return LineMatch::NoPrefix;
         };
+        let module = prefix.module;
+        // Most lines come from modules no rule names: reject on length and
+        // last byte before comparing whole names.
         let ids = self
             .by_module
             .iter()
-            .find(|(m, _)| **m == *prefix.module)
+            .find(|(m, _)| m.len() == module.len() && m.last() == module.last() && **m == *module)
             .map_or(&*self.any_module, |(_, ids)| &**ids);
         let mut partials = [(0usize, 0usize); MAX_PARTIALS];
         let mut n_partials = 0;

@@ -110,11 +110,29 @@ fn parse_addr(token: &[u8]) -> Option<IpAddr> {
     })
 }
 
+/// Dotted quad, each part 0-255 without leading zeros, as `std` accepts
+/// it; by hand because this runs on every candidate address.
 fn parse_v4(token: &[u8]) -> Option<Ipv4Addr> {
-    if token.len() > 15 || !token.iter().all(|&b| b.is_ascii_digit() || b == b'.') {
+    let mut octets = [0u8; 4];
+    let mut parts = token.split(|&b| b == b'.');
+    for octet in &mut octets {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || (part.len() > 1 && part[0] == b'0') {
+            return None;
+        }
+        let mut n = 0u16;
+        for &b in part {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            n = n * 10 + u16::from(b - b'0');
+        }
+        *octet = u8::try_from(n).ok()?;
+    }
+    if parts.next().is_some() {
         return None;
     }
-    std::str::from_utf8(token).ok()?.parse().ok()
+    Some(Ipv4Addr::from(octets))
 }
 
 #[cfg(test)]
@@ -154,6 +172,13 @@ mod tests {
             "1111111111111111111111111111111111111111111111111111",
         ] {
             assert_eq!(parse_at(text.as_bytes(), 0), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn ipv4_parsing_agrees_with_std() {
+        for text in ["0.0.0.0", "255.255.255.255", "1.2.3.4", "10.0.0.1", "256.0.0.1", "01.2.3.4", "1.2.3.", ".1.2.3", "1..2.3", "1.2.3.4.5", "1234.1.1.1", "1.2.3.x"] {
+            assert_eq!(parse_v4(text.as_bytes()), text.parse().ok(), "{text}");
         }
     }
 

@@ -100,7 +100,9 @@ pub fn parse(line: &[u8]) -> Option<Prefix<'_>> {
     let module = p.module()?;
     Some(Prefix {
         stamp,
-        thread: std::str::from_utf8(thread).ok().and_then(|t| t.parse().ok()),
+        thread: thread
+            .iter()
+            .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0'))),
         module,
         level_start,
         message_start: p.pos,

@@ -37,7 +37,7 @@ const MAX_CANDIDATES: usize = 8;
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// A compiled rule.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Rule {
     index: usize,
     name: String,
@@ -51,14 +51,152 @@ pub struct Rule {
     /// Literal text every matching target starts with.
     head: Box<[u8]>,
     starts: Starts,
-    /// `^(?:P)$`, or `None` when P is the literal `head` itself.
-    before: Option<Regex>,
-    /// `^(?:S)`.
-    after: Regex,
+    /// P, matched against all of the text before the address; `None` when
+    /// P is the literal `head` itself.
+    before: Option<Matcher>,
+    /// S, matched at the start of the text after the address.
+    after: Matcher,
+}
+
+/// How P or S is checked, cheapest shape first.
+#[derive(Debug, Clone)]
+enum Matcher {
+    /// Literals joined by `.*`: a few substring searches, no regex.
+    Glob(Glob),
+    /// `literal.*R` where R ends at the end of the text: the literal is
+    /// compared, and R (compiled end-anchored) is found by the regex
+    /// engine's reverse search from the end, which reads only as far back
+    /// as R needs instead of the whole text.
+    Split {
+        first: Box<[u8]>,
+        rest: Regex,
+    },
+    Regex(Regex),
+}
+
+impl Matcher {
+    /// P: must match all of the text.
+    fn whole(items: &[Item], source: &str) -> Result<Matcher, String> {
+        if let Some(glob) = Glob::from_items(items, true, false) {
+            return Ok(Matcher::Glob(glob));
+        }
+        if let Some((first, rest)) = split_form(items) {
+            let rest = build(&format!("(?:{})$", &source[rest..]))?;
+            return Ok(Matcher::Split { first, rest });
+        }
+        Ok(Matcher::Regex(build(&format!("^(?:{source})$"))?))
+    }
+
+    /// S: must match at the start of the text (and to its end if it says
+    /// `$`).
+    fn prefix(items: &[Item], source: &str) -> Result<Matcher, String> {
+        // Always build the plain form: it validates what the literal
+        // analysis skimmed over.
+        let plain = build(&format!("^(?:{source})"))?;
+        if let Some(glob) = Glob::from_items(items, false, true) {
+            return Ok(Matcher::Glob(glob));
+        }
+        if items.last() == Some(&Item::End) {
+            if let Some((first, rest)) = split_form(items) {
+                let rest = build(&format!("(?:{})", &source[rest..]))?;
+                return Ok(Matcher::Split { first, rest });
+            }
+        }
+        Ok(Matcher::Regex(plain))
+    }
+
+    fn is_match(&self, text: &[u8]) -> bool {
+        match self {
+            Matcher::Glob(g) => g.is_match(text),
+            Matcher::Split { first, rest } => text.starts_with(first) && rest.is_match(&text[first.len()..]),
+            Matcher::Regex(r) => r.is_match(text),
+        }
+    }
+}
+
+/// For items "literals, `.*`, anything": the literals, and where in the
+/// source the part after `.*` starts.
+fn split_form(items: &[Item]) -> Option<(Box<[u8]>, usize)> {
+    let star = items.iter().position(|i| matches!(i, Item::AnyStar { .. }))?;
+    let mut first = Vec::new();
+    for item in &items[..star] {
+        match item {
+            Item::Literal(b) => first.extend_from_slice(b),
+            _ => return None,
+        }
+    }
+    match items[star] {
+        Item::AnyStar { rest } => Some((first.into_boxed_slice(), rest)),
+        _ => None,
+    }
+}
+
+/// `first.*middle[0].*middle[1]...*last`, anchored at the start, and at
+/// the end when `anchored_end`. `.` matches any byte but `\n`, and lines
+/// have none, so `.*` is "anything".
+#[derive(Debug, Clone)]
+struct Glob {
+    first: Box<[u8]>,
+    middle: Vec<memmem::Finder<'static>>,
+    /// The piece after the last `.*`; `None` without any `.*`.
+    last: Option<Box<[u8]>>,
+    anchored_end: bool,
+}
+
+impl Glob {
+    /// The glob for `items` if they are only literals and `.*` (and, when
+    /// `allow_end`, a final `$`).
+    fn from_items(items: &[Item], anchored_end: bool, allow_end: bool) -> Option<Glob> {
+        let (items, anchored_end) = match items {
+            [rest @ .., Item::End] if allow_end => (rest, true),
+            _ => (items, anchored_end),
+        };
+        let mut pieces: Vec<Vec<u8>> = vec![Vec::new()];
+        for item in items {
+            match item {
+                Item::Literal(b) => pieces.last_mut()?.extend_from_slice(b),
+                Item::AnyStar { .. } => pieces.push(Vec::new()),
+                Item::End | Item::Other => return None,
+            }
+        }
+        let first = pieces.remove(0).into_boxed_slice();
+        let last = pieces.pop().map(Vec::into_boxed_slice);
+        let middle = pieces
+            .iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| memmem::Finder::new(p).into_owned())
+            .collect();
+        Some(Glob { first, middle, last, anchored_end })
+    }
+
+    fn is_match(&self, text: &[u8]) -> bool {
+        if !text.starts_with(&self.first) {
+            return false;
+        }
+        let Some(last) = &self.last else {
+            return !self.anchored_end || text.len() == self.first.len();
+        };
+        let end = if self.anchored_end {
+            match text.len().checked_sub(last.len()) {
+                Some(end) if end >= self.first.len() && text.ends_with(last) => end,
+                _ => return false,
+            }
+        } else {
+            text.len()
+        };
+        let mut window = &text[self.first.len()..end];
+        for piece in &self.middle {
+            match piece.find(window) {
+                Some(i) => window = &window[i + piece.needle().len()..],
+                None => return false,
+            }
+        }
+        self.anchored_end || memmem::find(window, last).is_some()
+    }
 }
 
 /// Where readings may start.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Starts {
     /// P is literal: right after it.
     Fixed,
@@ -93,7 +231,7 @@ impl Rule {
         let split = split_at_host(source)?;
         let (p, s) = (&source[..split], &source[split + HOST.len()..]);
         let p_items = literal_items(p)?;
-        literal_items(s)?;
+        let s_items = literal_items(s)?;
         let head = leading_literal(&p_items);
         let tail = trailing_literal(&p_items);
         let p_is_literal = p_items.iter().all(|i| matches!(i, Item::Literal(_)));
@@ -104,8 +242,8 @@ impl Rule {
         } else {
             Starts::Anywhere
         };
-        let before = if p_is_literal { None } else { Some(build(&format!("^(?:{p})$"))?) };
-        let after = build(&format!("^(?:{s})"))?;
+        let before = if p_is_literal { None } else { Some(Matcher::whole(&p_items, p)?) };
+        let after = Matcher::prefix(&s_items, s)?;
         Ok(Rule {
             index,
             name: def.name.clone(),
@@ -165,7 +303,7 @@ impl Rule {
     /// All readings of `target` (the message, or the line from the level
     /// on), reduced to one verdict.
     pub fn read(&self, target: &[u8]) -> Reading {
-        if !target.starts_with(&self.head) {
+        if self.head.first().is_some_and(|h| target.first() != Some(h)) || !target.starts_with(&self.head) {
             return Reading::Nothing { partial: None };
         }
         let mut verdict = Verdict::default();
@@ -292,6 +430,10 @@ fn split_at_host(source: &str) -> Result<usize, String> {
 #[derive(Debug, PartialEq)]
 enum Item {
     Literal(Vec<u8>),
+    /// `.*`; `rest` is where the source continues after it.
+    AnyStar { rest: usize },
+    /// `$`
+    End,
     Other,
 }
 
@@ -301,27 +443,48 @@ fn literal_items(source: &str) -> Result<Vec<Item>, String> {
     let mut items = Vec::new();
     let mut scan = Scanner::new(source);
     let mut verbatim = true;
+    let mut after_dot = false;
     while let Some(tok) = scan.next_token()? {
         let top = scan.depth == 0;
+        let dot = matches!(tok, Token::Dot) && top;
         match tok {
             Token::Literal(bytes) if top => items.push(Item::Literal(bytes)),
-            Token::Quantifier if top => {
+            Token::Quantifier(q) if top => {
                 if let Some(last) = items.last_mut() {
-                    *last = Item::Other;
+                    *last = if after_dot && q == b'*' {
+                        Item::AnyStar { rest: scan.pos }
+                    } else {
+                        Item::Other
+                    };
                 }
             }
             Token::Alternation if top => {
                 return Err("has a `|` outside parentheses; write alternatives as (?:a|b)".into());
             }
             Token::Flags => verbatim = false,
-            Token::CloseGroup if top => items.push(Item::Other),
-            Token::Literal(_) | Token::Alternation | Token::CloseGroup | Token::OpenGroup | Token::Quantifier => {}
-            Token::Other if top => items.push(Item::Other),
-            Token::Other | Token::Host(_) => {}
+            Token::End if top => items.push(Item::End),
+            Token::CloseGroup | Token::Other | Token::Dot if top => items.push(Item::Other),
+            Token::Literal(_)
+            | Token::Alternation
+            | Token::CloseGroup
+            | Token::OpenGroup
+            | Token::Quantifier(_)
+            | Token::End
+            | Token::Dot
+            | Token::Other
+            | Token::Host(_) => {}
+        }
+        after_dot = dot;
+    }
+    if let Some(end) = items.iter().position(|i| *i == Item::End) {
+        // `$` anywhere but last is not "the end of the line" as a glob
+        // understands it.
+        if end + 1 != items.len() {
+            items[end] = Item::Other;
         }
     }
     if !verbatim {
-        // Inline flags ((?i), (?x)) change what literals match.
+        // Inline flags ((?i), (?x), (?s)) change what literals and `.` match.
         items.iter_mut().for_each(|i| *i = Item::Other);
     }
     Ok(items)
@@ -332,7 +495,7 @@ fn leading_literal(items: &[Item]) -> Vec<u8> {
         .iter()
         .map_while(|i| match i {
             Item::Literal(b) => Some(b.as_slice()),
-            Item::Other => None,
+            _ => None,
         })
         .flatten()
         .copied()
@@ -340,12 +503,15 @@ fn leading_literal(items: &[Item]) -> Vec<u8> {
 }
 
 fn trailing_literal(items: &[Item]) -> Vec<u8> {
-    let start = items.iter().rposition(|i| *i == Item::Other).map_or(0, |p| p + 1);
+    let start = items
+        .iter()
+        .rposition(|i| !matches!(i, Item::Literal(_)))
+        .map_or(0, |p| p + 1);
     items[start..]
         .iter()
         .flat_map(|i| match i {
             Item::Literal(b) => b.as_slice(),
-            Item::Other => &[],
+            _ => &[],
         })
         .copied()
         .collect()
@@ -353,7 +519,10 @@ fn trailing_literal(items: &[Item]) -> Vec<u8> {
 
 enum Token {
     Literal(Vec<u8>),
-    Quantifier,
+    /// `*`, `+`, `?` or `{` (for `{n,m}`).
+    Quantifier(u8),
+    Dot,
+    End,
     Alternation,
     OpenGroup,
     CloseGroup,
@@ -421,12 +590,14 @@ impl<'a> Scanner<'a> {
                 Token::CloseGroup
             }
             '|' => Token::Alternation,
-            '*' | '+' | '?' => Token::Quantifier,
+            '*' | '+' | '?' => Token::Quantifier(c as u8),
             '{' => {
                 self.skip_past('}');
-                Token::Quantifier
+                Token::Quantifier(b'{')
             }
-            '.' | '^' | '$' => Token::Other,
+            '.' => Token::Dot,
+            '$' => Token::End,
+            '^' => Token::Other,
             c => {
                 let mut buf = [0u8; 4];
                 Token::Literal(c.encode_utf8(&mut buf).as_bytes().to_vec())
