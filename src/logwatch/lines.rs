@@ -69,6 +69,12 @@ impl LineReader {
         self.offset = offset;
     }
 
+    /// Whether the rest of an overlong line is being skipped (the offset
+    /// is then inside that line).
+    pub fn is_skipping(&self) -> bool {
+        self.skipping
+    }
+
     /// Whether bytes of an unfinished line are buffered (or being skipped).
     pub fn has_partial(&self) -> bool {
         self.end > self.start || self.skipping
