@@ -419,3 +419,238 @@ fn compile_ignore(ignoreregex: &[(String, String)]) -> Result<Option<RegexSet>, 
             problem: e.to_string(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a line means: `rule host`, or a word for the other outcomes.
+    fn judge(set: &RuleSet, line: &str) -> String {
+        match set.match_line(line.as_bytes()) {
+            LineMatch::Failure { rule, host, .. } => format!("{} {host}", set.rules()[rule].name()),
+            LineMatch::Ambiguous { .. } => "ambiguous".into(),
+            LineMatch::Ignored { .. } => "ignored".into(),
+            LineMatch::Missed { cut: true, .. } => "cut".into(),
+            LineMatch::Missed { cut: false, .. } => "missed".into(),
+            LineMatch::NoPrefix => "no prefix".into(),
+        }
+    }
+
+    fn asterisk() -> RuleSet {
+        RuleSet::load("asterisk").expect("built-in set compiles")
+    }
+
+    const P: &str = "[2026-11-24 16:03:18] NOTICE[2766] ";
+
+    #[test]
+    fn built_in_sets_compile() {
+        for (name, _) in BUILTIN_SETS {
+            let set = RuleSet::load(name).expect(name);
+            assert!(!set.rules().is_empty());
+        }
+        assert_eq!(RuleSet::load("asterisk").map(|s| s.attempt_groups()).ok(), Some(4));
+    }
+
+    #[test]
+    fn every_asterisk_rule_matches_what_asterisk_writes() {
+        let set = asterisk();
+        let cases = [
+            ("chan_sip.c: Registration from '<sip:100@192.0.2.1>' failed for '203.0.113.5:5060' - Wrong password", "sip_wrong_password 203.0.113.5"),
+            ("chan_sip.c: Registration from '\"100\" <sip:100@x>' failed for '203.0.113.5' - No matching peer found", "sip_unknown_peer 203.0.113.5"),
+            ("chan_sip.c: Registration from '<sip:1@x>' failed for '[2001:db8::5]:5060' - Username/auth name mismatch", "sip_unknown_peer 2001:db8::5"),
+            ("chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Not a local domain", "sip_unknown_peer 203.0.113.5"),
+            ("chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Peer is not supposed to register", "sip_peer_may_not_register 203.0.113.5"),
+            ("chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Device not configured to use this transport type", "sip_wrong_transport 203.0.113.5"),
+            ("chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Device does not match ACL", "sip_acl 203.0.113.5"),
+            ("chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5' - ACL error (permit/deny)", "sip_acl 203.0.113.5"),
+            ("acl.c: SIP Peer ACL: Rejecting '203.0.113.5' due to a failure to pass ACL '(BASELINE)'", "sip_acl_rejecting 203.0.113.5"),
+            ("chan_sip.c: Call from '' (203.0.113.5:10836) to extension '0972598285108' rejected because extension not found in context 'default'.", "sip_extension_not_found 203.0.113.5"),
+            ("chan_sip.c: hacking attempt detected '203.0.113.5'", "sip_hacking_attempt 203.0.113.5"),
+            ("res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '\"1000\" <sip:1000@10.0.0.1>' failed for '203.0.113.5:48336' (callid: 276666022) - No matching endpoint found", "pjsip_no_endpoint 203.0.113.5"),
+            ("res_pjsip/pjsip_distributor.c: Request 'INVITE' from '<sip:1@x>' failed for '203.0.113.5:5060' (callid: a@b) - No matching endpoint found after 5 tries in 1.234 ms", "pjsip_no_endpoint 203.0.113.5"),
+            ("res_pjsip/pjsip_distributor.c: Request from '<sip:1@x>' failed for '[2001:db8::5]:5060' (callid: a) - Failed to authenticate", "pjsip_failed_auth 2001:db8::5"),
+            ("res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:1@x>' failed for '203.0.113.5:5060' (callid: a) - Error to authenticate", "pjsip_failed_auth 203.0.113.5"),
+            ("res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:1@x>' failed for '203.0.113.5:5060' (callid: a) - Not match Endpoint Contact ACL", "pjsip_acl 203.0.113.5"),
+            ("acl.c: SIP ACL: Rejecting '203.0.113.5' due to a failure to pass ACL 'office'", "pjsip_acl_rejecting 203.0.113.5"),
+            ("chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'Fail2ban' (e7df7cd2ca07f4f1ab415d457a6e1c13 != 53ac4bc41ee4ec77888ed4aa50677247)", "iax2_wrong_password 203.0.113.5"),
+            ("chan_iax2.c: Host 203.0.113.5 failed to authenticate as 'Fail2ban'", "iax2_failed_auth 203.0.113.5"),
+            ("chan_iax2.c: No registration for peer 'Fail2ban' (from 203.0.113.5)", "iax2_unknown_peer 203.0.113.5"),
+            ("manager.c: 203.0.113.5 tried to authenticate with nonexistent user 'opennms'", "ami_unknown_user 203.0.113.5"),
+            ("manager.c: 203.0.113.5 failed to pass IP ACL as 'aclonly'", "ami_acl 203.0.113.5"),
+            ("acl.c: Manager User ACL: Rejecting '203.0.113.5' due to a failure to pass ACL '(BASELINE)'", "ami_acl_rejecting 203.0.113.5"),
+            ("manager.c: ::ffff:203.0.113.5 failed to authenticate as 'admin'", "ami_failed_auth 203.0.113.5"),
+        ];
+        for (rest, expected) in cases {
+            assert_eq!(judge(&set, &format!("{P}{rest}")), expected, "{rest}");
+        }
+        let syslog = "Nov  4 18:30:40 pbx asterisk[32229]: NOTICE[32257]: chan_sip.c:23417 in handle_request_register: Registration from '<sip:301@example.com>' failed for '203.0.113.5:36998' - Wrong password";
+        assert_eq!(judge(&set, syslog), "sip_wrong_password 203.0.113.5");
+        let dialplan = "[2013-11-11 14:33:38] WARNING[6756][C-0000001d] Ext. s: \"Rejecting unknown SIP connection from 203.0.113.5\"";
+        assert_eq!(judge(&set, dialplan), "sip_unknown_connection 203.0.113.5");
+        let security = "[2026-11-24 16:03:19] SECURITY[2771] res_security_log.c: SecurityEvent=\"InvalidAccountID\",EventTV=\"2026-11-24T16:03:21.504+0000\",Severity=\"Error\",Service=\"AMI\",EventVersion=\"1\",AccountID=\"nosuchuser\",SessionID=\"0x7fcb3bb99460\",LocalAddress=\"IPV4/TCP/127.0.0.1/5038\",RemoteAddress=\"IPV6/TCP/2001:db8::5/35949\",SessionTV=\"1970-01-01T00:00:00.000+0000\"";
+        assert_eq!(judge(&set, security), "security_invalid_account_id 2001:db8::5");
+    }
+
+    #[test]
+    fn quoted_rule_text_elsewhere_in_a_message_does_not_match() {
+        let set = asterisk();
+        for line in [
+            // The rule's text inside another message.
+            format!("{P}chan_sip.c: Received response: \"Forbidden\" from 'Registration from '<x>' failed for '10.0.0.1:5060' - Wrong password'"),
+            // The right message from a module that does not write it.
+            format!("{P}res_foo.c: Registration from '<x>' failed for '10.0.0.1:5060' - Wrong password"),
+            // A level the attacker named inside the message.
+            format!("{P}pbx.c: NOTICE[1] manager.c: 10.0.0.1 failed to authenticate as 'x'"),
+            // Normal traffic.
+            "[2026-11-24 16:03:18] SECURITY[2771] res_security_log.c: SecurityEvent=\"ChallengeSent\",EventTV=\"x\",Severity=\"Informational\",Service=\"SIP\",EventVersion=\"1\",AccountID=\"100\",SessionID=\"0x1\",LocalAddress=\"IPV4/UDP/127.0.0.1/5060\",RemoteAddress=\"IPV4/UDP/10.0.0.1/59568\",Challenge=\"45249bab\"".into(),
+        ] {
+            assert_eq!(judge(&set, &line), "missed", "{line}");
+        }
+    }
+
+    #[test]
+    fn chan_sip_from_header_cannot_choose_the_host() {
+        let set = asterisk();
+        let line = format!(
+            "{P}chan_sip.c: Registration from '<sip:x@y>' failed for '10.0.0.1:5060' - Wrong password' failed for '203.0.113.5:5060' - Wrong password"
+        );
+        assert_eq!(judge(&set, &line), "sip_wrong_password 203.0.113.5");
+        let line = format!("{P}chan_sip.c: Registration from '' failed for '10.0.0.1' - Wrong password' failed for '[2001:db8::5]:5060' - Device does not match ACL");
+        assert_eq!(judge(&set, &line), "sip_acl 2001:db8::5");
+    }
+
+    #[test]
+    fn attacker_text_on_both_sides_makes_a_planted_line_ambiguous() {
+        let set = asterisk();
+        for rest in [
+            // pjsip: a planted reading in the callid, or in the From header.
+            "res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:1@x>' failed for '203.0.113.5:5060' (callid: a' failed for '10.0.0.1:5060' (callid: b) - No matching endpoint found",
+            "res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:1@x>' failed for '10.0.0.1:5060' (callid: b) - No matching endpoint found' failed for '203.0.113.5:5060' (callid: a) - No matching endpoint found",
+            // chan_sip calls: in the caller name, or in the extension.
+            "chan_sip.c: Call from 'x' (10.0.0.1:5060) to extension '1' rejected because extension not found in context 'default'.' (203.0.113.5:5060) to extension '2' rejected because extension not found in context 'default'.",
+            "chan_sip.c: Call from '' (203.0.113.5:5060) to extension '1' (10.0.0.1:5060) to extension '2' rejected because extension not found in context 'default'.",
+            // res_security_log: a RemoteAddress planted in AccountID,
+            // SessionID or ReceivedHash.
+            "res_security_log.c: SecurityEvent=\"InvalidPassword\",EventTV=\"x\",Severity=\"Error\",Service=\"SIP\",EventVersion=\"2\",AccountID=\"a\",RemoteAddress=\"IPV4/UDP/10.0.0.1/5060\",SessionID=\"0x1\",LocalAddress=\"IPV4/UDP/127.0.0.1/5060\",RemoteAddress=\"IPV4/UDP/203.0.113.5/5060\",Challenge=\"1\",ReceivedChallenge=\"1\",ReceivedHash=\"2\"",
+            "res_security_log.c: SecurityEvent=\"InvalidAccountID\",EventTV=\"x\",Severity=\"Error\",Service=\"PJSIP\",EventVersion=\"1\",AccountID=\"1\",SessionID=\"x\",RemoteAddress=\"IPV4/UDP/10.0.0.1/1111\",y=\"z\",LocalAddress=\"IPV4/UDP/1.2.3.4/5060\",RemoteAddress=\"IPV4/UDP/203.0.113.5/5061\"",
+            "res_security_log.c: SecurityEvent=\"InvalidPassword\",EventTV=\"x\",Severity=\"Error\",Service=\"SIP\",EventVersion=\"2\",AccountID=\"a\",SessionID=\"0x1\",LocalAddress=\"IPV4/UDP/127.0.0.1/5060\",RemoteAddress=\"IPV4/UDP/203.0.113.5/5060\",Challenge=\"1\",ReceivedChallenge=\"1\",ReceivedHash=\"2\",RemoteAddress=\"IPV4/UDP/10.0.0.1/5060\"",
+        ] {
+            assert_eq!(judge(&set, &format!("{P}{rest}")), "ambiguous", "{rest}");
+        }
+    }
+
+    #[test]
+    fn host_first_messages_ignore_what_follows() {
+        let set = asterisk();
+        for (rest, expected) in [
+            ("manager.c: 203.0.113.5 failed to authenticate as 'x' from 10.0.0.1 failed to authenticate as 'y'", "ami_failed_auth 203.0.113.5"),
+            ("manager.c: 203.0.113.5 tried to authenticate with nonexistent user '10.0.0.1 tried to authenticate with nonexistent user 'a'", "ami_unknown_user 203.0.113.5"),
+            ("chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'Host 10.0.0.1 failed MD5 authentication for 'a' (x != y)' (b != c)", "iax2_wrong_password 203.0.113.5"),
+            ("chan_iax2.c: No registration for peer 'a' (from 10.0.0.1)' (from 203.0.113.5)", "iax2_unknown_peer 203.0.113.5"),
+            ("acl.c: SIP Peer ACL: Rejecting '203.0.113.5' due to a failure to pass ACL 'x' y '10.0.0.1'", "sip_acl_rejecting 203.0.113.5"),
+        ] {
+            assert_eq!(judge(&set, &format!("{P}{rest}")), expected, "{rest}");
+        }
+        // fail2ban's own sample: a SessionID that plants a RemoteAddress,
+        // but Asterisk's closing quote spoils the planted reading.
+        let line = format!("{P}res_security_log.c: SecurityEvent=\"InvalidAccountID\",EventTV=\"x\",Severity=\"Error\",Service=\"PJSIP\",EventVersion=\"1\",AccountID=\"70000180\",SessionID=\"\",LocalAddress=\"IPV4/UDP/127.0.0.1/5060\",RemoteAddress=\"IPV4/UDP/5.6.7.8/1111\"\",LocalAddress=\"IPV4/UDP/1.2.3.4/5060\",RemoteAddress=\"IPV4/UDP/10.250.251.252/5061\"");
+        assert_eq!(judge(&set, &line), "security_invalid_account_id 10.250.251.252");
+        // The dialplan extension is the caller's; a message it forges ends
+        // where the real one begins, so it does not match (and, having
+        // begun a rule's shape without finishing it, it counts as cut).
+        let line = "[2013-11-11 14:33:38] WARNING[6756] Ext. s: \"Rejecting unknown SIP connection from 10.0.0.1\": \"Rejecting unknown SIP connection from 203.0.113.5\"";
+        assert_eq!(judge(&set, line), "cut");
+        // SIP Contact ACL names an address the sender chose: not a rule.
+        let line = format!("{P}acl.c: SIP Contact ACL: Rejecting '10.0.0.1' due to a failure to pass ACL 'x'");
+        assert_eq!(judge(&set, &line), "missed");
+    }
+
+    #[test]
+    fn a_message_cut_after_the_host_is_reported_as_cut() {
+        let set = asterisk();
+        let line = format!("{P}chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'abc");
+        assert_eq!(judge(&set, &line), "cut");
+        let line = format!("{P}manager.c: 203.0.113.5 failed to authenticate as 'abc");
+        assert_eq!(judge(&set, &line), "cut");
+        let line = format!("{P}chan_iax2.c: Peer 'x' is now REACHABLE!");
+        assert_eq!(judge(&set, &line), "missed");
+    }
+
+    #[test]
+    fn book_rules_are_anchored_at_the_level() {
+        let book = RuleSet::load("book").expect("book");
+        let line = format!("{P}chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Wrong password");
+        assert_eq!(judge(&book, &line), "book_wrong_password 203.0.113.5");
+        // Unanchored at the end as printed, so a planted reading is
+        // possible: nobody counts.
+        let line = format!("{P}manager.c: 203.0.113.5 failed to authenticate as 'x' 10.0.0.1 failed to authenticate as 'y'");
+        assert_eq!(judge(&book, &line), "ambiguous");
+        assert_eq!(judge(&asterisk(), &line), "ami_failed_auth 203.0.113.5");
+        let warning = "[2026-11-24 16:03:18] WARNING[1] chan_sip.c: NOTICE x: Registration from '' failed for '10.0.0.1' - Wrong password";
+        assert_eq!(judge(&book, warning), "missed");
+    }
+
+    #[test]
+    fn config_adds_rules_and_ignoreregex() {
+        let config = LogConfig {
+            extra_rules: vec![RuleDef {
+                name: "custom".into(),
+                kind: FailureKind::Suspicious,
+                service: None,
+                failregex: "Friendly Scanner from <HOST>$".into(),
+                module: None,
+                anchor: Anchor::Message,
+                attempt: None,
+            }],
+            ignoreregex: vec!["<sip:trusted@".into()],
+            ..LogConfig::default()
+        };
+        let set = RuleSet::from_config(&config).expect("compiles");
+        assert_eq!(judge(&set, &format!("{P}Ext. 5: Friendly Scanner from 203.0.113.5")), "custom 203.0.113.5");
+        let trusted = format!("{P}chan_sip.c: Registration from '<sip:trusted@x>' failed for '203.0.113.5' - Wrong password");
+        assert_eq!(judge(&set, &trusted), "ignored");
+    }
+
+    #[test]
+    fn errors_name_the_rule_and_the_fix() {
+        let bad = |failregex: &str| LogConfig {
+            extra_rules: vec![RuleDef {
+                name: "mine".into(),
+                kind: FailureKind::Suspicious,
+                service: None,
+                failregex: failregex.into(),
+                module: None,
+                anchor: Anchor::Message,
+                attempt: None,
+            }],
+            ..LogConfig::default()
+        };
+        let msg = RuleSet::from_config(&bad("no host")).expect_err("no host").to_string();
+        assert!(msg.contains("\"mine\"") && msg.contains("log.rule[0]") && msg.contains("<HOST>"), "{msg}");
+        let mut dup = bad("from <HOST>");
+        dup.extra_rules[0].name = "sip_wrong_password".into();
+        let msg = RuleSet::from_config(&dup).expect_err("duplicate").to_string();
+        assert!(msg.contains("unique"), "{msg}");
+        let msg = RuleSet::load("/nonexistent/rules.toml").expect_err("missing").to_string();
+        assert!(msg.contains("asterisk, book") && msg.contains("/nonexistent/rules.toml"), "{msg}");
+        let config = LogConfig {
+            ignoreregex: vec!["(".into()],
+            ..LogConfig::default()
+        };
+        let msg = RuleSet::from_config(&config).expect_err("bad ignoreregex").to_string();
+        assert!(msg.contains("log.ignoreregex[0]"), "{msg}");
+    }
+
+    #[test]
+    fn rules_files_are_read_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("rules.toml");
+        std::fs::write(&path, "[[rule]]\nname = \"r\"\nkind = \"invalid_password\"\nfailregex = \"x <HOST>$\"\n")
+            .expect("write");
+        let set = RuleSet::load(path.to_str().expect("utf8")).expect("loads");
+        assert_eq!(judge(&set, &format!("{P}a.c: x 203.0.113.5")), "r 203.0.113.5");
+        std::fs::write(&path, "[[rule]]\nname = \"r\"\nkind = \"nope\"\nfailregex = \"x\"\n").expect("write");
+        let msg = RuleSet::load(path.to_str().expect("utf8")).expect_err("bad kind").to_string();
+        assert!(msg.contains("rules.toml") && msg.contains("nope"), "{msg}");
+    }
+}

@@ -186,3 +186,93 @@ fn is_companion(
     open.insert(key, second);
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::tz::TimeZone;
+
+    fn scanner() -> Scanner {
+        let rules = Arc::new(RuleSet::load("asterisk").expect("rules"));
+        Scanner::new(rules, Clock::new(TimeZone::UTC, Timestamp::UNIX_EPOCH))
+    }
+
+    /// One word (or `rule host`) per line.
+    fn judge(lines: &[&str]) -> Vec<String> {
+        let mut s = scanner();
+        lines
+            .iter()
+            .map(|line| match s.scan(line.as_bytes()) {
+                Event::NoPrefix => "no prefix".into(),
+                Event::Missed => "missed".into(),
+                Event::Cut => "cut".into(),
+                Event::Continuation => "continuation".into(),
+                Event::Ambiguous { .. } => "ambiguous".into(),
+                Event::Ignored { .. } => "ignored".into(),
+                Event::Companion { rule, host } => format!("companion {} {host}", rule.name()),
+                Event::Attempt(a) => format!("{} {}", a.rule.name(), a.host),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_forged_line_after_a_cut_one_never_counts() {
+        // An IAX2 username "abc\n<forged line>" (IAX2 carries usernames as
+        // raw bytes): the real message ends on the forged line, with
+        // Asterisk's own " (x != y)" ending.
+        let lines = [
+            "[2026-11-24 16:03:18] NOTICE[5] chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'abc",
+            "[2026-11-24 16:03:18] NOTICE[5] chan_iax2.c: Host 10.0.0.1 failed MD5 authentication for 'x' (e7df != 53ac)",
+            "[2026-11-24 16:03:19] NOTICE[5] chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'y' (e7df != 53ac)",
+        ];
+        assert_eq!(judge(&lines), ["cut", "continuation", "iax2_wrong_password 203.0.113.5"]);
+        // Filler lines first do not help: the continuation lasts up to and
+        // including the next line that looks like a log line.
+        let lines = [
+            "[2026-11-24 16:03:18] NOTICE[5] manager.c: 203.0.113.5 failed to authenticate as 'abc",
+            "filler",
+            "",
+            "[2026-11-24 16:03:18] NOTICE[5] manager.c: 10.0.0.1 failed to authenticate as 'x'",
+            "[2026-11-24 16:03:19] NOTICE[6] manager.c: 203.0.113.5 failed to authenticate as 'y'",
+        ];
+        assert_eq!(
+            judge(&lines),
+            ["cut", "continuation", "continuation", "continuation", "ami_failed_auth 203.0.113.5"]
+        );
+    }
+
+    #[test]
+    fn companion_lines_count_once_per_attempt() {
+        let lines = [
+            // One REGISTER refused by ACL, processed twice (as captured).
+            "[2026-11-24 16:03:19] NOTICE[2766] acl.c: SIP Peer ACL: Rejecting '127.0.0.3' due to a failure to pass ACL '(BASELINE)'",
+            "[2026-11-24 16:03:19] NOTICE[2766] chan_sip.c: Registration from '<sip:200@127.0.0.1>' failed for '127.0.0.3:47307' - Device does not match ACL",
+            "[2026-11-24 16:03:19] NOTICE[2766] acl.c: SIP Peer ACL: Rejecting '127.0.0.3' due to a failure to pass ACL '(BASELINE)'",
+            "[2026-11-24 16:03:20] NOTICE[2766] chan_sip.c: Registration from '<sip:200@127.0.0.1>' failed for '127.0.0.3:47307' - Device does not match ACL",
+            // Later: a new attempt.
+            "[2026-11-24 16:03:25] NOTICE[2766] acl.c: SIP Peer ACL: Rejecting '127.0.0.3' due to a failure to pass ACL '(BASELINE)'",
+            // AMI: each login is its own session thread.
+            "[2026-11-24 16:03:21] NOTICE[3102] manager.c: 127.0.0.4 tried to authenticate with nonexistent user 'nosuchuser'",
+            "[2026-11-24 16:03:21] NOTICE[3102] manager.c: 127.0.0.4 failed to authenticate as 'nosuchuser'",
+            "[2026-11-24 16:03:21] NOTICE[3103] manager.c: 127.0.0.4 failed to authenticate as 'astban'",
+            // Rules without an attempt group count every line.
+            "[2026-11-24 16:03:21] NOTICE[2766] chan_sip.c: Registration from '<sip:100@x>' failed for '127.0.0.2:5060' - Wrong password",
+            "[2026-11-24 16:03:21] NOTICE[2766] chan_sip.c: Registration from '<sip:100@x>' failed for '127.0.0.2:5060' - Wrong password",
+        ];
+        assert_eq!(
+            judge(&lines),
+            [
+                "sip_acl_rejecting 127.0.0.3",
+                "companion sip_acl 127.0.0.3",
+                "companion sip_acl_rejecting 127.0.0.3",
+                "companion sip_acl 127.0.0.3",
+                "sip_acl_rejecting 127.0.0.3",
+                "ami_unknown_user 127.0.0.4",
+                "companion ami_failed_auth 127.0.0.4",
+                "ami_failed_auth 127.0.0.4",
+                "sip_wrong_password 127.0.0.2",
+                "sip_wrong_password 127.0.0.2",
+            ]
+        );
+    }
+}
