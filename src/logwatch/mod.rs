@@ -84,9 +84,14 @@ pub async fn run(
     save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut committed = saved.map(|s| s.cursor);
     let mut stored = committed;
-    let mut rules_open = true;
 
     'follow: loop {
+        // New rules apply from the next batch on: lines written after a
+        // reload are judged by the new rules.
+        if rules.has_changed().unwrap_or(false) {
+            reader.scanner.set_rules(Arc::clone(&rules.borrow_and_update()));
+            tracing::info!("log rules reloaded");
+        }
         let (back, batch) = tokio::task::spawn_blocking(move || {
             let batch = reader.batch();
             (reader, batch)
@@ -120,13 +125,6 @@ pub async fn run(
                     }
                     break;
                 }
-                changed = rules.changed(), if rules_open => match changed {
-                    Ok(()) => {
-                        reader.scanner.set_rules(Arc::clone(&rules.borrow_and_update()));
-                        tracing::info!("log rules reloaded");
-                    }
-                    Err(_) => rules_open = false,
-                },
                 _ = save_tick.tick() => {
                     if committed != stored {
                         save_cursor(&cursor_path, reader.follower.path(), committed).await;
