@@ -588,6 +588,10 @@ mod tests {
         assert_eq!(judge(&asterisk(), &line), "ami_failed_auth 203.0.113.5");
         let warning = "[2026-11-24 16:03:18] WARNING[1] chan_sip.c: NOTICE x: Registration from '' failed for '10.0.0.1' - Wrong password";
         assert_eq!(judge(&book, warning), "missed");
+        // `NOTICE.* <HOST>` reaches an address in many lines; only one
+        // followed by the rule's own text is a cut line.
+        let other = format!("{P}manager.c: 203.0.113.5 tried to authenticate with nonexistent user 'x'");
+        assert_eq!(judge(&book, &other), "missed");
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct Rule {
     before: Option<Matcher>,
     /// S, matched at the start of the text after the address.
     after: Matcher,
+    /// Literal text S starts with: a line that has it after the address
+    /// (or ends within it) went on with this rule's shape.
+    after_head: Box<[u8]>,
 }
 
 /// How P or S is checked, cheapest shape first.
@@ -210,7 +213,8 @@ enum Starts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reading {
     /// No reading. `partial` is where an address was found that S did not
-    /// accept; [`Rule::started_at`] tells whether P led up to it.
+    /// accept although the text after it began S's literal text;
+    /// [`Rule::started_at`] tells whether P led up to it.
     Nothing {
         /// A candidate address position, if any.
         partial: Option<usize>,
@@ -244,6 +248,7 @@ impl Rule {
         };
         let before = if p_is_literal { None } else { Some(Matcher::whole(&p_items, p)?) };
         let after = Matcher::prefix(&s_items, s)?;
+        let after_head = leading_literal(&s_items).into_boxed_slice();
         Ok(Rule {
             index,
             name: def.name.clone(),
@@ -257,6 +262,7 @@ impl Rule {
             starts,
             before,
             after,
+            after_head,
         })
     }
 
@@ -354,7 +360,9 @@ impl Rule {
             return true;
         }
         if !self.after_matches(target, token) {
-            verdict.partial.get_or_insert(at);
+            if self.goes_on(target, token) {
+                verdict.partial.get_or_insert(at);
+            }
             return false;
         }
         if !self.started_at(target, at) {
@@ -369,6 +377,20 @@ impl Rule {
             }
         }
         false
+    }
+
+    /// Whether the text after the address begins S's literal text, or
+    /// ends inside it: a message of this shape cut short.
+    fn goes_on(&self, target: &[u8], token: HostToken) -> bool {
+        let begins = |end: usize| {
+            let rest = &target[end..];
+            if rest.len() < self.after_head.len() {
+                self.after_head.starts_with(rest)
+            } else {
+                rest.starts_with(&self.after_head)
+            }
+        };
+        begins(token.end) || token.end_without_port.is_some_and(begins)
     }
 
     fn after_matches(&self, target: &[u8], token: HostToken) -> bool {
