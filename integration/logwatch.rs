@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 const DEADLINE: Duration = Duration::from_secs(15);
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("integration/fixtures")
+        .join(name)
 }
 
 fn utc() -> Clock {
@@ -34,14 +36,22 @@ fn utc() -> Clock {
 }
 
 /// Attempts per host in a file, and all records, scanned by `workers`.
-fn scan(path: &Path, rules: &RuleSet, workers: usize) -> (BTreeMap<IpAddr, u64>, Vec<Record>, testlog::Summary) {
+fn scan(
+    path: &Path,
+    rules: &RuleSet,
+    workers: usize,
+) -> (BTreeMap<IpAddr, u64>, Vec<Record>, testlog::Summary) {
     let mut records = Vec::new();
     let summary = testlog::scan_file(path, rules, &utc(), 8192, workers, |r| {
         records.push(*r);
         Ok(())
     })
     .expect("scan");
-    (summary.hosts.clone().into_iter().collect(), records, summary)
+    (
+        summary.hosts.clone().into_iter().collect(),
+        records,
+        summary,
+    )
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -115,11 +125,20 @@ fn parallel_scan_equals_a_single_pass() {
     while out.get_ref().metadata().map(|m| m.len()).unwrap_or(0) < 12 << 20 {
         for i in 0..200u64 {
             second += 1;
-            let t = format!("[2026-11-24 {:02}:{:02}:{:02}]", (second / 3600) % 24, (second / 60) % 60, second % 60);
+            let t = format!(
+                "[2026-11-24 {:02}:{:02}:{:02}]",
+                (second / 3600) % 24,
+                (second / 60) % 60,
+                second % 60
+            );
             let h = format!("10.{}.{}.{}", i % 7, (second / 256) % 256, second % 256);
             writeln!(out, "{t} NOTICE[2766] acl.c: SIP Peer ACL: Rejecting '{h}' due to a failure to pass ACL 'x'").expect("w");
             writeln!(out, "{t} NOTICE[2766] chan_sip.c: Registration from '<sip:1@x>' failed for '{h}:5060' - Device does not match ACL").expect("w");
-            writeln!(out, "{t} NOTICE[9] chan_iax2.c: Host {h} failed MD5 authentication for 'cut").expect("w");
+            writeln!(
+                out,
+                "{t} NOTICE[9] chan_iax2.c: Host {h} failed MD5 authentication for 'cut"
+            )
+            .expect("w");
             writeln!(out, "{t} NOTICE[9] chan_iax2.c: Host 192.0.2.1 failed MD5 authentication for 'x' (a != b)").expect("w");
             writeln!(out, "{t} NOTICE[1] chan_sip.c: Registration from '<sip:1@x>' failed for '{h}:5060' - Wrong password").expect("w");
             writeln!(out, "{t} NOTICE[1] cdr.c: noise").expect("w");
@@ -188,7 +207,9 @@ impl Follow {
     /// Stops the input and returns what a restart needs.
     async fn stop(self) -> (tempfile::TempDir, PathBuf) {
         self.shutdown.cancel();
-        let result = tokio::time::timeout(DEADLINE, self.task).await.expect("stops promptly");
+        let result = tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("stops promptly");
         result.expect("joins").expect("runs cleanly");
         assert!(self.dir.path().join("state").join(CURSOR_FILE).exists());
         (self.dir, self.path)
@@ -225,7 +246,11 @@ fn hosts(range: std::ops::RangeInclusive<u32>) -> Vec<String> {
 }
 
 fn append(path: &Path, text: &str) {
-    let mut f = OpenOptions::new().create(true).append(true).open(path).expect("open");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open");
     f.write_all(text.as_bytes()).expect("write");
 }
 
@@ -269,7 +294,11 @@ async fn copytruncate_rotation_reads_the_new_lines_once() {
     append(&f.path, &lines(1..=3));
     assert_eq!(f.next(3).await, hosts(1..=3));
     fs::copy(&f.path, f.other("messages.1")).expect("copy");
-    OpenOptions::new().write(true).truncate(true).open(&f.path).expect("truncate");
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&f.path)
+        .expect("truncate");
     append(&f.path, &line(4));
     assert_eq!(f.next(1).await, hosts(4..=4));
     append(&f.path, &lines(5..=6));
@@ -324,7 +353,10 @@ async fn a_partial_line_waits_for_its_end() {
 #[tokio::test]
 async fn overlong_lines_are_skipped() {
     let mut f = Follow::start(StartAt::Beginning);
-    let long = format!("[2026-11-24 16:03:18] NOTICE[1] chan_sip.c: {}\n", "x".repeat(100_000));
+    let long = format!(
+        "[2026-11-24 16:03:18] NOTICE[1] chan_sip.c: {}\n",
+        "x".repeat(100_000)
+    );
     append(&f.path, &format!("{long}{}{long}{}", line(1), line(2)));
     assert_eq!(f.next(2).await, hosts(1..=2));
     f.stop().await;
@@ -347,8 +379,13 @@ async fn reloaded_rules_apply_to_later_lines() {
         }],
         ..LogConfig::default()
     };
-    f.rules.send(Arc::new(RuleSet::from_config(&custom).expect("rules"))).expect("send");
-    append(&f.path, "[2026-11-24 16:03:19] WARNING[1] Ext. 5: Friendly Scanner from 10.0.0.9\n");
+    f.rules
+        .send(Arc::new(RuleSet::from_config(&custom).expect("rules")))
+        .expect("send");
+    append(
+        &f.path,
+        "[2026-11-24 16:03:19] WARNING[1] Ext. 5: Friendly Scanner from 10.0.0.9\n",
+    );
     assert_eq!(f.next(1).await, ["10.0.0.9"]);
     f.stop().await;
 }

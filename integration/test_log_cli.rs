@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("integration/fixtures")
+        .join(name)
 }
 
 fn astban(args: &[&str]) -> Output {
@@ -27,14 +29,17 @@ fn json_lines(out: &Output) -> (BTreeMap<String, u64>, Vec<serde_json::Value>) {
     let mut hosts = BTreeMap::new();
     let mut objects = Vec::new();
     for line in text(&out.stdout).lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
         let obj = v.as_object().expect("an object");
         let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
         assert_eq!(keys.len(), 5, "{line}");
         for key in ["line", "host", "time", "rule", "kind"] {
             assert!(obj.contains_key(key), "{key} missing in {line}");
         }
-        *hosts.entry(obj["host"].as_str().expect("host").to_owned()).or_default() += 1;
+        *hosts
+            .entry(obj["host"].as_str().expect("host").to_owned())
+            .or_default() += 1;
         objects.push(v);
     }
     (hosts, objects)
@@ -42,7 +47,11 @@ fn json_lines(out: &Output) -> (BTreeMap<String, u64>, Vec<serde_json::Value>) {
 
 #[test]
 fn json_has_one_object_per_attempt_and_the_summary_on_stderr() {
-    let out = astban(&["test-log", "--json", fixture("messages.log").to_str().expect("utf8")]);
+    let out = astban(&[
+        "test-log",
+        "--json",
+        fixture("messages.log").to_str().expect("utf8"),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let (hosts, objects) = json_lines(&out);
     assert_eq!(hosts.get("127.0.0.2"), Some(&4));
@@ -59,7 +68,10 @@ fn json_has_one_object_per_attempt_and_the_summary_on_stderr() {
         })
     );
     // The ACL-rejected REGISTER: counted at its first line (acl.c, line 5).
-    let acl: Vec<_> = objects.iter().filter(|o| o["host"] == "127.0.0.3").collect();
+    let acl: Vec<_> = objects
+        .iter()
+        .filter(|o| o["host"] == "127.0.0.3")
+        .collect();
     assert_eq!(acl[0]["line"], 5);
     assert_eq!(acl[0]["rule"], "sip_acl_rejecting");
     let stderr = text(&out.stderr);
@@ -87,14 +99,24 @@ fn default_output_shows_rules_hosts_and_counts() {
 
 #[test]
 fn book_rules_count_lines_like_fail2ban_did() {
-    let out = astban(&["test-log", "--json", "--rules", "book", fixture("messages.log").to_str().expect("utf8")]);
+    let out = astban(&[
+        "test-log",
+        "--json",
+        "--rules",
+        "book",
+        fixture("messages.log").to_str().expect("utf8"),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let (hosts, objects) = json_lines(&out);
     // Both "Device does not match ACL" lines count; "tried to authenticate
     // with nonexistent user" is not in the book.
     assert_eq!(hosts.get("127.0.0.3"), Some(&2));
     assert_eq!(hosts.get("127.0.0.4"), Some(&3));
-    assert!(objects.iter().all(|o| o["rule"].as_str().is_some_and(|r| r.starts_with("book_"))));
+    assert!(
+        objects
+            .iter()
+            .all(|o| o["rule"].as_str().is_some_and(|r| r.starts_with("book_")))
+    );
 }
 
 #[test]
@@ -134,10 +156,24 @@ failregex = "<HOST> failed to authenticate as 'astban'$"
 #[test]
 fn unreadable_input_is_a_clear_error_with_exit_2() {
     for (args, needle) in [
-        (vec!["test-log", "/nonexistent/messages"], "/nonexistent/messages"),
+        (
+            vec!["test-log", "/nonexistent/messages"],
+            "/nonexistent/messages",
+        ),
         (vec!["test-log", env!("CARGO_MANIFEST_DIR")], "directory"),
-        (vec!["test-log", "--rules", "nosuchset", "/dev/null"], "not a built-in rule set"),
-        (vec!["test-log", "--config", "/nonexistent/astban.toml", "/dev/null"], "does not exist"),
+        (
+            vec!["test-log", "--rules", "nosuchset", "/dev/null"],
+            "not a built-in rule set",
+        ),
+        (
+            vec![
+                "test-log",
+                "--config",
+                "/nonexistent/astban.toml",
+                "/dev/null",
+            ],
+            "does not exist",
+        ),
     ] {
         let out = astban(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

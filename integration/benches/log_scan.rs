@@ -35,9 +35,13 @@ const GREP_ALTERNATION: &str = concat!(
 );
 
 fn main() {
-    let generator = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/gen_asterisk_log.py");
+    let generator =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/gen_asterisk_log.py");
     if !generator.exists() || Command::new("python3").arg("--version").output().is_err() {
-        println!("log_scan: skipped ({} or python3 not found)", generator.display());
+        println!(
+            "log_scan: skipped ({} or python3 not found)",
+            generator.display()
+        );
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -46,7 +50,16 @@ fn main() {
     let started = Instant::now();
     let status = Command::new("python3")
         .arg(&generator)
-        .args(["--lines", &LINES.to_string(), "--attack-ratio", "0.3", "--hosts", "5000", "--seed", "2"])
+        .args([
+            "--lines",
+            &LINES.to_string(),
+            "--attack-ratio",
+            "0.3",
+            "--hosts",
+            "5000",
+            "--seed",
+            "2",
+        ])
         .arg("--truth")
         .arg(&truth)
         .stdout(File::create(&log).expect("create log"))
@@ -73,7 +86,12 @@ fn main() {
         rss as f64 / 1024.0
     );
 
-    let (grep, _) = best(|| run(Command::new("grep").arg("-cE").arg(GREP_ALTERNATION).arg(&log)));
+    let (grep, _) = best(|| {
+        run(Command::new("grep")
+            .arg("-cE")
+            .arg(GREP_ALTERNATION)
+            .arg(&log))
+    });
     println!("grep -cE (same shapes):  {:.3} s", grep.as_secs_f64());
     println!("ratio astban / grep:     {:.2}", secs / grep.as_secs_f64());
 
@@ -83,9 +101,17 @@ fn main() {
 /// Runs `cmd` with its output read from a pipe (GNU grep stops at the
 /// first match when its output is /dev/null); wall time and the child's
 /// max RSS in KiB.
+#[expect(
+    clippy::zombie_processes,
+    reason = "reaped by wait4, which also reports the child's max RSS"
+)]
 fn run(cmd: &mut Command) -> (Duration, i64) {
     let started = Instant::now();
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
     let mut out = child.stdout.take().expect("stdout");
     std::io::copy(&mut out, &mut std::io::sink()).expect("drain");
     let (status, rss) = wait_with_rusage(child.id());
@@ -95,7 +121,10 @@ fn run(cmd: &mut Command) -> (Duration, i64) {
 }
 
 fn best(mut f: impl FnMut() -> (Duration, i64)) -> (Duration, i64) {
-    (0..RUNS).map(|_| f()).min_by_key(|(d, _)| *d).expect("runs")
+    (0..RUNS)
+        .map(|_| f())
+        .min_by_key(|(d, _)| *d)
+        .expect("runs")
 }
 
 /// Reaps the child `pid`: its exit status and its own max RSS in KiB.
@@ -122,9 +151,12 @@ fn check_counts(log: &Path, truth: &Path, out: &Path) {
     let mut found: HashMap<String, u64> = HashMap::new();
     for line in BufReader::new(File::open(out).expect("out")).lines() {
         let v: serde_json::Value = serde_json::from_str(&line.expect("line")).expect("json");
-        *found.entry(v["host"].as_str().expect("host").to_owned()).or_default() += 1;
+        *found
+            .entry(v["host"].as_str().expect("host").to_owned())
+            .or_default() += 1;
     }
-    let truth: serde_json::Value = serde_json::from_reader(File::open(truth).expect("truth")).expect("truth json");
+    let truth: serde_json::Value =
+        serde_json::from_reader(File::open(truth).expect("truth")).expect("truth json");
     let expected: HashMap<String, u64> = truth["hosts"]
         .as_object()
         .expect("hosts")
@@ -132,16 +164,28 @@ fn check_counts(log: &Path, truth: &Path, out: &Path) {
         .map(|(h, n)| (h.clone(), n.as_u64().expect("count")))
         .collect();
     let total: u64 = found.values().sum();
-    assert_eq!(total, truth["total"].as_u64().expect("total"), "total attempts");
+    assert_eq!(
+        total,
+        truth["total"].as_u64().expect("total"),
+        "total attempts"
+    );
     assert!(found == expected, "per-host counts differ from the truth");
-    println!("counts: {total} attempts from {} hosts, equal to the truth", found.len());
+    println!(
+        "counts: {total} attempts from {} hosts, equal to the truth",
+        found.len()
+    );
 }
 
 /// fail2ban-regex with its stock asterisk filter, on the first 100k lines
 /// (it is too slow for the whole file), extrapolated.
 fn fail2ban(log: &Path, ours: f64) {
     let filter = PathBuf::from("/etc/fail2ban/filter.d/asterisk.conf");
-    if Command::new("fail2ban-regex").arg("--version").output().is_err() || !filter.exists() {
+    if Command::new("fail2ban-regex")
+        .arg("--version")
+        .output()
+        .is_err()
+        || !filter.exists()
+    {
         println!("fail2ban-regex: not installed (apt-get install fail2ban), skipped");
         return;
     }
@@ -167,5 +211,8 @@ fn fail2ban(log: &Path, ours: f64) {
         return;
     }
     let whole = secs * LINES as f64 / 100_000.0;
-    println!("fail2ban-regex (100k lines): {secs:.2} s, about {whole:.0} s for the file, {:.0}x astban", whole / ours);
+    println!(
+        "fail2ban-regex (100k lines): {secs:.2} s, about {whole:.0} s for the file, {:.0}x astban",
+        whole / ours
+    );
 }

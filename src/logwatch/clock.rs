@@ -35,7 +35,11 @@ impl Clock {
     /// A clock for local-time stamps in `tz`; `now` picks the year of
     /// year-less stamps (the one that does not put them in the future).
     pub fn new(tz: TimeZone, now: Timestamp) -> Clock {
-        Clock { tz, now, last: None }
+        Clock {
+            tz,
+            now,
+            last: None,
+        }
     }
 
     /// The system time zone and the current time.
@@ -78,7 +82,10 @@ impl Clock {
             DateTime::new(year, c.month, c.day, c.hour, c.minute, 0, 0).ok()
         };
         let ts = match (key.offset, key.year_less) {
-            (Some(seconds), _) => Offset::from_seconds(seconds).ok()?.to_timestamp(at(key.civil.year)?).ok()?,
+            (Some(seconds), _) => Offset::from_seconds(seconds)
+                .ok()?
+                .to_timestamp(at(key.civil.year)?)
+                .ok()?,
             (None, false) => self.tz.to_timestamp(at(key.civil.year)?).ok()?,
             (None, true) => {
                 let this_year = self.tz.to_datetime(self.now).year();
@@ -99,7 +106,14 @@ mod tests {
     use super::*;
 
     fn civil(year: i16, month: i8, day: i8, hour: i8, minute: i8, second: i8) -> Civil {
-        Civil { year, month, day, hour, minute, second }
+        Civil {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+        }
     }
 
     fn utc_clock(now: &str) -> Clock {
@@ -108,32 +122,59 @@ mod tests {
 
     #[test]
     fn local_stamps_use_the_zone() {
-        let mut clock = Clock::new(TimeZone::get("Europe/Zurich").expect("tz"), Timestamp::UNIX_EPOCH);
+        let mut clock = Clock::new(
+            TimeZone::get("Europe/Zurich").expect("tz"),
+            Timestamp::UNIX_EPOCH,
+        );
         let ts = clock.timestamp(Stamp::Local(civil(2026, 11, 24, 16, 3, 18)));
-        assert_eq!(ts.map(|t| t.to_string()), Some("2026-11-24T15:03:18Z".into()));
+        assert_eq!(
+            ts.map(|t| t.to_string()),
+            Some("2026-11-24T15:03:18Z".into())
+        );
         // Same minute, from the cache.
         let ts = clock.timestamp(Stamp::Local(civil(2026, 11, 24, 16, 3, 59)));
-        assert_eq!(ts.map(|t| t.to_string()), Some("2026-11-24T15:03:59Z".into()));
+        assert_eq!(
+            ts.map(|t| t.to_string()),
+            Some("2026-11-24T15:03:59Z".into())
+        );
     }
 
     #[test]
     fn year_less_stamps_are_never_in_the_future() {
         let mut clock = utc_clock("2027-01-02T00:00:00Z");
         let dec = clock.timestamp(Stamp::NoYear(civil(0, 12, 31, 23, 59, 59)));
-        assert_eq!(dec.map(|t| t.to_string()), Some("2026-12-31T23:59:59Z".into()));
+        assert_eq!(
+            dec.map(|t| t.to_string()),
+            Some("2026-12-31T23:59:59Z".into())
+        );
         let jan = clock.timestamp(Stamp::NoYear(civil(0, 1, 1, 0, 0, 1)));
-        assert_eq!(jan.map(|t| t.to_string()), Some("2027-01-01T00:00:01Z".into()));
+        assert_eq!(
+            jan.map(|t| t.to_string()),
+            Some("2027-01-01T00:00:01Z".into())
+        );
         // Feb 29 lands in the last leap year.
         let leap = clock.timestamp(Stamp::NoYear(civil(0, 2, 29, 12, 0, 0)));
-        assert_eq!(leap.map(|t| t.to_string()), Some("2024-02-29T12:00:00Z".into()));
+        assert_eq!(
+            leap.map(|t| t.to_string()),
+            Some("2024-02-29T12:00:00Z".into())
+        );
     }
 
     #[test]
     fn offsets_and_impossible_dates() {
         let mut clock = utc_clock("2026-01-01T00:00:00Z");
         let ts = clock.timestamp(Stamp::Offset(civil(2026, 11, 24, 13, 4, 7), 3600));
-        assert_eq!(ts.map(|t| t.to_string()), Some("2026-11-24T12:04:07Z".into()));
-        assert_eq!(clock.timestamp(Stamp::Local(civil(2026, 2, 30, 0, 0, 0))), None);
-        assert_eq!(clock.timestamp(Stamp::Local(civil(2026, 13, 1, 0, 0, 0))), None);
+        assert_eq!(
+            ts.map(|t| t.to_string()),
+            Some("2026-11-24T12:04:07Z".into())
+        );
+        assert_eq!(
+            clock.timestamp(Stamp::Local(civil(2026, 2, 30, 0, 0, 0))),
+            None
+        );
+        assert_eq!(
+            clock.timestamp(Stamp::Local(civil(2026, 13, 1, 0, 0, 0))),
+            None
+        );
     }
 }

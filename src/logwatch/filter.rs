@@ -135,7 +135,9 @@ pub enum FilterError {
         problem: String,
     },
     /// No rules at all: nothing would ever be counted.
-    #[error("{origin} has no rules, so no line would ever count; name a set with rules in log.rules")]
+    #[error(
+        "{origin} has no rules, so no line would ever count; name a set with rules in log.rules"
+    )]
     Empty {
         /// The rule set.
         origin: String,
@@ -188,6 +190,9 @@ pub enum LineMatch<'l> {
     },
 }
 
+/// A module name and the rules to try on its lines, in order.
+type ModuleRules = (Box<[u8]>, Box<[usize]>);
+
 /// A compiled set of rules.
 ///
 /// Cloning is cheap (compiled regexes are shared) and gives the clone its
@@ -198,7 +203,7 @@ pub struct RuleSet {
     origin: String,
     rules: Vec<Rule>,
     /// For each module named by a rule: the rules to try on its lines.
-    by_module: Vec<(Box<[u8]>, Box<[usize]>)>,
+    by_module: Vec<ModuleRules>,
     /// The rules to try on lines of any other module.
     any_module: Box<[usize]>,
     attempts: Vec<String>,
@@ -209,7 +214,10 @@ impl fmt::Debug for RuleSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RuleSet")
             .field("origin", &self.origin)
-            .field("rules", &self.rules.iter().map(Rule::name).collect::<Vec<_>>())
+            .field(
+                "rules",
+                &self.rules.iter().map(Rule::name).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -219,7 +227,8 @@ impl RuleSet {
     /// `config.extra_rules` and `config.ignoreregex`.
     pub fn from_config(config: &LogConfig) -> Result<RuleSet, FilterError> {
         let (origin, file) = load_file(&config.rules)?;
-        let mut defs: Vec<(RuleDef, String)> = file.rule.into_iter().map(|d| (d, origin.clone())).collect();
+        let mut defs: Vec<(RuleDef, String)> =
+            file.rule.into_iter().map(|d| (d, origin.clone())).collect();
         defs.extend(
             config
                 .extra_rules
@@ -227,7 +236,11 @@ impl RuleSet {
                 .enumerate()
                 .map(|(i, d)| (d.clone(), format!("log.rule[{i}]"))),
         );
-        let mut ignore: Vec<(String, String)> = file.ignoreregex.into_iter().map(|r| (r, origin.clone())).collect();
+        let mut ignore: Vec<(String, String)> = file
+            .ignoreregex
+            .into_iter()
+            .map(|r| (r, origin.clone()))
+            .collect();
         ignore.extend(
             config
                 .ignoreregex
@@ -237,7 +250,10 @@ impl RuleSet {
         );
         let mut description = origin;
         if !config.extra_rules.is_empty() {
-            description.push_str(&format!(" + {} rule(s) from [[log.rule]]", config.extra_rules.len()));
+            description.push_str(&format!(
+                " + {} rule(s) from [[log.rule]]",
+                config.extra_rules.len()
+            ));
         }
         RuleSet::new(description, defs, ignore)
     }
@@ -272,22 +288,31 @@ impl RuleSet {
                 return Err(fail("has an empty name".into()));
             }
             if rules.iter().any(|r| r.name() == def.name) {
-                return Err(fail("the name is used by an earlier rule; names must be unique".into()));
+                return Err(fail(
+                    "the name is used by an earlier rule; names must be unique".into(),
+                ));
             }
-            let attempt = def.attempt.as_ref().map(|a| match attempts.iter().position(|x| x == a) {
-                Some(i) => i,
-                None => {
-                    attempts.push(a.clone());
-                    attempts.len() - 1
-                }
-            });
+            let attempt =
+                def.attempt
+                    .as_ref()
+                    .map(|a| match attempts.iter().position(|x| x == a) {
+                        Some(i) => i,
+                        None => {
+                            attempts.push(a.clone());
+                            attempts.len() - 1
+                        }
+                    });
             rules.push(Rule::compile(def, rules.len(), attempt).map_err(fail)?);
         }
         let ignore = compile_ignore(&ignoreregex)?;
-        let any_module: Box<[usize]> = (0..rules.len()).filter(|&i| rules[i].module().is_none()).collect();
-        let mut by_module: Vec<(Box<[u8]>, Box<[usize]>)> = Vec::new();
+        let any_module: Box<[usize]> = (0..rules.len())
+            .filter(|&i| rules[i].module().is_none())
+            .collect();
+        let mut by_module: Vec<ModuleRules> = Vec::new();
         for rule in &rules {
-            let Some(module) = rule.module() else { continue };
+            let Some(module) = rule.module() else {
+                continue;
+            };
             if by_module.iter().any(|(m, _)| **m == *module) {
                 continue;
             }
@@ -345,9 +370,17 @@ impl RuleSet {
                 Reading::Host(host) => {
                     let ignored = self.ignore.as_ref().is_some_and(|set| set.is_match(line));
                     return if ignored {
-                        LineMatch::Ignored { prefix, rule: id, host }
+                        LineMatch::Ignored {
+                            prefix,
+                            rule: id,
+                            host,
+                        }
                     } else {
-                        LineMatch::Failure { prefix, rule: id, host }
+                        LineMatch::Failure {
+                            prefix,
+                            rule: id,
+                            host,
+                        }
                     };
                 }
                 Reading::Ambiguous => return LineMatch::Ambiguous { prefix, rule: id },
@@ -448,37 +481,112 @@ mod tests {
             let set = RuleSet::load(name).expect(name);
             assert!(!set.rules().is_empty());
         }
-        assert_eq!(RuleSet::load("asterisk").map(|s| s.attempt_groups()).ok(), Some(4));
+        assert_eq!(
+            RuleSet::load("asterisk").map(|s| s.attempt_groups()).ok(),
+            Some(4)
+        );
     }
 
     #[test]
     fn every_asterisk_rule_matches_what_asterisk_writes() {
         let set = asterisk();
         let cases = [
-            ("chan_sip.c: Registration from '<sip:100@192.0.2.1>' failed for '203.0.113.5:5060' - Wrong password", "sip_wrong_password 203.0.113.5"),
-            ("chan_sip.c: Registration from '\"100\" <sip:100@x>' failed for '203.0.113.5' - No matching peer found", "sip_unknown_peer 203.0.113.5"),
-            ("chan_sip.c: Registration from '<sip:1@x>' failed for '[2001:db8::5]:5060' - Username/auth name mismatch", "sip_unknown_peer 2001:db8::5"),
-            ("chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Not a local domain", "sip_unknown_peer 203.0.113.5"),
-            ("chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Peer is not supposed to register", "sip_peer_may_not_register 203.0.113.5"),
-            ("chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Device not configured to use this transport type", "sip_wrong_transport 203.0.113.5"),
-            ("chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Device does not match ACL", "sip_acl 203.0.113.5"),
-            ("chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5' - ACL error (permit/deny)", "sip_acl 203.0.113.5"),
-            ("acl.c: SIP Peer ACL: Rejecting '203.0.113.5' due to a failure to pass ACL '(BASELINE)'", "sip_acl_rejecting 203.0.113.5"),
-            ("chan_sip.c: Call from '' (203.0.113.5:10836) to extension '0972598285108' rejected because extension not found in context 'default'.", "sip_extension_not_found 203.0.113.5"),
-            ("chan_sip.c: hacking attempt detected '203.0.113.5'", "sip_hacking_attempt 203.0.113.5"),
-            ("res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '\"1000\" <sip:1000@10.0.0.1>' failed for '203.0.113.5:48336' (callid: 276666022) - No matching endpoint found", "pjsip_no_endpoint 203.0.113.5"),
-            ("res_pjsip/pjsip_distributor.c: Request 'INVITE' from '<sip:1@x>' failed for '203.0.113.5:5060' (callid: a@b) - No matching endpoint found after 5 tries in 1.234 ms", "pjsip_no_endpoint 203.0.113.5"),
-            ("res_pjsip/pjsip_distributor.c: Request from '<sip:1@x>' failed for '[2001:db8::5]:5060' (callid: a) - Failed to authenticate", "pjsip_failed_auth 2001:db8::5"),
-            ("res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:1@x>' failed for '203.0.113.5:5060' (callid: a) - Error to authenticate", "pjsip_failed_auth 203.0.113.5"),
-            ("res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:1@x>' failed for '203.0.113.5:5060' (callid: a) - Not match Endpoint Contact ACL", "pjsip_acl 203.0.113.5"),
-            ("acl.c: SIP ACL: Rejecting '203.0.113.5' due to a failure to pass ACL 'office'", "pjsip_acl_rejecting 203.0.113.5"),
-            ("chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'Fail2ban' (e7df7cd2ca07f4f1ab415d457a6e1c13 != 53ac4bc41ee4ec77888ed4aa50677247)", "iax2_wrong_password 203.0.113.5"),
-            ("chan_iax2.c: Host 203.0.113.5 failed to authenticate as 'Fail2ban'", "iax2_failed_auth 203.0.113.5"),
-            ("chan_iax2.c: No registration for peer 'Fail2ban' (from 203.0.113.5)", "iax2_unknown_peer 203.0.113.5"),
-            ("manager.c: 203.0.113.5 tried to authenticate with nonexistent user 'opennms'", "ami_unknown_user 203.0.113.5"),
-            ("manager.c: 203.0.113.5 failed to pass IP ACL as 'aclonly'", "ami_acl 203.0.113.5"),
-            ("acl.c: Manager User ACL: Rejecting '203.0.113.5' due to a failure to pass ACL '(BASELINE)'", "ami_acl_rejecting 203.0.113.5"),
-            ("manager.c: ::ffff:203.0.113.5 failed to authenticate as 'admin'", "ami_failed_auth 203.0.113.5"),
+            (
+                "chan_sip.c: Registration from '<sip:100@192.0.2.1>' failed for '203.0.113.5:5060' - Wrong password",
+                "sip_wrong_password 203.0.113.5",
+            ),
+            (
+                "chan_sip.c: Registration from '\"100\" <sip:100@x>' failed for '203.0.113.5' - No matching peer found",
+                "sip_unknown_peer 203.0.113.5",
+            ),
+            (
+                "chan_sip.c: Registration from '<sip:1@x>' failed for '[2001:db8::5]:5060' - Username/auth name mismatch",
+                "sip_unknown_peer 2001:db8::5",
+            ),
+            (
+                "chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Not a local domain",
+                "sip_unknown_peer 203.0.113.5",
+            ),
+            (
+                "chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Peer is not supposed to register",
+                "sip_peer_may_not_register 203.0.113.5",
+            ),
+            (
+                "chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Device not configured to use this transport type",
+                "sip_wrong_transport 203.0.113.5",
+            ),
+            (
+                "chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Device does not match ACL",
+                "sip_acl 203.0.113.5",
+            ),
+            (
+                "chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5' - ACL error (permit/deny)",
+                "sip_acl 203.0.113.5",
+            ),
+            (
+                "acl.c: SIP Peer ACL: Rejecting '203.0.113.5' due to a failure to pass ACL '(BASELINE)'",
+                "sip_acl_rejecting 203.0.113.5",
+            ),
+            (
+                "chan_sip.c: Call from '' (203.0.113.5:10836) to extension '0972598285108' rejected because extension not found in context 'default'.",
+                "sip_extension_not_found 203.0.113.5",
+            ),
+            (
+                "chan_sip.c: hacking attempt detected '203.0.113.5'",
+                "sip_hacking_attempt 203.0.113.5",
+            ),
+            (
+                "res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '\"1000\" <sip:1000@10.0.0.1>' failed for '203.0.113.5:48336' (callid: 276666022) - No matching endpoint found",
+                "pjsip_no_endpoint 203.0.113.5",
+            ),
+            (
+                "res_pjsip/pjsip_distributor.c: Request 'INVITE' from '<sip:1@x>' failed for '203.0.113.5:5060' (callid: a@b) - No matching endpoint found after 5 tries in 1.234 ms",
+                "pjsip_no_endpoint 203.0.113.5",
+            ),
+            (
+                "res_pjsip/pjsip_distributor.c: Request from '<sip:1@x>' failed for '[2001:db8::5]:5060' (callid: a) - Failed to authenticate",
+                "pjsip_failed_auth 2001:db8::5",
+            ),
+            (
+                "res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:1@x>' failed for '203.0.113.5:5060' (callid: a) - Error to authenticate",
+                "pjsip_failed_auth 203.0.113.5",
+            ),
+            (
+                "res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:1@x>' failed for '203.0.113.5:5060' (callid: a) - Not match Endpoint Contact ACL",
+                "pjsip_acl 203.0.113.5",
+            ),
+            (
+                "acl.c: SIP ACL: Rejecting '203.0.113.5' due to a failure to pass ACL 'office'",
+                "pjsip_acl_rejecting 203.0.113.5",
+            ),
+            (
+                "chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'Fail2ban' (e7df7cd2ca07f4f1ab415d457a6e1c13 != 53ac4bc41ee4ec77888ed4aa50677247)",
+                "iax2_wrong_password 203.0.113.5",
+            ),
+            (
+                "chan_iax2.c: Host 203.0.113.5 failed to authenticate as 'Fail2ban'",
+                "iax2_failed_auth 203.0.113.5",
+            ),
+            (
+                "chan_iax2.c: No registration for peer 'Fail2ban' (from 203.0.113.5)",
+                "iax2_unknown_peer 203.0.113.5",
+            ),
+            (
+                "manager.c: 203.0.113.5 tried to authenticate with nonexistent user 'opennms'",
+                "ami_unknown_user 203.0.113.5",
+            ),
+            (
+                "manager.c: 203.0.113.5 failed to pass IP ACL as 'aclonly'",
+                "ami_acl 203.0.113.5",
+            ),
+            (
+                "acl.c: Manager User ACL: Rejecting '203.0.113.5' due to a failure to pass ACL '(BASELINE)'",
+                "ami_acl_rejecting 203.0.113.5",
+            ),
+            (
+                "manager.c: ::ffff:203.0.113.5 failed to authenticate as 'admin'",
+                "ami_failed_auth 203.0.113.5",
+            ),
         ];
         for (rest, expected) in cases {
             assert_eq!(judge(&set, &format!("{P}{rest}")), expected, "{rest}");
@@ -488,7 +596,10 @@ mod tests {
         let dialplan = "[2013-11-11 14:33:38] WARNING[6756][C-0000001d] Ext. s: \"Rejecting unknown SIP connection from 203.0.113.5\"";
         assert_eq!(judge(&set, dialplan), "sip_unknown_connection 203.0.113.5");
         let security = "[2026-11-24 16:03:19] SECURITY[2771] res_security_log.c: SecurityEvent=\"InvalidAccountID\",EventTV=\"2026-11-24T16:03:21.504+0000\",Severity=\"Error\",Service=\"AMI\",EventVersion=\"1\",AccountID=\"nosuchuser\",SessionID=\"0x7fcb3bb99460\",LocalAddress=\"IPV4/TCP/127.0.0.1/5038\",RemoteAddress=\"IPV6/TCP/2001:db8::5/35949\",SessionTV=\"1970-01-01T00:00:00.000+0000\"";
-        assert_eq!(judge(&set, security), "security_invalid_account_id 2001:db8::5");
+        assert_eq!(
+            judge(&set, security),
+            "security_invalid_account_id 2001:db8::5"
+        );
     }
 
     #[test]
@@ -515,7 +626,9 @@ mod tests {
             "{P}chan_sip.c: Registration from '<sip:x@y>' failed for '10.0.0.1:5060' - Wrong password' failed for '203.0.113.5:5060' - Wrong password"
         );
         assert_eq!(judge(&set, &line), "sip_wrong_password 203.0.113.5");
-        let line = format!("{P}chan_sip.c: Registration from '' failed for '10.0.0.1' - Wrong password' failed for '[2001:db8::5]:5060' - Device does not match ACL");
+        let line = format!(
+            "{P}chan_sip.c: Registration from '' failed for '10.0.0.1' - Wrong password' failed for '[2001:db8::5]:5060' - Device does not match ACL"
+        );
         assert_eq!(judge(&set, &line), "sip_acl 2001:db8::5");
     }
 
@@ -543,25 +656,47 @@ mod tests {
     fn host_first_messages_ignore_what_follows() {
         let set = asterisk();
         for (rest, expected) in [
-            ("manager.c: 203.0.113.5 failed to authenticate as 'x' from 10.0.0.1 failed to authenticate as 'y'", "ami_failed_auth 203.0.113.5"),
-            ("manager.c: 203.0.113.5 tried to authenticate with nonexistent user '10.0.0.1 tried to authenticate with nonexistent user 'a'", "ami_unknown_user 203.0.113.5"),
-            ("chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'Host 10.0.0.1 failed MD5 authentication for 'a' (x != y)' (b != c)", "iax2_wrong_password 203.0.113.5"),
-            ("chan_iax2.c: No registration for peer 'a' (from 10.0.0.1)' (from 203.0.113.5)", "iax2_unknown_peer 203.0.113.5"),
-            ("acl.c: SIP Peer ACL: Rejecting '203.0.113.5' due to a failure to pass ACL 'x' y '10.0.0.1'", "sip_acl_rejecting 203.0.113.5"),
+            (
+                "manager.c: 203.0.113.5 failed to authenticate as 'x' from 10.0.0.1 failed to authenticate as 'y'",
+                "ami_failed_auth 203.0.113.5",
+            ),
+            (
+                "manager.c: 203.0.113.5 tried to authenticate with nonexistent user '10.0.0.1 tried to authenticate with nonexistent user 'a'",
+                "ami_unknown_user 203.0.113.5",
+            ),
+            (
+                "chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'Host 10.0.0.1 failed MD5 authentication for 'a' (x != y)' (b != c)",
+                "iax2_wrong_password 203.0.113.5",
+            ),
+            (
+                "chan_iax2.c: No registration for peer 'a' (from 10.0.0.1)' (from 203.0.113.5)",
+                "iax2_unknown_peer 203.0.113.5",
+            ),
+            (
+                "acl.c: SIP Peer ACL: Rejecting '203.0.113.5' due to a failure to pass ACL 'x' y '10.0.0.1'",
+                "sip_acl_rejecting 203.0.113.5",
+            ),
         ] {
             assert_eq!(judge(&set, &format!("{P}{rest}")), expected, "{rest}");
         }
         // fail2ban's own sample: a SessionID that plants a RemoteAddress,
         // but Asterisk's closing quote spoils the planted reading.
-        let line = format!("{P}res_security_log.c: SecurityEvent=\"InvalidAccountID\",EventTV=\"x\",Severity=\"Error\",Service=\"PJSIP\",EventVersion=\"1\",AccountID=\"70000180\",SessionID=\"\",LocalAddress=\"IPV4/UDP/127.0.0.1/5060\",RemoteAddress=\"IPV4/UDP/5.6.7.8/1111\"\",LocalAddress=\"IPV4/UDP/1.2.3.4/5060\",RemoteAddress=\"IPV4/UDP/10.250.251.252/5061\"");
-        assert_eq!(judge(&set, &line), "security_invalid_account_id 10.250.251.252");
+        let line = format!(
+            "{P}res_security_log.c: SecurityEvent=\"InvalidAccountID\",EventTV=\"x\",Severity=\"Error\",Service=\"PJSIP\",EventVersion=\"1\",AccountID=\"70000180\",SessionID=\"\",LocalAddress=\"IPV4/UDP/127.0.0.1/5060\",RemoteAddress=\"IPV4/UDP/5.6.7.8/1111\"\",LocalAddress=\"IPV4/UDP/1.2.3.4/5060\",RemoteAddress=\"IPV4/UDP/10.250.251.252/5061\""
+        );
+        assert_eq!(
+            judge(&set, &line),
+            "security_invalid_account_id 10.250.251.252"
+        );
         // The dialplan extension is the caller's; a message it forges ends
         // where the real one begins, so it does not match (and, having
         // begun a rule's shape without finishing it, it counts as cut).
         let line = "[2013-11-11 14:33:38] WARNING[6756] Ext. s: \"Rejecting unknown SIP connection from 10.0.0.1\": \"Rejecting unknown SIP connection from 203.0.113.5\"";
         assert_eq!(judge(&set, line), "cut");
         // SIP Contact ACL names an address the sender chose: not a rule.
-        let line = format!("{P}acl.c: SIP Contact ACL: Rejecting '10.0.0.1' due to a failure to pass ACL 'x'");
+        let line = format!(
+            "{P}acl.c: SIP Contact ACL: Rejecting '10.0.0.1' due to a failure to pass ACL 'x'"
+        );
         assert_eq!(judge(&set, &line), "missed");
     }
 
@@ -579,18 +714,23 @@ mod tests {
     #[test]
     fn book_rules_are_anchored_at_the_level() {
         let book = RuleSet::load("book").expect("book");
-        let line = format!("{P}chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Wrong password");
+        let line = format!(
+            "{P}chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Wrong password"
+        );
         assert_eq!(judge(&book, &line), "book_wrong_password 203.0.113.5");
         // Unanchored at the end as printed, so a planted reading is
         // possible: nobody counts.
-        let line = format!("{P}manager.c: 203.0.113.5 failed to authenticate as 'x' 10.0.0.1 failed to authenticate as 'y'");
+        let line = format!(
+            "{P}manager.c: 203.0.113.5 failed to authenticate as 'x' 10.0.0.1 failed to authenticate as 'y'"
+        );
         assert_eq!(judge(&book, &line), "ambiguous");
         assert_eq!(judge(&asterisk(), &line), "ami_failed_auth 203.0.113.5");
         let warning = "[2026-11-24 16:03:18] WARNING[1] chan_sip.c: NOTICE x: Registration from '' failed for '10.0.0.1' - Wrong password";
         assert_eq!(judge(&book, warning), "missed");
         // `NOTICE.* <HOST>` reaches an address in many lines; only one
         // followed by the rule's own text is a cut line.
-        let other = format!("{P}manager.c: 203.0.113.5 tried to authenticate with nonexistent user 'x'");
+        let other =
+            format!("{P}manager.c: 203.0.113.5 tried to authenticate with nonexistent user 'x'");
         assert_eq!(judge(&book, &other), "missed");
     }
 
@@ -610,8 +750,16 @@ mod tests {
             ..LogConfig::default()
         };
         let set = RuleSet::from_config(&config).expect("compiles");
-        assert_eq!(judge(&set, &format!("{P}Ext. 5: Friendly Scanner from 203.0.113.5")), "custom 203.0.113.5");
-        let trusted = format!("{P}chan_sip.c: Registration from '<sip:trusted@x>' failed for '203.0.113.5' - Wrong password");
+        assert_eq!(
+            judge(
+                &set,
+                &format!("{P}Ext. 5: Friendly Scanner from 203.0.113.5")
+            ),
+            "custom 203.0.113.5"
+        );
+        let trusted = format!(
+            "{P}chan_sip.c: Registration from '<sip:trusted@x>' failed for '203.0.113.5' - Wrong password"
+        );
         assert_eq!(judge(&set, &trusted), "ignored");
     }
 
@@ -629,19 +777,33 @@ mod tests {
             }],
             ..LogConfig::default()
         };
-        let msg = RuleSet::from_config(&bad("no host")).expect_err("no host").to_string();
-        assert!(msg.contains("\"mine\"") && msg.contains("log.rule[0]") && msg.contains("<HOST>"), "{msg}");
+        let msg = RuleSet::from_config(&bad("no host"))
+            .expect_err("no host")
+            .to_string();
+        assert!(
+            msg.contains("\"mine\"") && msg.contains("log.rule[0]") && msg.contains("<HOST>"),
+            "{msg}"
+        );
         let mut dup = bad("from <HOST>");
         dup.extra_rules[0].name = "sip_wrong_password".into();
-        let msg = RuleSet::from_config(&dup).expect_err("duplicate").to_string();
+        let msg = RuleSet::from_config(&dup)
+            .expect_err("duplicate")
+            .to_string();
         assert!(msg.contains("unique"), "{msg}");
-        let msg = RuleSet::load("/nonexistent/rules.toml").expect_err("missing").to_string();
-        assert!(msg.contains("asterisk, book") && msg.contains("/nonexistent/rules.toml"), "{msg}");
+        let msg = RuleSet::load("/nonexistent/rules.toml")
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            msg.contains("asterisk, book") && msg.contains("/nonexistent/rules.toml"),
+            "{msg}"
+        );
         let config = LogConfig {
             ignoreregex: vec!["(".into()],
             ..LogConfig::default()
         };
-        let msg = RuleSet::from_config(&config).expect_err("bad ignoreregex").to_string();
+        let msg = RuleSet::from_config(&config)
+            .expect_err("bad ignoreregex")
+            .to_string();
         assert!(msg.contains("log.ignoreregex[0]"), "{msg}");
     }
 
@@ -649,12 +811,24 @@ mod tests {
     fn rules_files_are_read_and_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("rules.toml");
-        std::fs::write(&path, "[[rule]]\nname = \"r\"\nkind = \"invalid_password\"\nfailregex = \"x <HOST>$\"\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "[[rule]]\nname = \"r\"\nkind = \"invalid_password\"\nfailregex = \"x <HOST>$\"\n",
+        )
+        .expect("write");
         let set = RuleSet::load(path.to_str().expect("utf8")).expect("loads");
-        assert_eq!(judge(&set, &format!("{P}a.c: x 203.0.113.5")), "r 203.0.113.5");
-        std::fs::write(&path, "[[rule]]\nname = \"r\"\nkind = \"nope\"\nfailregex = \"x\"\n").expect("write");
-        let msg = RuleSet::load(path.to_str().expect("utf8")).expect_err("bad kind").to_string();
+        assert_eq!(
+            judge(&set, &format!("{P}a.c: x 203.0.113.5")),
+            "r 203.0.113.5"
+        );
+        std::fs::write(
+            &path,
+            "[[rule]]\nname = \"r\"\nkind = \"nope\"\nfailregex = \"x\"\n",
+        )
+        .expect("write");
+        let msg = RuleSet::load(path.to_str().expect("utf8"))
+            .expect_err("bad kind")
+            .to_string();
         assert!(msg.contains("rules.toml") && msg.contains("nope"), "{msg}");
     }
 }

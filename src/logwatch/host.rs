@@ -40,7 +40,10 @@ pub fn parse_at(text: &[u8], at: usize) -> Option<HostToken> {
         bare(rest)?
     };
     let end = at + len + port_len;
-    if text.get(end).is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_') {
+    if text
+        .get(end)
+        .is_some_and(|&b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return None;
     }
     Some(HostToken {
@@ -60,7 +63,11 @@ fn bracketed(rest: &[u8]) -> Option<(IpAddr, usize, usize)> {
 
 /// `addr`, or `a.b.c.d:port` (IPv6 with a port is always bracketed).
 fn bare(rest: &[u8]) -> Option<(IpAddr, usize, usize)> {
-    let run = rest.iter().take(MAX_ADDR + 7).take_while(|&&b| is_addr_byte(b)).count();
+    let run = rest
+        .iter()
+        .take(MAX_ADDR + 7)
+        .take_while(|&&b| is_addr_byte(b))
+        .count();
     let token = &rest[..run];
     if let Some(addr) = parse_addr(token) {
         return Some((addr, run, 0));
@@ -87,7 +94,11 @@ fn port_len(rest: &[u8]) -> usize {
     if rest.first() != Some(&b':') {
         return 0;
     }
-    let digits = rest[1..].iter().take(6).take_while(|b| b.is_ascii_digit()).count();
+    let digits = rest[1..]
+        .iter()
+        .take(6)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
     let valid = (1..=5).contains(&digits)
         && std::str::from_utf8(&rest[1..1 + digits])
             .ok()
@@ -146,29 +157,57 @@ mod tests {
     #[test]
     fn ipv4_with_and_without_port() {
         assert_eq!(host("'1.2.3.4'", 1), Some(("1.2.3.4".into(), 8, None)));
-        assert_eq!(host("'1.2.3.4:5060'", 1), Some(("1.2.3.4".into(), 13, Some(8))));
+        assert_eq!(
+            host("'1.2.3.4:5060'", 1),
+            Some(("1.2.3.4".into(), 13, Some(8)))
+        );
         assert_eq!(host("from 1.2.3.4.", 5), Some(("1.2.3.4".into(), 12, None)));
     }
 
     #[test]
     fn ipv6_forms() {
-        assert_eq!(host("[2001:db8::1]:5060'", 0), Some(("2001:db8::1".into(), 18, Some(13))));
-        assert_eq!(host("[2001:db8::1]'", 0), Some(("2001:db8::1".into(), 13, None)));
-        assert_eq!(host("2001:db8::1/5060", 0), Some(("2001:db8::1".into(), 11, None)));
+        assert_eq!(
+            host("[2001:db8::1]:5060'", 0),
+            Some(("2001:db8::1".into(), 18, Some(13)))
+        );
+        assert_eq!(
+            host("[2001:db8::1]'", 0),
+            Some(("2001:db8::1".into(), 13, None))
+        );
+        assert_eq!(
+            host("2001:db8::1/5060", 0),
+            Some(("2001:db8::1".into(), 11, None))
+        );
         assert_eq!(host("::1 ", 0), Some(("::1".into(), 3, None)));
     }
 
     #[test]
     fn mapped_ipv6_is_folded_to_ipv4() {
-        assert_eq!(host("::ffff:192.0.2.7 x", 0), Some(("192.0.2.7".into(), 16, None)));
-        assert_eq!(host("[::ffff:192.0.2.7]:5060", 0), Some(("192.0.2.7".into(), 23, Some(18))));
+        assert_eq!(
+            host("::ffff:192.0.2.7 x", 0),
+            Some(("192.0.2.7".into(), 16, None))
+        );
+        assert_eq!(
+            host("[::ffff:192.0.2.7]:5060", 0),
+            Some(("192.0.2.7".into(), 23, Some(18)))
+        );
     }
 
     #[test]
     fn rejects_what_is_not_strictly_an_address() {
         for text in [
-            "01.2.3.4", "1.2.3", "1.2.3.4.5", "256.1.1.1", "1.2.3.4x", "1.2.3.4_",
-            "example.com", "", "[1.2.3.4", "dead:beef", "1.2.3.4:99999x", "::g",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "1.2.3.4x",
+            "1.2.3.4_",
+            "example.com",
+            "",
+            "[1.2.3.4",
+            "dead:beef",
+            "1.2.3.4:99999x",
+            "::g",
             "1111111111111111111111111111111111111111111111111111",
         ] {
             assert_eq!(parse_at(text.as_bytes(), 0), None, "{text:?}");
@@ -177,7 +216,20 @@ mod tests {
 
     #[test]
     fn ipv4_parsing_agrees_with_std() {
-        for text in ["0.0.0.0", "255.255.255.255", "1.2.3.4", "10.0.0.1", "256.0.0.1", "01.2.3.4", "1.2.3.", ".1.2.3", "1..2.3", "1.2.3.4.5", "1234.1.1.1", "1.2.3.x"] {
+        for text in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "1.2.3.4",
+            "10.0.0.1",
+            "256.0.0.1",
+            "01.2.3.4",
+            "1.2.3.",
+            ".1.2.3",
+            "1..2.3",
+            "1.2.3.4.5",
+            "1234.1.1.1",
+            "1.2.3.x",
+        ] {
             assert_eq!(parse_v4(text.as_bytes()), text.parse().ok(), "{text}");
         }
     }

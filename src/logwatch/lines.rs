@@ -122,7 +122,10 @@ impl LineReader {
         }
         let len = self.end - self.start;
         self.offset += len as u64;
-        f(Line::Text(strip_cr(&self.buf[self.start..self.end])), self.offset);
+        f(
+            Line::Text(strip_cr(&self.buf[self.start..self.end])),
+            self.offset,
+        );
         self.start = 0;
         self.end = 0;
     }
@@ -230,7 +233,9 @@ mod tests {
         let mut reader = LineReader::new(100, 0, 10);
         let mut src: &[u8] = b"a\nlast";
         let mut out = Vec::new();
-        reader.read_lines(&mut src, u64::MAX, |_, end| out.push(end)).expect("read");
+        reader
+            .read_lines(&mut src, u64::MAX, |_, end| out.push(end))
+            .expect("read");
         reader.finish(|line, end| {
             assert_eq!(line, Line::Text(b"last"));
             out.push(end);

@@ -76,7 +76,12 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let mut watcher = watch_dir(&config.path, &wake);
     let scanner = Scanner::new(Arc::clone(&rules.borrow_and_update()), Clock::system());
-    let follower = Follower::new(config.path.clone(), config.max_line_length, config.start, saved.clone());
+    let follower = Follower::new(
+        config.path.clone(),
+        config.max_line_length,
+        config.start,
+        saved.clone(),
+    );
     let mut reader = Reader { follower, scanner };
     let mut poll_tick = tokio::time::interval(config.poll_interval);
     poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -89,7 +94,9 @@ pub async fn run(
         // New rules apply from the next batch on: lines written after a
         // reload are judged by the new rules.
         if rules.has_changed().unwrap_or(false) {
-            reader.scanner.set_rules(Arc::clone(&rules.borrow_and_update()));
+            reader
+                .scanner
+                .set_rules(Arc::clone(&rules.borrow_and_update()));
             tracing::info!("log rules reloaded");
         }
         let (back, batch) = tokio::task::spawn_blocking(move || {
@@ -195,10 +202,14 @@ impl Reader {
 fn announce(path: &Path, notice: &Notice) {
     let path = path.display();
     match notice {
-        Notice::Missing => tracing::warn!("log file {path} does not exist (yet); waiting for it to appear"),
+        Notice::Missing => {
+            tracing::warn!("log file {path} does not exist (yet); waiting for it to appear")
+        }
         Notice::Error(e) => tracing::warn!("log input: {e}; retrying"),
         Notice::Following { offset } => tracing::info!("following {path} from offset {offset}"),
-        Notice::Rotated => tracing::info!("{path} was rotated; finished the old file, reading the new one"),
+        Notice::Rotated => {
+            tracing::info!("{path} was rotated; finished the old file, reading the new one")
+        }
         Notice::Truncated => tracing::info!("{path} was truncated; reading it from the start"),
         Notice::LostRotated => tracing::warn!(
             "{path} was rotated while astban was stopped and the old file is gone; lines written to it since are not read"
@@ -211,7 +222,10 @@ fn announce(path: &Path, notice: &Notice) {
 fn watch_dir(path: &Path, wake: &Arc<Notify>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher as _;
 
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_os_string());
     let wake = Arc::clone(wake);
     let handler = move |event: notify::Result<notify::Event>| match event {
@@ -225,7 +239,10 @@ fn watch_dir(path: &Path, wake: &Arc<Notify>) -> Option<notify::RecommendedWatch
     match result {
         Ok(w) => Some(w),
         Err(e) => {
-            tracing::debug!("cannot watch {} with inotify ({e}); polling it", dir.display());
+            tracing::debug!(
+                "cannot watch {} with inotify ({e}); polling it",
+                dir.display()
+            );
             None
         }
     }
@@ -244,7 +261,10 @@ fn load_cursor(path: &Path) -> Option<SavedCursor> {
             None
         }
         Err(e) => {
-            tracing::warn!("cannot read log cursor {}: {e}; starting as configured by log.start", path.display());
+            tracing::warn!(
+                "cannot read log cursor {}: {e}; starting as configured by log.start",
+                path.display()
+            );
             None
         }
     }
@@ -257,7 +277,10 @@ async fn save_cursor(path: &Path, followed: &Path, cursor: Option<Cursor>) {
         cursor,
     };
     let path = path.to_path_buf();
-    let result = tokio::task::spawn_blocking(move || persist::save_json(&path, &saved).map_err(|e| (path, e))).await;
+    let result = tokio::task::spawn_blocking(move || {
+        persist::save_json(&path, &saved).map_err(|e| (path, e))
+    })
+    .await;
     match result {
         Ok(Ok(())) => {}
         Ok(Err((path, e))) => tracing::warn!("cannot save log cursor {}: {e}", path.display()),

@@ -100,9 +100,9 @@ pub fn parse(line: &[u8]) -> Option<Prefix<'_>> {
     let module = p.module()?;
     Some(Prefix {
         stamp,
-        thread: thread
-            .iter()
-            .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0'))),
+        thread: thread.iter().try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        }),
         module,
         level_start,
         message_start: p.pos,
@@ -179,8 +179,10 @@ impl<'a> Parser<'a> {
 
     /// `Nov  4` or `Nov 14` (and the `Nov 4` that some tools write).
     fn month_day(&mut self) -> Option<(i8, i8)> {
-        const MONTHS: [&[u8; 3]; 12] =
-            [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+        const MONTHS: [&[u8; 3]; 12] = [
+            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+            b"Dec",
+        ];
         let name = self.line.get(self.pos..self.pos + 3)?;
         let month = MONTHS.iter().position(|m| m.as_slice() == name)? as i8 + 1;
         self.pos += 3;
@@ -198,7 +200,14 @@ impl<'a> Parser<'a> {
             let (year, month, day) = self.iso_date()?;
             self.expect(b' ')?;
             let (hour, minute, second) = self.clock()?;
-            Some(Stamp::Local(Civil { year, month, day, hour, minute, second }))
+            Some(Stamp::Local(Civil {
+                year,
+                month,
+                day,
+                hour,
+                minute,
+                second,
+            }))
         } else {
             self.no_year_stamp()
         }
@@ -208,7 +217,14 @@ impl<'a> Parser<'a> {
         let (month, day) = self.month_day()?;
         self.expect(b' ')?;
         let (hour, minute, second) = self.clock()?;
-        Some(Stamp::NoYear(Civil { year: 0, month, day, hour, minute, second }))
+        Some(Stamp::NoYear(Civil {
+            year: 0,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+        }))
     }
 
     /// `Nov  4 18:30:40`, or RFC 3339 as rsyslog's high-precision format
@@ -220,7 +236,14 @@ impl<'a> Parser<'a> {
         let (year, month, day) = self.iso_date()?;
         self.expect(b'T')?;
         let (hour, minute, second) = self.clock()?;
-        let civil = Civil { year, month, day, hour, minute, second };
+        let civil = Civil {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+        };
         if self.eat(b'Z') {
             return Some(Stamp::Offset(civil, 0));
         }
@@ -273,7 +296,14 @@ mod tests {
     use super::*;
 
     fn civil(year: i16, month: i8, day: i8, hour: i8, minute: i8, second: i8) -> Civil {
-        Civil { year, month, day, hour, minute, second }
+        Civil {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+        }
     }
 
     fn message(line: &str) -> Option<(&str, &str, Option<u64>)> {
@@ -291,19 +321,33 @@ mod tests {
         let p = parse(line.as_bytes()).expect("prefix");
         assert_eq!(p.stamp, Stamp::Local(civil(2026, 11, 24, 16, 3, 18)));
         assert_eq!(&line[p.level_start..p.level_start + 6], "NOTICE");
-        assert_eq!(message(line), Some(("chan_sip.c", "Registration from 'x'", Some(2766))));
+        assert_eq!(
+            message(line),
+            Some(("chan_sip.c", "Registration from 'x'", Some(2766)))
+        );
     }
 
     #[test]
     fn call_ids_line_numbers_and_functions() {
         let expect = Some(("chan_sip.c", "Call from ''", Some(436)));
-        assert_eq!(message("[2013-02-05 23:44:42] NOTICE[436][C-00000fa9] chan_sip.c: Call from ''"), expect);
         assert_eq!(
-            message("[2016-08-19 11:11:26] NOTICE[436]: chan_sip.c:28468 handle_request_register: Call from ''"),
+            message("[2013-02-05 23:44:42] NOTICE[436][C-00000fa9] chan_sip.c: Call from ''"),
             expect
         );
-        assert_eq!(message("[2016-08-19 11:11:26.123] NOTICE[436] chan_sip.c:28468 in f: Call from ''"), expect);
-        assert_eq!(message("[2016-06-09 00:01:02] NOTICE [436] chan_sip.c: Call from ''"), expect);
+        assert_eq!(
+            message(
+                "[2016-08-19 11:11:26] NOTICE[436]: chan_sip.c:28468 handle_request_register: Call from ''"
+            ),
+            expect
+        );
+        assert_eq!(
+            message("[2016-08-19 11:11:26.123] NOTICE[436] chan_sip.c:28468 in f: Call from ''"),
+            expect
+        );
+        assert_eq!(
+            message("[2016-06-09 00:01:02] NOTICE [436] chan_sip.c: Call from ''"),
+            expect
+        );
         assert_eq!(
             message("[2026-11-24 16:03:18] NOTICE[17103] res_pjsip/pjsip_distributor.c: Request"),
             Some(("res_pjsip/pjsip_distributor.c", "Request", Some(17103)))
@@ -333,7 +377,11 @@ mod tests {
         let line = "[2013-11-11 14:33:38] WARNING[6756][C-0000001d] Ext. s: \"Rejecting unknown SIP connection from 192.0.2.1\"";
         assert_eq!(
             message(line),
-            Some(("Ext.", "\"Rejecting unknown SIP connection from 192.0.2.1\"", Some(6756)))
+            Some((
+                "Ext.",
+                "\"Rejecting unknown SIP connection from 192.0.2.1\"",
+                Some(6756)
+            ))
         );
     }
 

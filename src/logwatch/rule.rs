@@ -111,7 +111,9 @@ impl Matcher {
     fn is_match(&self, text: &[u8]) -> bool {
         match self {
             Matcher::Glob(g) => g.is_match(text),
-            Matcher::Split { first, rest } => text.starts_with(first) && rest.is_match(&text[first.len()..]),
+            Matcher::Split { first, rest } => {
+                text.starts_with(first) && rest.is_match(&text[first.len()..])
+            }
             Matcher::Regex(r) => r.is_match(text),
         }
     }
@@ -120,7 +122,9 @@ impl Matcher {
 /// For items "literals, `.*`, anything": the literals, and where in the
 /// source the part after `.*` starts.
 fn split_form(items: &[Item]) -> Option<(Box<[u8]>, usize)> {
-    let star = items.iter().position(|i| matches!(i, Item::AnyStar { .. }))?;
+    let star = items
+        .iter()
+        .position(|i| matches!(i, Item::AnyStar { .. }))?;
     let mut first = Vec::new();
     for item in &items[..star] {
         match item {
@@ -169,7 +173,12 @@ impl Glob {
             .filter(|p| !p.is_empty())
             .map(|p| memmem::Finder::new(p).into_owned())
             .collect();
-        Some(Glob { first, middle, last, anchored_end })
+        Some(Glob {
+            first,
+            middle,
+            last,
+            anchored_end,
+        })
     }
 
     fn is_match(&self, text: &[u8]) -> bool {
@@ -204,7 +213,7 @@ enum Starts {
     /// P is literal: right after it.
     Fixed,
     /// Right after each occurrence of P's literal ending.
-    After(memmem::Finder<'static>),
+    After(Box<memmem::Finder<'static>>),
     /// At every word boundary that begins an address.
     Anywhere,
 }
@@ -242,11 +251,15 @@ impl Rule {
         let starts = if p_is_literal {
             Starts::Fixed
         } else if !tail.is_empty() {
-            Starts::After(memmem::Finder::new(&tail).into_owned())
+            Starts::After(Box::new(memmem::Finder::new(&tail).into_owned()))
         } else {
             Starts::Anywhere
         };
-        let before = if p_is_literal { None } else { Some(Matcher::whole(&p_items, p)?) };
+        let before = if p_is_literal {
+            None
+        } else {
+            Some(Matcher::whole(&p_items, p)?)
+        };
         let after = Matcher::prefix(&s_items, s)?;
         let after_head = leading_literal(&s_items).into_boxed_slice();
         Ok(Rule {
@@ -309,7 +322,9 @@ impl Rule {
     /// All readings of `target` (the message, or the line from the level
     /// on), reduced to one verdict.
     pub fn read(&self, target: &[u8]) -> Reading {
-        if self.head.first().is_some_and(|h| target.first() != Some(h)) || !target.starts_with(&self.head) {
+        if self.head.first().is_some_and(|h| target.first() != Some(h))
+            || !target.starts_with(&self.head)
+        {
             return Reading::Nothing { partial: None };
         }
         let mut verdict = Verdict::default();
@@ -346,7 +361,9 @@ impl Rule {
     /// Whether P matches everything before `at`: the line began this
     /// rule's shape up to the address, then did not finish it.
     pub fn started_at(&self, target: &[u8], at: usize) -> bool {
-        self.before.as_ref().is_none_or(|p| p.is_match(&target[..at]))
+        self.before
+            .as_ref()
+            .is_none_or(|p| p.is_match(&target[..at]))
     }
 
     /// Looks for a reading at `at`; returns true when the verdict is final.
@@ -395,7 +412,9 @@ impl Rule {
 
     fn after_matches(&self, target: &[u8], token: HostToken) -> bool {
         self.after.is_match(&target[token.end..])
-            || token.end_without_port.is_some_and(|end| self.after.is_match(&target[end..]))
+            || token
+                .end_without_port
+                .is_some_and(|end| self.after.is_match(&target[end..]))
     }
 }
 
@@ -412,7 +431,9 @@ impl Verdict {
         match (self.ambiguous, self.host) {
             (true, _) => Reading::Ambiguous,
             (false, Some(h)) => Reading::Host(h),
-            (false, None) => Reading::Nothing { partial: self.partial },
+            (false, None) => Reading::Nothing {
+                partial: self.partial,
+            },
         }
     }
 }
@@ -438,7 +459,9 @@ fn split_at_host(source: &str) -> Result<usize, String> {
     while let Some(tok) = scan.next_token()? {
         if let Token::Host(at) = tok {
             if found.replace(at).is_some() {
-                return Err(format!("{HOST} appears more than once; a rule binds one address"));
+                return Err(format!(
+                    "{HOST} appears more than once; a rule binds one address"
+                ));
             }
             if scan.depth > 0 {
                 return Err(format!("{HOST} must not be inside parentheses"));
@@ -453,7 +476,9 @@ fn split_at_host(source: &str) -> Result<usize, String> {
 enum Item {
     Literal(Vec<u8>),
     /// `.*`; `rest` is where the source continues after it.
-    AnyStar { rest: usize },
+    AnyStar {
+        rest: usize,
+    },
     /// `$`
     End,
     Other,
@@ -563,7 +588,11 @@ struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     fn new(src: &'a str) -> Scanner<'a> {
-        Scanner { src, pos: 0, depth: 0 }
+        Scanner {
+            src,
+            pos: 0,
+            depth: 0,
+        }
     }
 
     fn next_token(&mut self) -> Result<Option<Token>, String> {
@@ -587,7 +616,9 @@ impl<'a> Scanner<'a> {
                     Token::Literal(vec![e as u8])
                 } else {
                     // \d, \w, \b, \x41, \p{L}...: a class or an assertion.
-                    if matches!(e, 'x' | 'p' | 'P' | 'u' | 'U') && self.src[self.pos..].starts_with('{') {
+                    if matches!(e, 'x' | 'p' | 'P' | 'u' | 'U')
+                        && self.src[self.pos..].starts_with('{')
+                    {
                         self.skip_past('}');
                     }
                     Token::Other
@@ -601,7 +632,10 @@ impl<'a> Scanner<'a> {
                 self.depth += 1;
                 if self.src[self.pos..].starts_with('?') {
                     let after = &self.src[self.pos + 1..];
-                    if !(after.starts_with(':') || after.starts_with("P<") || after.starts_with('<')) {
+                    if !(after.starts_with(':')
+                        || after.starts_with("P<")
+                        || after.starts_with('<'))
+                    {
                         return Ok(Some(Token::Flags));
                     }
                 }
@@ -753,9 +787,18 @@ mod tests {
 
     #[test]
     fn port_is_optional_unless_the_rule_writes_it() {
-        assert_eq!(read(r"from <HOST>$", "from 192.0.2.1:5060"), host("192.0.2.1"));
-        assert_eq!(read(r"from <HOST>:\d+$", "from 192.0.2.1:5060"), host("192.0.2.1"));
-        assert_eq!(read(r"from <HOST>$", "from [2001:db8::1]:5060"), host("2001:db8::1"));
+        assert_eq!(
+            read(r"from <HOST>$", "from 192.0.2.1:5060"),
+            host("192.0.2.1")
+        );
+        assert_eq!(
+            read(r"from <HOST>:\d+$", "from 192.0.2.1:5060"),
+            host("192.0.2.1")
+        );
+        assert_eq!(
+            read(r"from <HOST>$", "from [2001:db8::1]:5060"),
+            host("2001:db8::1")
+        );
     }
 
     #[test]

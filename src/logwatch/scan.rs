@@ -155,7 +155,12 @@ impl Scanner {
         let time = self.clock.timestamp(prefix.stamp);
         let rule = &self.rules.rules()[id];
         if let (Some(group), Some(t)) = (rule.attempt(), time) {
-            if is_companion(&mut self.open, &mut self.latest_second, (group, host, prefix.thread), t.as_second()) {
+            if is_companion(
+                &mut self.open,
+                &mut self.latest_second,
+                (group, host, prefix.thread),
+                t.as_second(),
+            ) {
                 return Event::Companion { rule, host };
             }
         }
@@ -225,7 +230,10 @@ mod tests {
             "[2026-11-24 16:03:18] NOTICE[5] chan_iax2.c: Host 10.0.0.1 failed MD5 authentication for 'x' (e7df != 53ac)",
             "[2026-11-24 16:03:19] NOTICE[5] chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'y' (e7df != 53ac)",
         ];
-        assert_eq!(judge(&lines), ["cut", "continuation", "iax2_wrong_password 203.0.113.5"]);
+        assert_eq!(
+            judge(&lines),
+            ["cut", "continuation", "iax2_wrong_password 203.0.113.5"]
+        );
         // Filler lines first do not help: the continuation lasts up to and
         // including the next line that looks like a log line.
         let lines = [
@@ -237,7 +245,13 @@ mod tests {
         ];
         assert_eq!(
             judge(&lines),
-            ["cut", "continuation", "continuation", "continuation", "ami_failed_auth 203.0.113.5"]
+            [
+                "cut",
+                "continuation",
+                "continuation",
+                "continuation",
+                "ami_failed_auth 203.0.113.5"
+            ]
         );
     }
 

@@ -104,7 +104,12 @@ pub struct Follower {
 impl Follower {
     /// A follower of `path`; `saved` is the cursor of an earlier run, used
     /// when it is for the same path.
-    pub fn new(path: PathBuf, max_line: usize, start: StartAt, saved: Option<SavedCursor>) -> Follower {
+    pub fn new(
+        path: PathBuf,
+        max_line: usize,
+        start: StartAt,
+        saved: Option<SavedCursor>,
+    ) -> Follower {
         let saved = saved.filter(|s| s.path == path);
         Follower {
             path,
@@ -163,7 +168,10 @@ impl Follower {
                         return Poll::Waiting;
                     }
                     Err(e) => {
-                        notice(Notice::Error(format!("cannot open {}: {e}", self.path.display())), &mut self.last_notice);
+                        notice(
+                            Notice::Error(format!("cannot open {}: {e}", self.path.display())),
+                            &mut self.last_notice,
+                        );
                         return Poll::Waiting;
                     }
                 }
@@ -178,20 +186,35 @@ impl Follower {
                     continue;
                 }
                 Err(e) => {
-                    notice(Notice::Error(format!("cannot read {}: {e}", self.path.display())), &mut self.last_notice);
+                    notice(
+                        Notice::Error(format!("cannot read {}: {e}", self.path.display())),
+                        &mut self.last_notice,
+                    );
                     self.open = None;
                     return Poll::Waiting;
                 }
             }
             let id = open.id;
-            let stop = open.reader.read_lines(&mut open.file, budget, |line, offset| {
-                on_line(line, Cursor { dev: id.0, inode: id.1, offset })
-            });
+            let stop = open
+                .reader
+                .read_lines(&mut open.file, budget, |line, offset| {
+                    on_line(
+                        line,
+                        Cursor {
+                            dev: id.0,
+                            inode: id.1,
+                            offset,
+                        },
+                    )
+                });
             match stop {
                 Ok(Stop::Budget) => return Poll::More,
                 Ok(Stop::Eof) => {}
                 Err(e) => {
-                    notice(Notice::Error(format!("cannot read {}: {e}", self.path.display())), &mut self.last_notice);
+                    notice(
+                        Notice::Error(format!("cannot read {}: {e}", self.path.display())),
+                        &mut self.last_notice,
+                    );
                     self.open = None;
                     return Poll::Waiting;
                 }
@@ -200,7 +223,10 @@ impl Follower {
                 Ok(None) => return Poll::Idle,
                 Ok(Some(n)) => notice(n, &mut self.last_notice),
                 Err(e) => {
-                    notice(Notice::Error(format!("cannot check {}: {e}", self.path.display())), &mut self.last_notice);
+                    notice(
+                        Notice::Error(format!("cannot check {}: {e}", self.path.display())),
+                        &mut self.last_notice,
+                    );
                     return Poll::Idle;
                 }
             }
@@ -243,7 +269,11 @@ impl Follower {
                     Some(old) => {
                         let mut old = File::open(old)?;
                         let old_len = old.metadata()?.len();
-                        let start = if saved.cursor.offset <= old_len { saved.cursor.offset } else { 0 };
+                        let start = if saved.cursor.offset <= old_len {
+                            saved.cursor.offset
+                        } else {
+                            0
+                        };
                         old.seek(SeekFrom::Start(start))?;
                         notices.push(Notice::Following { offset: start });
                         let open = Open {
@@ -327,7 +357,10 @@ fn end_of_last_line(file: &File, len: u64, max_line: usize) -> io::Result<u64> {
 
 /// A file in the same directory as `path` with the given (dev, inode).
 fn find_sibling(path: &Path, id: (u64, u64)) -> Option<PathBuf> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::read_dir(dir)
         .ok()?
         .filter_map(Result::ok)
@@ -356,7 +389,11 @@ mod tests {
     }
 
     fn append(path: &Path, text: &str) {
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(path).expect("open");
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open");
         f.write_all(text.as_bytes()).expect("write");
     }
 
@@ -411,7 +448,11 @@ mod tests {
         append(&path, "first line\nsecond line\n");
         let mut f = Follower::new(path.clone(), 100, StartAt::Beginning, None);
         assert_eq!(collect(&mut f).0.len(), 2);
-        fs::OpenOptions::new().write(true).truncate(true).open(&path).expect("truncate");
+        fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .expect("truncate");
         // Written again past the old length before we look: the byte
         // before the cursor is no longer a newline.
         append(&path, "a much longer line than before!\n");
@@ -428,7 +469,10 @@ mod tests {
         let mut f = Follower::new(path.clone(), 100, StartAt::Beginning, None);
         let mut cursors = Vec::new();
         f.poll(u64::MAX, |_, c| cursors.push(c), |_| {});
-        let saved = SavedCursor { path: path.clone(), cursor: cursors[0] };
+        let saved = SavedCursor {
+            path: path.clone(),
+            cursor: cursors[0],
+        };
 
         // Same file: continue after line 1.
         let mut f = Follower::new(path.clone(), 100, StartAt::End, Some(saved.clone()));

@@ -91,16 +91,32 @@ pub fn run(args: TestLogArgs) -> Result<ExitCode, TestLogError> {
     let stdout = io::stdout();
     let result = if args.json {
         let mut json = JsonLines::new(&rules, BufWriter::with_capacity(1 << 16, stdout.lock()));
-        let summary = scan_file(&args.file, &rules, &clock, log.max_line_length, workers, |r| json.write(r));
+        let summary = scan_file(
+            &args.file,
+            &rules,
+            &clock,
+            log.max_line_length,
+            workers,
+            |r| json.write(r),
+        );
         summary.and_then(|s| json.flush().map(|()| s).map_err(ScanError::Write))
     } else {
-        scan_file(&args.file, &rules, &clock, log.max_line_length, workers, |_| Ok(()))
+        scan_file(
+            &args.file,
+            &rules,
+            &clock,
+            log.max_line_length,
+            workers,
+            |_| Ok(()),
+        )
     };
     let summary = match result {
         Ok(summary) => summary,
         Err(ScanError::Read(e)) => return Err(read_err(e)),
         // `astban test-log --json | head` closing the pipe early is fine.
-        Err(ScanError::Write(e)) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        Err(ScanError::Write(e)) if e.kind() == io::ErrorKind::BrokenPipe => {
+            return Ok(ExitCode::SUCCESS);
+        }
         Err(ScanError::Write(e)) => return Err(TestLogError::Write(e)),
     };
     let text = summary.render(&args.file, &rules);
@@ -191,9 +207,18 @@ impl Summary {
     fn render(&self, file: &Path, rules: &RuleSet) -> String {
         let total = |f: fn(&RuleCount) -> u64| self.rules.iter().map(f).sum::<u64>();
         let secs = self.elapsed.as_secs_f64();
-        let rate = if secs > 0.0 { self.lines as f64 / secs } else { 0.0 };
+        let rate = if secs > 0.0 {
+            self.lines as f64 / secs
+        } else {
+            0.0
+        };
         let mut out = String::new();
-        let _ = writeln!(out, "astban test-log {} ({})", file.display(), rules.origin());
+        let _ = writeln!(
+            out,
+            "astban test-log {} ({})",
+            file.display(),
+            rules.origin()
+        );
         let _ = writeln!(
             out,
             "\n{} lines, {:.1} MB in {:.3} s ({:.0} lines/s)",
@@ -204,11 +229,20 @@ impl Summary {
         );
         for (label, n) in [
             ("attempts counted", self.attempts()),
-            ("companion lines (same attempt, not counted again)", total(|r| r.companions)),
+            (
+                "companion lines (same attempt, not counted again)",
+                total(|r| r.companions),
+            ),
             ("ignored (ignoreregex)", total(|r| r.ignored)),
-            ("ambiguous (host not certain, not counted)", total(|r| r.ambiguous)),
+            (
+                "ambiguous (host not certain, not counted)",
+                total(|r| r.ambiguous),
+            ),
             ("cut short by a newline in attacker text", self.cut),
-            ("continuation of a cut line (not counted)", self.continuation),
+            (
+                "continuation of a cut line (not counted)",
+                self.continuation,
+            ),
             ("missed (log lines no rule matched)", self.missed),
             ("not log lines", self.no_prefix),
             ("too long (over log.max_line_length)", self.too_long),
@@ -216,7 +250,12 @@ impl Summary {
             let _ = writeln!(out, "  {n:>10}  {label}");
         }
         let _ = writeln!(out, "\nRules (attempts, companions, ambiguous, ignored):");
-        let width = rules.rules().iter().map(|r| r.name().len()).max().unwrap_or(0);
+        let width = rules
+            .rules()
+            .iter()
+            .map(|r| r.name().len())
+            .max()
+            .unwrap_or(0);
         for (rule, c) in rules.rules().iter().zip(&self.rules) {
             let _ = writeln!(
                 out,
@@ -274,9 +313,15 @@ pub fn scan_file(
     let size = std::fs::metadata(path).map_err(ScanError::Read)?.len();
     let workers = workers.clamp(1, MAX_WORKERS) as u64;
     let rounds = size.div_ceil(workers * MAX_CHUNK).max(1);
-    let chunks = if size < MIN_PARALLEL { 1 } else { rounds * workers };
+    let chunks = if size < MIN_PARALLEL {
+        1
+    } else {
+        rounds * workers
+    };
     let chunk_size = size.div_ceil(chunks).max(1);
-    let per_worker: Vec<(RuleSet, Clock)> = (0..workers).map(|_| (rules.clone(), clock.clone())).collect();
+    let per_worker: Vec<(RuleSet, Clock)> = (0..workers)
+        .map(|_| (rules.clone(), clock.clone()))
+        .collect();
     let mut summary = Summary {
         rules: vec![RuleCount::default(); rules.rules().len()],
         bytes: size,
@@ -315,14 +360,20 @@ pub fn scan_file(
             let written = pending.drain(..).try_for_each(|r| write(r, &mut summary));
             let results: Result<Vec<ChunkResult>, ScanError> = handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(ScanError::Read(io::Error::other("a scan thread panicked")))))
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(ScanError::Read(io::Error::other("a scan thread panicked")))
+                    })
+                })
                 .collect();
             written.and(results)
         })?;
         pending = results;
         first = last;
     }
-    pending.into_iter().try_for_each(|r| write(r, &mut summary))?;
+    pending
+        .into_iter()
+        .try_for_each(|r| write(r, &mut summary))?;
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
@@ -350,7 +401,13 @@ struct ChunkResult {
     records: Vec<Record>,
 }
 
-fn scan_chunk(path: &Path, chunk: Chunk, rules: &RuleSet, clock: Clock, max_line: usize) -> Result<ChunkResult, ScanError> {
+fn scan_chunk(
+    path: &Path,
+    chunk: Chunk,
+    rules: &RuleSet,
+    clock: Clock,
+    max_line: usize,
+) -> Result<ChunkResult, ScanError> {
     use std::io::{Seek, SeekFrom};
 
     let mut file = File::open(path).map_err(ScanError::Read)?;
@@ -358,7 +415,11 @@ fn scan_chunk(path: &Path, chunk: Chunk, rules: &RuleSet, clock: Clock, max_line
     file.seek(SeekFrom::Start(from)).map_err(ScanError::Read)?;
     // A line starting before `end` ends within max_line + 1 bytes after it
     // (or is dropped as too long by then).
-    let limit = if chunk.last { u64::MAX } else { chunk.end - from + max_line as u64 + 1 };
+    let limit = if chunk.last {
+        u64::MAX
+    } else {
+        chunk.end - from + max_line as u64 + 1
+    };
     let mut src = file.take(limit);
     let mut scanner = Scanner::new(Arc::new(rules.clone()), clock);
     let mut summary = Summary {
@@ -403,7 +464,9 @@ fn scan_chunk(path: &Path, chunk: Chunk, rules: &RuleSet, clock: Clock, max_line
         }
     };
     let mut reader = LineReader::new(max_line, READ_SIZE, from);
-    reader.read_lines(&mut src, u64::MAX, &mut on_line).map_err(ScanError::Read)?;
+    reader
+        .read_lines(&mut src, u64::MAX, &mut on_line)
+        .map_err(ScanError::Read)?;
     if chunk.last {
         reader.finish(&mut on_line);
     }
