@@ -807,6 +807,34 @@ mod tests {
         assert!(msg.contains("log.ignoreregex[0]"), "{msg}");
     }
 
+    static SETS: std::sync::LazyLock<[RuleSet; 2]> =
+        std::sync::LazyLock::new(|| [asterisk(), RuleSet::load("book").expect("book")]);
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_judged_without_panicking(line in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            for set in SETS.iter() {
+                let _ = set.match_line(&line);
+            }
+        }
+
+        #[test]
+        fn mangled_real_lines_are_judged_without_panicking(
+            pick in 0usize..167,
+            cut in 0usize..400,
+            insert in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+        ) {
+            let fixture = include_str!("../../integration/fixtures/messages.log");
+            let line = fixture.lines().nth(pick).unwrap_or_default().as_bytes();
+            let at = cut.min(line.len());
+            let mangled = [&line[..at], &insert, &line[at..]].concat();
+            for set in SETS.iter() {
+                let _ = set.match_line(&mangled);
+                let _ = set.match_line(&line[..at]);
+            }
+        }
+    }
+
     #[test]
     fn rules_files_are_read_and_checked() {
         let dir = tempfile::tempdir().expect("tempdir");

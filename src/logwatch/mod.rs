@@ -167,6 +167,7 @@ impl Reader {
         self.scanner.clock_mut().set_now(now);
         let mut reports = Vec::new();
         let mut end = None;
+        let mut too_long = 0u64;
         let path = self.follower.path().to_path_buf();
         let scanner = &mut self.scanner;
         let poll = self.follower.poll(
@@ -188,13 +189,17 @@ impl Reader {
                             reports.push((Report::Failure(failure), cursor));
                         }
                     }
-                    Line::TooLong => {
-                        tracing::warn!(path = %path.display(), "skipped a line longer than log.max_line_length");
-                    }
+                    Line::TooLong => too_long += 1,
                 }
             },
             |notice| announce(&path, notice),
         );
+        if too_long > 0 {
+            tracing::warn!(
+                "skipped {too_long} line(s) of {} longer than log.max_line_length",
+                path.display()
+            );
+        }
         Batch { reports, end, poll }
     }
 }

@@ -68,35 +68,35 @@ pub fn parse(line: &[u8]) -> Option<Prefix<'_>> {
     let mut p = Parser { line, pos: 0 };
     let stamp = if p.eat(b'[') {
         let stamp = p.bracketed_stamp()?;
-        p.expect(b']')?;
-        p.expect(b' ')?;
+        p.want(b']')?;
+        p.want(b' ')?;
         stamp
     } else {
         let stamp = p.syslog_stamp()?;
-        p.expect(b' ')?;
+        p.want(b' ')?;
         p.token(|b| b != b' ' && b != b'\t')?; // host name
-        p.expect(b' ')?;
+        p.want(b' ')?;
         p.token(|b| b.is_ascii_alphanumeric() || b"_./-".contains(&b))?; // tag
         if p.eat(b'[') {
             p.token(|b| b.is_ascii_digit())?;
-            p.expect(b']')?;
+            p.want(b']')?;
         }
-        p.expect(b':')?;
-        p.expect(b' ')?;
+        p.want(b':')?;
+        p.want(b' ')?;
         stamp
     };
     let level_start = p.pos;
     p.token(|b| b.is_ascii_uppercase())?;
     p.eat(b' ');
-    p.expect(b'[')?;
+    p.want(b'[')?;
     let thread = p.token(|b| b.is_ascii_digit())?;
-    p.expect(b']')?;
+    p.want(b']')?;
     if p.eat(b'[') {
         p.token(|b| b.is_ascii_alphanumeric() || b == b'-')?;
-        p.expect(b']')?;
+        p.want(b']')?;
     }
     p.eat(b':');
-    p.expect(b' ')?;
+    p.want(b' ')?;
     let module = p.module()?;
     Some(Prefix {
         stamp,
@@ -125,7 +125,7 @@ impl<'a> Parser<'a> {
         hit
     }
 
-    fn expect(&mut self, b: u8) -> Option<()> {
+    fn want(&mut self, b: u8) -> Option<()> {
         self.eat(b).then_some(())
     }
 
@@ -158,9 +158,9 @@ impl<'a> Parser<'a> {
     /// `HH:MM:SS` with an optional `.fraction`.
     fn clock(&mut self) -> Option<(i8, i8, i8)> {
         let h = self.number(2)?;
-        self.expect(b':')?;
+        self.want(b':')?;
         let m = self.number(2)?;
-        self.expect(b':')?;
+        self.want(b':')?;
         let s = self.number(2)?;
         if self.eat(b'.') {
             self.token(|b| b.is_ascii_digit())?;
@@ -170,9 +170,9 @@ impl<'a> Parser<'a> {
 
     fn iso_date(&mut self) -> Option<(i16, i8, i8)> {
         let y = self.number(4)?;
-        self.expect(b'-')?;
+        self.want(b'-')?;
         let mo = self.number(2)?;
-        self.expect(b'-')?;
+        self.want(b'-')?;
         let d = self.number(2)?;
         Some((y as i16, mo as i8, d as i8))
     }
@@ -186,7 +186,7 @@ impl<'a> Parser<'a> {
         let name = self.line.get(self.pos..self.pos + 3)?;
         let month = MONTHS.iter().position(|m| m.as_slice() == name)? as i8 + 1;
         self.pos += 3;
-        self.expect(b' ')?;
+        self.want(b' ')?;
         self.eat(b' ');
         let day = match self.number(2) {
             Some(d) => d,
@@ -198,7 +198,7 @@ impl<'a> Parser<'a> {
     fn bracketed_stamp(&mut self) -> Option<Stamp> {
         if self.peek().is_some_and(|b| b.is_ascii_digit()) {
             let (year, month, day) = self.iso_date()?;
-            self.expect(b' ')?;
+            self.want(b' ')?;
             let (hour, minute, second) = self.clock()?;
             Some(Stamp::Local(Civil {
                 year,
@@ -215,7 +215,7 @@ impl<'a> Parser<'a> {
 
     fn no_year_stamp(&mut self) -> Option<Stamp> {
         let (month, day) = self.month_day()?;
-        self.expect(b' ')?;
+        self.want(b' ')?;
         let (hour, minute, second) = self.clock()?;
         Some(Stamp::NoYear(Civil {
             year: 0,
@@ -234,7 +234,7 @@ impl<'a> Parser<'a> {
             return self.no_year_stamp();
         }
         let (year, month, day) = self.iso_date()?;
-        self.expect(b'T')?;
+        self.want(b'T')?;
         let (hour, minute, second) = self.clock()?;
         let civil = Civil {
             year,
@@ -254,7 +254,7 @@ impl<'a> Parser<'a> {
         };
         self.pos += 1;
         let oh = self.number(2)?;
-        self.expect(b':')?;
+        self.want(b':')?;
         let om = self.number(2)?;
         Some(Stamp::Offset(civil, sign * (oh * 3600 + om * 60)))
     }
@@ -273,19 +273,19 @@ impl<'a> Parser<'a> {
             return Some(module);
         }
         let module = self.token(|b| b.is_ascii_alphanumeric() || b"_./-".contains(&b))?;
-        self.expect(b':')?;
+        self.want(b':')?;
         if self.peek().is_some_and(|b| b.is_ascii_digit()) {
             self.token(|b| b.is_ascii_digit())?;
-            self.expect(b' ')?;
+            self.want(b' ')?;
             if self.line[self.pos..].starts_with(b"in ") {
                 self.pos += 3;
             }
             self.token(|b| b.is_ascii_alphanumeric() || b == b'_')?;
-            self.expect(b':')?;
+            self.want(b':')?;
         }
         // "module:" at the very end of a line leaves an empty message.
         if self.pos < self.line.len() {
-            self.expect(b' ')?;
+            self.want(b' ')?;
         }
         Some(module)
     }
