@@ -28,10 +28,17 @@ use crate::failure::{FailureKind, Service};
 /// The placeholder for the address in a rule.
 pub const HOST: &str = "<HOST>";
 
-/// Above this many places where a reading may start, a line is judged
-/// ambiguous without looking further: real lines have one or two, and the
-/// bound keeps a line stuffed with decoys from costing quadratic time.
-const MAX_CANDIDATES: usize = 8;
+/// Above this many addresses where a reading may start, a line is judged
+/// ambiguous without looking further. Decoys that S rejects cost little
+/// (and do not count towards [`MAX_READINGS`]), so the bound is high: a
+/// planted address before Asterisk's fixed ending must not be a way to
+/// escape a rule, and a line stuffed with addresses must not cost
+/// unbounded time.
+const MAX_CANDIDATES: usize = 1024;
+
+/// Above this many readings (each checked against P, the expensive part),
+/// a line is judged ambiguous. Real lines have one.
+const MAX_READINGS: usize = 8;
 
 /// Largest compiled regex, so that a typo in a rule cannot eat memory.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
@@ -382,6 +389,11 @@ impl Rule {
             }
             return false;
         }
+        verdict.readings += 1;
+        if verdict.readings > MAX_READINGS {
+            verdict.ambiguous = true;
+            return true;
+        }
         if !self.started_at(target, at) {
             return false;
         }
@@ -423,6 +435,7 @@ struct Verdict {
     host: Option<IpAddr>,
     ambiguous: bool,
     candidates: usize,
+    readings: usize,
     partial: Option<usize>,
 }
 
@@ -814,9 +827,22 @@ mod tests {
     }
 
     #[test]
-    fn decoys_beyond_the_bound_are_ambiguous() {
-        let re = r"x .*'<HOST>'$";
-        let target = format!("x {}'192.0.2.1'", "'10.0.0.1' ".repeat(MAX_CANDIDATES + 1));
+    fn decoys_before_a_fixed_ending_cost_nothing() {
+        let re = r"Registration from '.*' failed for '<HOST>' - Wrong password$";
+        let decoys = "' failed for '10.0.0.1".repeat(300);
+        let target =
+            format!("Registration from '{decoys}' failed for '192.0.2.1:5060' - Wrong password");
+        assert_eq!(read(re, &target), host("192.0.2.1"));
+    }
+
+    #[test]
+    fn too_many_readings_are_ambiguous() {
+        // Without `$`, every decoy is a reading: they agree, but checking
+        // them all is not worth it.
+        let re = r"x .*'<HOST>'";
+        let target = format!("x {}'192.0.2.1'", "'10.0.0.1' ".repeat(MAX_READINGS + 1));
         assert_eq!(read(re, &target), Reading::Ambiguous);
+        let target = format!("x {}'192.0.2.1'", "'192.0.2.1' ".repeat(MAX_READINGS - 1));
+        assert_eq!(read(re, &target), host("192.0.2.1"));
     }
 }
