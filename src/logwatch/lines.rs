@@ -76,7 +76,8 @@ impl LineReader {
     }
 
     /// Whether bytes of an unfinished line are buffered (or being skipped).
-    pub fn has_partial(&self) -> bool {
+    #[cfg(test)]
+    fn has_partial(&self) -> bool {
         self.end > self.start || self.skipping
     }
 

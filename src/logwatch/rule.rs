@@ -53,8 +53,6 @@ pub struct Rule {
     module: Option<Box<[u8]>>,
     anchor: Anchor,
     attempt: Option<usize>,
-    /// P and S as written, for diagnostics.
-    source: String,
     /// Literal text every matching target starts with.
     head: Box<[u8]>,
     starts: Starts,
@@ -277,7 +275,6 @@ impl Rule {
             module: def.module.as_ref().map(|m| m.as_bytes().into()),
             anchor: def.anchor,
             attempt,
-            source: def.failregex.clone(),
             head: head.into(),
             starts,
             before,
@@ -319,11 +316,6 @@ impl Rule {
     /// The attempt group the rule belongs to, as an index.
     pub fn attempt(&self) -> Option<usize> {
         self.attempt
-    }
-
-    /// The failregex as written.
-    pub fn source(&self) -> &str {
-        &self.source
     }
 
     /// All readings of `target` (the message, or the line from the level

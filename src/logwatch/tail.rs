@@ -125,15 +125,6 @@ impl Follower {
         &self.path
     }
 
-    /// The position after the last line handed out, if a file is open.
-    pub fn cursor(&self) -> Option<Cursor> {
-        self.open.as_ref().map(|o| Cursor {
-            dev: o.id.0,
-            inode: o.id.1,
-            offset: o.reader.offset(),
-        })
-    }
-
     /// Reads what is new, up to about `budget` bytes, handing each line to
     /// `on_line` with the cursor just past it. `on_notice` hears about
     /// state changes (each distinct one once in a row).
