@@ -1,9 +1,10 @@
 //! `astban test-log FILE`: what the rules make of a log, like
 //! fail2ban-regex, for admins checking their logs and rules.
 //!
-//! The file is streamed through one buffer, so memory does not grow with
-//! its size, and scanned by the same [`Scanner`] the daemon uses: what
-//! test-log counts is what astban would count.
+//! The file is streamed, in newline-aligned chunks on all cores (see
+//! [`scan_file`]), so memory does not grow with its size; every chunk is
+//! judged by the same [`Scanner`] the daemon uses, so what test-log counts
+//! is what astban would count.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -75,7 +76,7 @@ pub fn run(args: TestLogArgs) -> Result<ExitCode, TestLogError> {
     if let Some(rules) = &args.rules {
         log.rules = rules.clone();
     }
-    let rules = Arc::new(RuleSet::from_config(&log)?);
+    let rules = RuleSet::from_config(&log)?;
     let read_err = |source| TestLogError::Read {
         path: args.file.clone(),
         source,
