@@ -191,8 +191,8 @@ impl Follow {
         let (rules_tx, rules_rx) = watch::channel(rules);
         let (tx, reports) = mpsc::channel(16);
         let shutdown = CancellationToken::new();
+        // Created by the input itself.
         let state = dir.path().join("state");
-        fs::create_dir_all(&state).expect("state dir");
         let task = tokio::spawn(logwatch::run(config, rules_rx, state, tx, shutdown.clone()));
         Follow {
             dir,

@@ -72,6 +72,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), LogError> {
     let cursor_path = state_dir.join(CURSOR_FILE);
+    ensure_dir(&state_dir);
     let saved = load_cursor(&cursor_path);
     let wake = Arc::new(Notify::new());
     let mut watcher = watch_dir(&config.path, &wake);
@@ -250,6 +251,23 @@ fn watch_dir(path: &Path, wake: &Arc<Notify>) -> Option<notify::RecommendedWatch
             );
             None
         }
+    }
+}
+
+/// Creates the state directory (0700: it says who is banned) if needed;
+/// without it the cursor is not kept, which is worth a warning, not a stop.
+fn ensure_dir(dir: &Path) {
+    use std::os::unix::fs::DirBuilderExt;
+
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        tracing::warn!(
+            "cannot create state directory {}: {e}; the log cursor will not be kept across restarts",
+            dir.display()
+        );
     }
 }
 
