@@ -137,7 +137,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Command::TestLog(args) => Ok(testlog::run(args)),
+        // Exit 2 tells scripts the file (or the rules) could not be read.
+        Command::TestLog(args) => Ok(testlog::run(args).unwrap_or_else(|e| {
+            eprintln!("astban: {e}");
+            ExitCode::from(2)
+        })),
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.config.as_deref())?;
             let source = match &config.config {

@@ -1,4 +1,312 @@
 //! The `messages` log input: following the file and matching its lines.
+//!
+//! [`run`] is the task the daemon starts. The pieces below it are pure or
+//! synchronous and tested on their own: [`prefix`] parses Asterisk's line
+//! prefix, [`host`] the address, [`rule`] and [`filter`] match rules,
+//! [`scan`] judges lines in context (attempts, continuation lines),
+//! [`clock`] converts timestamps, [`lines`] splits bytes into bounded lines
+//! and [`tail`] follows the file across rotation. [`testlog`] is
+//! `astban test-log`.
 
+pub mod clock;
 pub mod filter;
+pub mod host;
+pub mod lines;
+pub mod prefix;
+pub mod rule;
+pub mod scan;
 pub mod tail;
+pub mod testlog;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use self::clock::Clock;
+use self::filter::RuleSet;
+use self::lines::Line;
+use self::scan::{Event, Scanner};
+use self::tail::{Cursor, Follower, Notice, Poll, SavedCursor};
+use crate::config::LogConfig;
+use crate::failure::{Failure, Report, Source};
+use crate::persist::{self, Loaded};
+
+/// The cursor's file in the state directory.
+pub const CURSOR_FILE: &str = "log-cursor.json";
+
+/// Bytes read per batch: a batch runs on a blocking thread, and its
+/// reports are sent before the next is read, so a large backlog neither
+/// stalls the runtime nor piles up in memory.
+const BATCH_BYTES: u64 = 1 << 20;
+
+/// How often a moved cursor is written to disk (and always on shutdown).
+const CURSOR_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the log input stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The engine dropped its end of the report channel.
+    #[error("the engine no longer takes reports; the log input stops")]
+    ReportsClosed,
+    /// The blocking reader panicked or was cancelled.
+    #[error("the log reader thread failed: {0}")]
+    Reader(#[from] tokio::task::JoinError),
+}
+
+/// Follows `config.path` and reports every counted attempt until
+/// `shutdown` fires.
+///
+/// It keeps running when the file is missing or unreadable (saying so once
+/// in the log), picks up new rules from `rules` (a SIGHUP reload), and
+/// keeps its cursor in `state_dir` so that lines written while astban was
+/// stopped are still read.
+pub async fn run(
+    config: LogConfig,
+    mut rules: watch::Receiver<Arc<RuleSet>>,
+    state_dir: PathBuf,
+    reports: mpsc::Sender<Report>,
+    shutdown: CancellationToken,
+) -> Result<(), LogError> {
+    let cursor_path = state_dir.join(CURSOR_FILE);
+    ensure_dir(&state_dir);
+    let saved = load_cursor(&cursor_path);
+    let wake = Arc::new(Notify::new());
+    let mut watcher = watch_dir(&config.path, &wake);
+    let scanner = Scanner::new(Arc::clone(&rules.borrow_and_update()), Clock::system());
+    let follower = Follower::new(
+        config.path.clone(),
+        config.max_line_length,
+        config.start,
+        saved.clone(),
+    );
+    let mut reader = Reader { follower, scanner };
+    let mut poll_tick = tokio::time::interval(config.poll_interval);
+    poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut save_tick = tokio::time::interval(CURSOR_SAVE_INTERVAL);
+    save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut committed = saved.map(|s| s.cursor);
+    let mut stored = committed;
+
+    'follow: loop {
+        // New rules apply from the next batch on: lines written after a
+        // reload are judged by the new rules.
+        if rules.has_changed().unwrap_or(false) {
+            reader
+                .scanner
+                .set_rules(Arc::clone(&rules.borrow_and_update()));
+            tracing::info!("log rules reloaded");
+        }
+        let (back, batch) = tokio::task::spawn_blocking(move || {
+            let batch = reader.batch();
+            (reader, batch)
+        })
+        .await?;
+        reader = back;
+        for (report, cursor) in batch.reports {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break 'follow,
+                sent = reports.send(report) => {
+                    sent.map_err(|_| LogError::ReportsClosed)?;
+                    committed = Some(cursor);
+                }
+            }
+        }
+        if batch.end.is_some() {
+            committed = batch.end;
+        }
+        if batch.poll == Poll::More {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break 'follow,
+                () = wake.notified() => break,
+                _ = poll_tick.tick() => {
+                    if watcher.is_none() {
+                        watcher = watch_dir(&config.path, &wake);
+                    }
+                    break;
+                }
+                _ = save_tick.tick() => {
+                    if committed != stored {
+                        save_cursor(&cursor_path, reader.follower.path(), committed).await;
+                        stored = committed;
+                    }
+                }
+            }
+        }
+    }
+    if committed != stored {
+        save_cursor(&cursor_path, reader.follower.path(), committed).await;
+    }
+    Ok(())
+}
+
+/// The follower and the scanner, moved to a blocking thread for each batch.
+struct Reader {
+    follower: Follower,
+    scanner: Scanner,
+}
+
+struct Batch {
+    /// Reports, each with the cursor just past its line.
+    reports: Vec<(Report, Cursor)>,
+    /// The cursor past the last line read, if any line was.
+    end: Option<Cursor>,
+    poll: Poll,
+}
+
+impl Reader {
+    fn batch(&mut self) -> Batch {
+        let now = Timestamp::now();
+        self.scanner.clock_mut().set_now(now);
+        let mut reports = Vec::new();
+        let mut end = None;
+        let mut too_long = 0u64;
+        let path = self.follower.path().to_path_buf();
+        let scanner = &mut self.scanner;
+        let poll = self.follower.poll(
+            BATCH_BYTES,
+            |line, cursor| {
+                end = Some(cursor);
+                match line {
+                    Line::Text(text) => {
+                        if let Event::Attempt(a) = scanner.scan(text) {
+                            let failure = Failure {
+                                host: a.host,
+                                kind: a.rule.kind(),
+                                service: a.rule.service(),
+                                account: None,
+                                session: None,
+                                time: a.time.unwrap_or(now),
+                                source: Source::Log,
+                            };
+                            reports.push((Report::Failure(failure), cursor));
+                        }
+                    }
+                    Line::TooLong => too_long += 1,
+                }
+            },
+            |notice| announce(&path, notice),
+        );
+        if too_long > 0 {
+            tracing::warn!(
+                "skipped {too_long} line(s) of {} longer than log.max_line_length",
+                path.display()
+            );
+        }
+        Batch { reports, end, poll }
+    }
+}
+
+fn announce(path: &Path, notice: &Notice) {
+    let path = path.display();
+    match notice {
+        Notice::Missing => {
+            tracing::warn!("log file {path} does not exist (yet); waiting for it to appear")
+        }
+        Notice::Error(e) => tracing::warn!("log input: {e}; retrying"),
+        Notice::Following { offset } => tracing::info!("following {path} from offset {offset}"),
+        Notice::Rotated => {
+            tracing::info!("{path} was rotated; finished the old file, reading the new one")
+        }
+        Notice::Truncated => tracing::info!("{path} was truncated; reading it from the start"),
+        Notice::LostRotated => tracing::warn!(
+            "{path} was rotated while astban was stopped and the old file is gone; lines written to it since are not read"
+        ),
+    }
+}
+
+/// Watches the file's directory (so creation and renames are seen too);
+/// `None` when inotify cannot be used, in which case polling does the job.
+fn watch_dir(path: &Path, wake: &Arc<Notify>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_os_string());
+    let wake = Arc::clone(wake);
+    let handler = move |event: notify::Result<notify::Event>| match event {
+        Ok(event) if !event.paths.iter().any(|p| p.file_name() == name.as_deref()) => {}
+        _ => wake.notify_one(),
+    };
+    let result = notify::recommended_watcher(handler).and_then(|mut w| {
+        w.watch(dir, notify::RecursiveMode::NonRecursive)?;
+        Ok(w)
+    });
+    match result {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::debug!(
+                "cannot watch {} with inotify ({e}); polling it",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// Creates the state directory (0700: it says who is banned) if needed;
+/// without it the cursor is not kept, which is worth a warning, not a stop.
+fn ensure_dir(dir: &Path) {
+    use std::os::unix::fs::DirBuilderExt;
+
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        tracing::warn!(
+            "cannot create state directory {}: {e}; the log cursor will not be kept across restarts",
+            dir.display()
+        );
+    }
+}
+
+fn load_cursor(path: &Path) -> Option<SavedCursor> {
+    match persist::load_json::<SavedCursor>(path) {
+        Ok(Loaded::Value(saved)) => Some(saved),
+        Ok(Loaded::Missing) => None,
+        Ok(Loaded::Corrupt { error, moved_to }) => {
+            tracing::warn!(
+                "log cursor {} was unreadable ({error}); moved to {}, starting as configured by log.start",
+                path.display(),
+                moved_to.display()
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(
+                "cannot read log cursor {}: {e}; starting as configured by log.start",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+async fn save_cursor(path: &Path, followed: &Path, cursor: Option<Cursor>) {
+    let Some(cursor) = cursor else { return };
+    let saved = SavedCursor {
+        path: followed.to_path_buf(),
+        cursor,
+    };
+    let path = path.to_path_buf();
+    let result = tokio::task::spawn_blocking(move || {
+        persist::save_json(&path, &saved).map_err(|e| (path, e))
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err((path, e))) => tracing::warn!("cannot save log cursor {}: {e}", path.display()),
+        Err(e) => tracing::warn!("cannot save log cursor: {e}"),
+    }
+}
