@@ -110,7 +110,7 @@ Stop with Ctrl-C.
 
 /// Appends `line` with its `[YYYY-MM-DD HH:MM:SS]` stamp replaced by now.
 fn append_now(path: &Path, line: &str) -> io::Result<()> {
-    let now = jiff::Zoned::now()
+    let now = jiff::ZonedDateTime::now()
         .strftime("[%Y-%m-%d %H:%M:%S]")
         .to_string();
     let rest = line.split_once("] ").map_or(line, |(_, rest)| rest);
