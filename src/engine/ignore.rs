@@ -111,7 +111,12 @@ mod tests {
     #[test]
     fn listed_networks_match_v4_and_v6_hosts() {
         let list = IgnoreList::new(&[net("10.0.0.0/8"), net("2001:db8::/32"), net("192.0.2.7/32")]);
-        assert_eq!(list.host(ip("10.200.3.4")), Some(IgnoreReason::Listed { net: net("10.0.0.0/8") }));
+        assert_eq!(
+            list.host(ip("10.200.3.4")),
+            Some(IgnoreReason::Listed {
+                net: net("10.0.0.0/8")
+            })
+        );
         assert!(list.host(ip("192.0.2.7")).is_some());
         assert!(list.host(ip("192.0.2.8")).is_none());
         assert!(list.host(ip("2001:db8:1::5")).is_some());
@@ -133,11 +138,19 @@ mod tests {
         list.set_own(vec![ip("198.51.100.4"), ip("2001:db8::1")]);
         assert_eq!(
             list.host(ip("198.51.100.4")),
-            Some(IgnoreReason::OwnAddress { addr: ip("198.51.100.4") })
+            Some(IgnoreReason::OwnAddress {
+                addr: ip("198.51.100.4")
+            })
         );
         assert!(list.overlap(net("2001:db8::/64")).is_some());
-        assert_eq!(canonical_net(net("::ffff:192.0.2.1/128")), net("192.0.2.1/32"));
-        assert_eq!(canonical_net(net("::ffff:192.0.2.0/120")), net("192.0.2.0/24"));
+        assert_eq!(
+            canonical_net(net("::ffff:192.0.2.1/128")),
+            net("192.0.2.1/32")
+        );
+        assert_eq!(
+            canonical_net(net("::ffff:192.0.2.0/120")),
+            net("192.0.2.0/24")
+        );
         assert_eq!(canonical_net(net("2001:db8::1/64")), net("2001:db8::/64"));
     }
 

@@ -27,7 +27,13 @@ use crate::firewall::{ActiveBan, Change, FirewallStatus};
 const MAX_SPAN: i64 = 100 * 365 * 24 * 3600;
 
 /// Every service, to turn the compact bit set back into a list.
-const SERVICES: [Service; 5] = [Service::Sip, Service::Pjsip, Service::Iax2, Service::Ami, Service::Other];
+const SERVICES: [Service; 5] = [
+    Service::Sip,
+    Service::Pjsip,
+    Service::Iax2,
+    Service::Ami,
+    Service::Other,
+];
 
 /// What one call produced: firewall changes, events, and whether the
 /// persistent state changed.
@@ -75,9 +81,17 @@ struct Settings {
 impl Settings {
     /// `bantime × factor^(offense-1)`, at most `bantime_max`.
     fn bantime_for(&self, offense: u32) -> i64 {
-        let factor = self.bantime_factor.checked_pow(offense.saturating_sub(1)).unwrap_or(u64::MAX);
-        let secs = u64::try_from(self.bantime).unwrap_or(0).saturating_mul(factor);
-        i64::try_from(secs).unwrap_or(MAX_SPAN).min(self.bantime_max).max(1)
+        let factor = self
+            .bantime_factor
+            .checked_pow(offense.saturating_sub(1))
+            .unwrap_or(u64::MAX);
+        let secs = u64::try_from(self.bantime)
+            .unwrap_or(0)
+            .saturating_mul(factor);
+        i64::try_from(secs)
+            .unwrap_or(MAX_SPAN)
+            .min(self.bantime_max)
+            .max(1)
     }
 }
 
@@ -214,7 +228,12 @@ impl Jail {
             self.make_room(window_start);
         }
         let tracked = self.tracked.entry(key).or_default();
-        tracked.record(failure, unix_u32(at), unix_u32(now_s), unix_u32(window_start));
+        tracked.record(
+            failure,
+            unix_u32(at),
+            unix_u32(now_s),
+            unix_u32(window_start),
+        );
         self.failures_counted += 1;
         let count = tracked.count();
         if count < self.settings.maxretry {
@@ -247,7 +266,11 @@ impl Jail {
             self.take_ban(net);
         }
         let tracked = self.tracked.remove(&net);
-        let secs = duration.map(|d| i64::try_from(d.as_secs()).unwrap_or(MAX_SPAN).clamp(1, MAX_SPAN));
+        let secs = duration.map(|d| {
+            i64::try_from(d.as_secs())
+                .unwrap_or(MAX_SPAN)
+                .clamp(1, MAX_SPAN)
+        });
         Ok(self.ban(net, tracked, secs, true, now, fx))
     }
 
@@ -509,7 +532,13 @@ impl Jail {
             .copied()
     }
 
-    fn remember_offender(&mut self, net: IpNet, offenses: u32, last_expires: Timestamp, now: Timestamp) {
+    fn remember_offender(
+        &mut self,
+        net: IpNet,
+        offenses: u32,
+        last_expires: Timestamp,
+        now: Timestamp,
+    ) {
         let cap = self.settings.max_tracked;
         if !self.offenders.contains_key(&net) && self.offenders.len() >= cap {
             let history = self.settings.history;
@@ -519,7 +548,13 @@ impl Jail {
                 evict_oldest(&mut self.offenders, count, |o| o.last_expires);
             }
         }
-        self.offenders.insert(net, Offender { offenses, last_expires });
+        self.offenders.insert(
+            net,
+            Offender {
+                offenses,
+                last_expires,
+            },
+        );
     }
 
     /// Frees room for one more tracked host: first hosts whose failures
@@ -537,7 +572,11 @@ impl Jail {
 }
 
 /// Removes the `count` entries of `map` with the smallest `age`.
-fn evict_oldest<V, A: Ord + Copy>(map: &mut HashMap<IpNet, V>, count: usize, age: impl Fn(&V) -> A) {
+fn evict_oldest<V, A: Ord + Copy>(
+    map: &mut HashMap<IpNet, V>,
+    count: usize,
+    age: impl Fn(&V) -> A,
+) {
     let mut ages: Vec<A> = map.values().map(&age).collect();
     let count = count.min(ages.len());
     if count == 0 {
@@ -563,11 +602,17 @@ fn forgotten(offender: &Offender, now: Timestamp, history: i64) -> bool {
 }
 
 fn kind_bit(kind: FailureKind) -> u16 {
-    FailureKind::ALL.iter().position(|&k| k == kind).map_or(0, |i| 1 << i)
+    FailureKind::ALL
+        .iter()
+        .position(|&k| k == kind)
+        .map_or(0, |i| 1 << i)
 }
 
 fn service_bit(service: Service) -> u8 {
-    SERVICES.iter().position(|&s| s == service).map_or(0, |i| 1 << i)
+    SERVICES
+        .iter()
+        .position(|&s| s == service)
+        .map_or(0, |i| 1 << i)
 }
 
 /// Unix seconds as stored per tracked host (valid until 2106).
@@ -576,7 +621,11 @@ fn unix_u32(secs: i64) -> u32 {
 }
 
 fn at_second(secs: i64) -> Timestamp {
-    Timestamp::from_second(secs).unwrap_or(if secs < 0 { Timestamp::MIN } else { Timestamp::MAX })
+    Timestamp::from_second(secs).unwrap_or(if secs < 0 {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    })
 }
 
 #[cfg(test)]
@@ -628,13 +677,25 @@ mod tests {
     fn the_maxretry_th_failure_bans_for_bantime() {
         let mut jail = Jail::new(&config());
         let (verdict, fx) = fail(&mut jail, "192.0.2.7", 4, t(0));
-        assert_eq!(verdict, Verdict::Counted { key: net("192.0.2.7/32"), count: 4 });
+        assert_eq!(
+            verdict,
+            Verdict::Counted {
+                key: net("192.0.2.7/32"),
+                count: 4
+            }
+        );
         assert!(fx.changes.is_empty() && fx.events.is_empty() && !fx.persist);
 
         let (verdict, fx) = fail(&mut jail, "192.0.2.7", 1, t(1));
         assert_eq!(verdict, Verdict::Banned(net("192.0.2.7/32")));
         let expires = t(1 + 3 * 24 * 3600);
-        assert_eq!(fx.changes, [Change::Ban { net: net("192.0.2.7/32"), expires }]);
+        assert_eq!(
+            fx.changes,
+            [Change::Ban {
+                net: net("192.0.2.7/32"),
+                expires
+            }]
+        );
         let EngineEvent::Banned(info) = &fx.events[0] else {
             panic!("{:?}", fx.events)
         };
@@ -657,7 +718,13 @@ mod tests {
         fail(&mut jail, "192.0.2.7", 3, t(0));
         // 10 minutes later the first three no longer count.
         let (verdict, _) = fail(&mut jail, "192.0.2.7", 2, t(600));
-        assert_eq!(verdict, Verdict::Counted { key: net("192.0.2.7/32"), count: 2 });
+        assert_eq!(
+            verdict,
+            Verdict::Counted {
+                key: net("192.0.2.7/32"),
+                count: 2
+            }
+        );
         // A sliding window: 3 more within findtime of the last two ban.
         let (verdict, _) = fail(&mut jail, "192.0.2.7", 3, t(900));
         assert_eq!(verdict, Verdict::Banned(net("192.0.2.7/32")));
@@ -697,40 +764,75 @@ mod tests {
             Verdict::Reset(net("192.0.2.7/32"))
         );
         let (verdict, _) = fail(&mut jail, "192.0.2.7", 4, t(2));
-        assert_eq!(verdict, Verdict::Counted { key: net("192.0.2.7/32"), count: 4 });
+        assert_eq!(
+            verdict,
+            Verdict::Counted {
+                key: net("192.0.2.7/32"),
+                count: 4
+            }
+        );
 
         let mut jail = Jail::new(&JailConfig {
             reset_on_success: false,
             ..config()
         });
         fail(&mut jail, "192.0.2.7", 4, t(0));
-        assert_eq!(jail.report(&success, t(1), &mut Effects::default()), Verdict::Unchanged);
-        assert_eq!(fail(&mut jail, "192.0.2.7", 1, t(2)).0, Verdict::Banned(net("192.0.2.7/32")));
+        assert_eq!(
+            jail.report(&success, t(1), &mut Effects::default()),
+            Verdict::Unchanged
+        );
+        assert_eq!(
+            fail(&mut jail, "192.0.2.7", 1, t(2)).0,
+            Verdict::Banned(net("192.0.2.7/32"))
+        );
     }
 
     #[test]
     fn ignoreip_wins_for_v4_v6_and_cidrs() {
         let mut jail = Jail::new(&JailConfig {
-            ignoreip: vec![net("10.0.0.0/8"), net("192.0.2.7/32"), net("2001:db8:5::/48")],
+            ignoreip: vec![
+                net("10.0.0.0/8"),
+                net("192.0.2.7/32"),
+                net("2001:db8:5::/48"),
+            ],
             ..config()
         });
-        for host in ["10.1.2.3", "192.0.2.7", "2001:db8:5:1::9", "::ffff:10.9.9.9"] {
+        for host in [
+            "10.1.2.3",
+            "192.0.2.7",
+            "2001:db8:5:1::9",
+            "::ffff:10.9.9.9",
+        ] {
             let (verdict, fx) = fail(&mut jail, host, 20, t(0));
-            assert!(matches!(verdict, Verdict::Ignored(IgnoreReason::Listed { .. })), "{host}: {verdict:?}");
+            assert!(
+                matches!(verdict, Verdict::Ignored(IgnoreReason::Listed { .. })),
+                "{host}: {verdict:?}"
+            );
             assert!(fx.changes.is_empty(), "{host}");
             assert_eq!(fx.events.len(), 20);
             assert!(matches!(fx.events[0], EngineEvent::Ignored { .. }));
         }
-        assert_eq!(fail(&mut jail, "192.0.2.8", 5, t(0)).0, Verdict::Banned(net("192.0.2.8/32")));
+        assert_eq!(
+            fail(&mut jail, "192.0.2.8", 5, t(0)).0,
+            Verdict::Banned(net("192.0.2.8/32"))
+        );
 
         // A manual ban of an ignored network is refused unless forced.
         let mut fx = Effects::default();
         let refused = jail.manual_ban(net("10.0.0.0/16"), None, false, t(0), &mut fx);
-        assert!(matches!(refused, Err(BanError::Ignored { .. })), "{refused:?}");
+        assert!(
+            matches!(refused, Err(BanError::Ignored { .. })),
+            "{refused:?}"
+        );
         let refused = jail.manual_ban(net("0.0.0.0/0"), None, false, t(0), &mut fx);
-        assert!(matches!(refused, Err(BanError::Ignored { .. })), "{refused:?}");
+        assert!(
+            matches!(refused, Err(BanError::Ignored { .. })),
+            "{refused:?}"
+        );
         assert!(fx.changes.is_empty());
-        let forced = jail.manual_ban(net("10.0.0.0/16"), None, true, t(0), &mut fx).expect("forced");
+        let forced = jail
+            .manual_ban(net("10.0.0.0/16"), None, true, t(0), &mut fx)
+            .expect("forced");
         assert!(forced.manual);
     }
 
@@ -773,7 +875,12 @@ mod tests {
                     reason: UnbanReason::Expired
                 }]
             );
-            assert_eq!(fx.changes, [Change::Unban { net: net("192.0.2.7/32") }]);
+            assert_eq!(
+                fx.changes,
+                [Change::Unban {
+                    net: net("192.0.2.7/32")
+                }]
+            );
         }
         assert_eq!(durations, [(1, 100), (2, 300), (3, 900), (4, 1000)]);
     }
@@ -803,7 +910,9 @@ mod tests {
         fail(&mut jail, "2001:db8:1:2:aaaa::7", 2, t(0));
         let (verdict, fx) = fail(&mut jail, "2001:db8:1:2:ffff::", 1, t(0));
         assert_eq!(verdict, Verdict::Banned(net("2001:db8:1:2::/64")));
-        assert!(matches!(fx.changes[0], Change::Ban { net: n, .. } if n == net("2001:db8:1:2::/64")));
+        assert!(
+            matches!(fx.changes[0], Change::Ban { net: n, .. } if n == net("2001:db8:1:2::/64"))
+        );
         // Anyone in the prefix is covered; the next prefix is not.
         assert_eq!(
             fail(&mut jail, "2001:db8:1:2::99", 1, t(1)).0,
@@ -811,13 +920,22 @@ mod tests {
         );
         assert_eq!(
             fail(&mut jail, "2001:db8:1:3::1", 1, t(1)).0,
-            Verdict::Counted { key: net("2001:db8:1:3::/64"), count: 1 }
+            Verdict::Counted {
+                key: net("2001:db8:1:3::/64"),
+                count: 1
+            }
         );
 
-        let mut jail = Jail::new(&JailConfig { ipv6_prefix: 48, ..config() });
+        let mut jail = Jail::new(&JailConfig {
+            ipv6_prefix: 48,
+            ..config()
+        });
         assert_eq!(
             fail(&mut jail, "2001:db8:1:2::1", 1, t(0)).0,
-            Verdict::Counted { key: net("2001:db8:1::/48"), count: 1 }
+            Verdict::Counted {
+                key: net("2001:db8:1::/48"),
+                count: 1
+            }
         );
     }
 
@@ -852,15 +970,26 @@ mod tests {
         // .1 was evicted and starts over (evicting .3); .2 kept its count.
         assert_eq!(
             fail(&mut jail, "192.0.2.1", 1, t(6)).0,
-            Verdict::Counted { key: net("192.0.2.1/32"), count: 1 }
+            Verdict::Counted {
+                key: net("192.0.2.1/32"),
+                count: 1
+            }
         );
-        assert_eq!(fail(&mut jail, "192.0.2.2", 1, t(7)).0, Verdict::Banned(net("192.0.2.2/32")));
+        assert_eq!(
+            fail(&mut jail, "192.0.2.2", 1, t(7)).0,
+            Verdict::Banned(net("192.0.2.2/32"))
+        );
     }
 
     #[test]
     fn eviction_removes_exactly_the_oldest() {
         let mut map: HashMap<IpNet, u32> = (0..100u32)
-            .map(|i| (IpNet::from(IpAddr::from([10, 0, 0, u8::try_from(i).expect("u8")])), i % 10))
+            .map(|i| {
+                (
+                    IpNet::from(IpAddr::from([10, 0, 0, u8::try_from(i).expect("u8")])),
+                    i % 10,
+                )
+            })
             .collect();
         evict_oldest(&mut map, 15, |&v| v);
         assert_eq!(map.len(), 85);
@@ -870,13 +999,23 @@ mod tests {
 
     #[test]
     fn accounts_are_bounded_and_distinct() {
-        let mut jail = Jail::new(&JailConfig { maxretry: 10, ..config() });
+        let mut jail = Jail::new(&JailConfig {
+            maxretry: 10,
+            ..config()
+        });
         let mut fx = Effects::default();
-        for (i, name) in ["a", "b", "a", "c", "d", "e", "f", "g", "h", "i"].iter().enumerate() {
+        for (i, name) in ["a", "b", "a", "c", "d", "e", "f", "g", "h", "i"]
+            .iter()
+            .enumerate()
+        {
             let mut report = failure("192.0.2.7", t(0));
             if let Report::Failure(f) = &mut report {
                 f.account = Some(AttackerText::new(name));
-                f.kind = if i % 2 == 0 { FailureKind::InvalidPassword } else { FailureKind::InvalidAccountId };
+                f.kind = if i % 2 == 0 {
+                    FailureKind::InvalidPassword
+                } else {
+                    FailureKind::InvalidAccountId
+                };
             }
             jail.report(&report, t(0), &mut fx);
         }
@@ -885,7 +1024,10 @@ mod tests {
         };
         let accounts: Vec<&str> = info.accounts.iter().map(AttackerText::as_str).collect();
         assert_eq!(accounts, ["a", "b", "c"]);
-        assert_eq!(info.kinds, [FailureKind::InvalidAccountId, FailureKind::InvalidPassword]);
+        assert_eq!(
+            info.kinds,
+            [FailureKind::InvalidAccountId, FailureKind::InvalidPassword]
+        );
     }
 
     #[test]
@@ -896,19 +1038,33 @@ mod tests {
         fail(&mut jail, "192.0.2.8", 3, t(0));
 
         let wide = jail
-            .manual_ban(net("192.0.2.0/24"), Some(Duration::from_secs(60)), false, t(1), &mut fx)
+            .manual_ban(
+                net("192.0.2.0/24"),
+                Some(Duration::from_secs(60)),
+                false,
+                t(1),
+                &mut fx,
+            )
             .expect("ban");
         assert_eq!((wide.manual, wide.expires), (true, t(61)));
         assert_eq!(
             fx.changes,
             [
-                Change::Unban { net: net("192.0.2.7/32") },
-                Change::Ban { net: net("192.0.2.0/24"), expires: t(61) }
+                Change::Unban {
+                    net: net("192.0.2.7/32")
+                },
+                Change::Ban {
+                    net: net("192.0.2.0/24"),
+                    expires: t(61)
+                }
             ]
         );
         assert!(matches!(
             fx.events[0],
-            EngineEvent::Unbanned { reason: UnbanReason::Superseded, .. }
+            EngineEvent::Unbanned {
+                reason: UnbanReason::Superseded,
+                ..
+            }
         ));
         let stats = jail.stats(FirewallStatus::default());
         assert_eq!((stats.active_bans, stats.tracked_hosts), (1, 0));
@@ -917,23 +1073,41 @@ mod tests {
         let covered = jail.manual_ban(net("192.0.2.9/32"), None, false, t(2), &mut fx);
         assert_eq!(
             covered,
-            Err(BanError::Covered { net: net("192.0.2.9/32"), by: net("192.0.2.0/24") })
+            Err(BanError::Covered {
+                net: net("192.0.2.9/32"),
+                by: net("192.0.2.0/24")
+            })
         );
-        assert_eq!(fail(&mut jail, "192.0.2.200", 1, t(2)).0, Verdict::AlreadyBanned(net("192.0.2.0/24")));
+        assert_eq!(
+            fail(&mut jail, "192.0.2.200", 1, t(2)).0,
+            Verdict::AlreadyBanned(net("192.0.2.0/24"))
+        );
 
         // The same network again replaces the ban (and is an offense more).
         let mut fx = Effects::default();
-        let again = jail.manual_ban(net("192.0.2.0/24"), None, false, t(3), &mut fx).expect("ban");
-        assert_eq!((again.offense, again.expires), (2, t(3 + 2 * 3 * 24 * 3600)));
+        let again = jail
+            .manual_ban(net("192.0.2.0/24"), None, false, t(3), &mut fx)
+            .expect("ban");
+        assert_eq!(
+            (again.offense, again.expires),
+            (2, t(3 + 2 * 3 * 24 * 3600))
+        );
         assert_eq!(fx.changes.len(), 1);
         assert_eq!(jail.next_expiry(), Some(again.expires));
 
         let mut fx = Effects::default();
         assert!(jail.unban(net("192.0.2.1/32"), &mut fx).is_none());
         assert!(fx.changes.is_empty());
-        let gone = jail.unban(net("192.0.2.0/24"), &mut fx).expect("was banned");
+        let gone = jail
+            .unban(net("192.0.2.0/24"), &mut fx)
+            .expect("was banned");
         assert_eq!(gone.net, net("192.0.2.0/24"));
-        assert_eq!(fx.changes, [Change::Unban { net: net("192.0.2.0/24") }]);
+        assert_eq!(
+            fx.changes,
+            [Change::Unban {
+                net: net("192.0.2.0/24")
+            }]
+        );
         assert_eq!(jail.next_expiry(), None);
     }
 
@@ -943,10 +1117,22 @@ mod tests {
         fail(&mut jail, "192.0.2.7", 5, t(0));
         fail(&mut jail, "2001:db8:1:2::1", 5, t(0));
         let mut fx = Effects::default();
-        jail.manual_ban(net("198.51.100.0/24"), Some(Duration::from_secs(100)), false, t(0), &mut fx)
-            .expect("ban");
-        jail.manual_ban(net("203.0.113.5/32"), Some(Duration::from_secs(10)), false, t(0), &mut fx)
-            .expect("ban");
+        jail.manual_ban(
+            net("198.51.100.0/24"),
+            Some(Duration::from_secs(100)),
+            false,
+            t(0),
+            &mut fx,
+        )
+        .expect("ban");
+        jail.manual_ban(
+            net("203.0.113.5/32"),
+            Some(Duration::from_secs(10)),
+            false,
+            t(0),
+            &mut fx,
+        )
+        .expect("ban");
         let saved = jail.snapshot();
         let json = serde_json::to_string(&saved).expect("json");
         assert!(json.contains(r#""host":"192.0.2.7""#), "{json}");
@@ -960,10 +1146,20 @@ mod tests {
         let nets: Vec<IpNet> = active.iter().map(|b| b.net).collect();
         assert_eq!(
             nets,
-            [net("192.0.2.7/32"), net("198.51.100.0/24"), net("2001:db8:1:2::/64")]
+            [
+                net("192.0.2.7/32"),
+                net("198.51.100.0/24"),
+                net("2001:db8:1:2::/64")
+            ]
         );
         assert_eq!(active[1].expires, t(100));
-        assert_eq!(restored.bans(), jail.bans().into_iter().filter(|b| b.expires > t(50)).collect::<Vec<_>>());
+        assert_eq!(
+            restored.bans(),
+            jail.bans()
+                .into_iter()
+                .filter(|b| b.expires > t(50))
+                .collect::<Vec<_>>()
+        );
         // Failures of a restored ban are covered; history escalates.
         assert_eq!(
             fail(&mut restored, "198.51.100.77", 1, t(51)).0,

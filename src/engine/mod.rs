@@ -152,7 +152,9 @@ pub struct EngineGone;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BanError {
     /// The network is or contains an address that is never banned.
-    #[error("{net} is not banned: it covers an address that is {reason}; use --force to ban it anyway")]
+    #[error(
+        "{net} is not banned: it covers an address that is {reason}; use --force to ban it anyway"
+    )]
     Ignored {
         /// The network asked for.
         net: IpNet,
@@ -176,7 +178,9 @@ pub enum BanError {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The state directory cannot be created.
-    #[error("cannot create the state directory {path}: {source} (set state.dir to a writable directory)")]
+    #[error(
+        "cannot create the state directory {path}: {source} (set state.dir to a writable directory)"
+    )]
     StateDir {
         /// The directory.
         path: PathBuf,
@@ -210,12 +214,20 @@ impl EngineHandle {
     /// Hands a failure or success to the engine. Waits only while the
     /// engine's queue is full.
     pub async fn report(&self, report: Report) -> Result<(), EngineGone> {
-        self.commands.send(Command::Report(report)).await.map_err(|_| EngineGone)
+        self.commands
+            .send(Command::Report(report))
+            .await
+            .map_err(|_| EngineGone)
     }
 
     /// Bans `net` by hand for `duration` (or the escalated `bantime` when
     /// `None`). Refused for `ignoreip` and own addresses unless `force`.
-    pub async fn ban(&self, net: IpNet, duration: Option<Duration>, force: bool) -> Result<BanInfo, BanError> {
+    pub async fn ban(
+        &self,
+        net: IpNet,
+        duration: Option<Duration>,
+        force: bool,
+    ) -> Result<BanInfo, BanError> {
         self.ask(|reply| Command::Ban {
             net,
             duration,
@@ -245,9 +257,15 @@ impl EngineHandle {
         self.events.subscribe()
     }
 
-    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, EngineGone> {
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, EngineGone> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(command(reply)).await.map_err(|_| EngineGone)?;
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| EngineGone)?;
         answer.await.map_err(|_| EngineGone)
     }
 }
@@ -293,7 +311,10 @@ pub fn spawn<F: Firewall>(
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(test)]
@@ -315,13 +336,24 @@ mod tests {
     }
 
     impl Firewall for Recorder {
-        async fn reconcile(&mut self, bans: &[ActiveBan], _now: Timestamp) -> Result<(), FirewallError> {
+        async fn reconcile(
+            &mut self,
+            bans: &[ActiveBan],
+            _now: Timestamp,
+        ) -> Result<(), FirewallError> {
             let nets: Vec<String> = bans.iter().map(|b| b.net.to_string()).collect();
-            self.0.lock().expect("lock").push(format!("reconcile [{}]", nets.join(" ")));
+            self.0
+                .lock()
+                .expect("lock")
+                .push(format!("reconcile [{}]", nets.join(" ")));
             Ok(())
         }
 
-        async fn apply(&mut self, changes: &[Change], _now: Timestamp) -> Result<(), FirewallError> {
+        async fn apply(
+            &mut self,
+            changes: &[Change],
+            _now: Timestamp,
+        ) -> Result<(), FirewallError> {
             let nets: Vec<String> = changes
                 .iter()
                 .map(|c| match c {
@@ -329,7 +361,10 @@ mod tests {
                     Change::Unban { net } => format!("-{net}"),
                 })
                 .collect();
-            self.0.lock().expect("lock").push(format!("apply [{}]", nets.join(" ")));
+            self.0
+                .lock()
+                .expect("lock")
+                .push(format!("apply [{}]", nets.join(" ")));
             Ok(())
         }
 
@@ -378,7 +413,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let fw = Recorder::default();
         let shutdown = CancellationToken::new();
-        let (engine, task) = spawn(&jail(), dir.path(), fw.clone(), shutdown.clone()).expect("spawn");
+        let (engine, task) =
+            spawn(&jail(), dir.path(), fw.clone(), shutdown.clone()).expect("spawn");
         let mut events = engine.subscribe();
         for host in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
             for _ in 0..5 {
@@ -386,14 +422,23 @@ mod tests {
             }
         }
         for _ in 0..3 {
-            assert!(matches!(next_event(&mut events).await, EngineEvent::Banned(_)));
+            assert!(matches!(
+                next_event(&mut events).await,
+                EngineEvent::Banned(_)
+            ));
         }
         let stats = engine.stats().await.expect("stats");
-        assert_eq!((stats.active_bans, stats.bans_total, stats.failures_counted), (3, 3, 15));
+        assert_eq!(
+            (stats.active_bans, stats.bans_total, stats.failures_counted),
+            (3, 3, 15)
+        );
         stop(&shutdown, task).await;
         assert_eq!(
             fw.calls(),
-            ["reconcile []", "apply [+192.0.2.1/32 +192.0.2.2/32 +192.0.2.3/32]"]
+            [
+                "reconcile []",
+                "apply [+192.0.2.1/32 +192.0.2.2/32 +192.0.2.3/32]"
+            ]
         );
         assert!(engine.stats().await.is_err());
     }
@@ -402,11 +447,21 @@ mod tests {
     async fn bans_survive_a_restart_and_ignoreip_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let shutdown = CancellationToken::new();
-        let (engine, task) = spawn(&jail(), dir.path(), Recorder::default(), shutdown.clone()).expect("spawn");
-        let refused = engine.ban("10.1.2.3/32".parse().expect("net"), None, false).await;
-        assert!(matches!(refused, Err(BanError::Ignored { .. })), "{refused:?}");
+        let (engine, task) =
+            spawn(&jail(), dir.path(), Recorder::default(), shutdown.clone()).expect("spawn");
+        let refused = engine
+            .ban("10.1.2.3/32".parse().expect("net"), None, false)
+            .await;
+        assert!(
+            matches!(refused, Err(BanError::Ignored { .. })),
+            "{refused:?}"
+        );
         let banned = engine
-            .ban("198.51.100.0/24".parse().expect("net"), Some(Duration::from_secs(3600)), false)
+            .ban(
+                "198.51.100.0/24".parse().expect("net"),
+                Some(Duration::from_secs(3600)),
+                false,
+            )
             .await
             .expect("ban");
         stop(&shutdown, task).await;
@@ -414,12 +469,19 @@ mod tests {
 
         let fw = Recorder::default();
         let shutdown = CancellationToken::new();
-        let (engine, task) = spawn(&jail(), dir.path(), fw.clone(), shutdown.clone()).expect("respawn");
-        assert_eq!(engine.bans().await.expect("bans"), std::slice::from_ref(&banned));
+        let (engine, task) =
+            spawn(&jail(), dir.path(), fw.clone(), shutdown.clone()).expect("respawn");
+        assert_eq!(
+            engine.bans().await.expect("bans"),
+            std::slice::from_ref(&banned)
+        );
         let unbanned = engine.unban(banned.net).await.expect("unban");
         assert_eq!(unbanned, Some(banned));
         stop(&shutdown, task).await;
-        assert_eq!(fw.calls(), ["reconcile [198.51.100.0/24]", "apply [-198.51.100.0/24]"]);
+        assert_eq!(
+            fw.calls(),
+            ["reconcile [198.51.100.0/24]", "apply [-198.51.100.0/24]"]
+        );
     }
 
     #[tokio::test]
@@ -427,14 +489,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join(STATE_FILE), "garbage").expect("write");
         let shutdown = CancellationToken::new();
-        let (engine, task) = spawn(&jail(), dir.path(), Recorder::default(), shutdown.clone()).expect("spawn");
+        let (engine, task) =
+            spawn(&jail(), dir.path(), Recorder::default(), shutdown.clone()).expect("spawn");
         assert!(engine.bans().await.expect("bans").is_empty());
         stop(&shutdown, task).await;
         let names: Vec<String> = std::fs::read_dir(dir.path())
             .expect("ls")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(names.iter().any(|n| n.starts_with("bans.json.corrupt-")), "{names:?}");
+        assert!(
+            names.iter().any(|n| n.starts_with("bans.json.corrupt-")),
+            "{names:?}"
+        );
         assert!(names.iter().any(|n| n == STATE_FILE), "{names:?}");
     }
 
@@ -443,11 +509,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let fw = Recorder::default();
         let shutdown = CancellationToken::new();
-        let (engine, task) = spawn(&jail(), dir.path(), fw.clone(), shutdown.clone()).expect("spawn");
+        let (engine, task) =
+            spawn(&jail(), dir.path(), fw.clone(), shutdown.clone()).expect("spawn");
         let mut events = engine.subscribe();
         let net: IpNet = "192.0.2.77/32".parse().expect("net");
-        engine.ban(net, Some(Duration::from_secs(1)), false).await.expect("ban");
-        assert!(matches!(next_event(&mut events).await, EngineEvent::Banned(_)));
+        engine
+            .ban(net, Some(Duration::from_secs(1)), false)
+            .await
+            .expect("ban");
+        assert!(matches!(
+            next_event(&mut events).await,
+            EngineEvent::Banned(_)
+        ));
         assert_eq!(
             next_event(&mut events).await,
             EngineEvent::Unbanned {
@@ -457,7 +530,10 @@ mod tests {
         );
         assert!(engine.bans().await.expect("bans").is_empty());
         stop(&shutdown, task).await;
-        assert_eq!(fw.calls().last().map(String::as_str), Some("apply [-192.0.2.77/32]"));
+        assert_eq!(
+            fw.calls().last().map(String::as_str),
+            Some("apply [-192.0.2.77/32]")
+        );
     }
 
     #[test]

@@ -97,7 +97,12 @@ mod tests {
             .expect("ls")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(set_aside.iter().any(|n| n.starts_with("bans.json.corrupt-")), "{set_aside:?}");
+        assert!(
+            set_aside
+                .iter()
+                .any(|n| n.starts_with("bans.json.corrupt-")),
+            "{set_aside:?}"
+        );
     }
 
     #[test]
@@ -112,7 +117,10 @@ mod tests {
     #[test]
     fn a_missing_file_is_a_first_start() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(load(&dir.path().join(STATE_FILE)).expect("load"), Saved::default());
+        assert_eq!(
+            load(&dir.path().join(STATE_FILE)).expect("load"),
+            Saved::default()
+        );
     }
 
     #[test]
@@ -122,10 +130,14 @@ mod tests {
             offenses: 2,
             last_expires: Timestamp::from_second(1_800_000_000).expect("ts"),
         };
-        let json = serde_json::to_string(&[offender("192.0.2.7/32"), offender("2001:db8::/64")]).expect("json");
+        let json = serde_json::to_string(&[offender("192.0.2.7/32"), offender("2001:db8::/64")])
+            .expect("json");
         assert!(json.contains(r#""host":"192.0.2.7""#), "{json}");
         assert!(json.contains(r#""host":"2001:db8::/64""#), "{json}");
-        assert!(json.contains(r#""last_expires":"2027-01-15T08:00:00Z""#), "{json}");
+        assert!(
+            json.contains(r#""last_expires":"2027-01-15T08:00:00Z""#),
+            "{json}"
+        );
         let back: Vec<SavedOffender> = serde_json::from_str(&json).expect("parse");
         assert_eq!(back[0], offender("192.0.2.7/32"));
     }

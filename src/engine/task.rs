@@ -81,7 +81,8 @@ impl Engine {
     }
 
     pub(super) async fn run(mut self) {
-        let mut housekeeping = tokio::time::interval_at(Instant::now() + HOUSEKEEPING, HOUSEKEEPING);
+        let mut housekeeping =
+            tokio::time::interval_at(Instant::now() + HOUSEKEEPING, HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut fx = Effects::default();
@@ -163,7 +164,9 @@ impl Engine {
         if self.parts.ignore_self {
             match own_addresses() {
                 Ok(own) => self.parts.jail.set_own_addresses(own),
-                Err(e) => tracing::warn!("cannot re-read this host's addresses (keeping the last ones): {e}"),
+                Err(e) => tracing::warn!(
+                    "cannot re-read this host's addresses (keeping the last ones): {e}"
+                ),
             }
         }
         self.parts.jail.housekeep(Timestamp::now());
@@ -219,7 +222,9 @@ fn trace(host: IpAddr, verdict: Verdict) {
         Verdict::Counted { key, count } => tracing::debug!(%host, %key, count, "failure counted"),
         Verdict::Stale => tracing::debug!(%host, "failure older than findtime, not counted"),
         Verdict::AlreadyBanned(by) => tracing::debug!(%host, %by, "failure from a banned network"),
-        Verdict::Reset(key) => tracing::debug!(%host, %key, "successful login, failure count reset"),
+        Verdict::Reset(key) => {
+            tracing::debug!(%host, %key, "successful login, failure count reset")
+        }
         // Logged with their events.
         Verdict::Ignored(_) | Verdict::Banned(_) | Verdict::Unchanged => {}
     }

@@ -158,9 +158,15 @@ impl<F: Firewall> Worker<F> {
         let message = error.to_string();
         let retry = humantime::format_duration(self.firewall.retry_interval());
         if self.last_error.as_deref() == Some(message.as_str()) {
-            tracing::debug!(pending = self.pending.len(), "firewall still failing: {message}");
+            tracing::debug!(
+                pending = self.pending.len(),
+                "firewall still failing: {message}"
+            );
         } else {
-            tracing::error!(pending = self.pending.len(), "firewall: {message}; retrying every {retry}");
+            tracing::error!(
+                pending = self.pending.len(),
+                "firewall: {message}; retrying every {retry}"
+            );
         }
         self.last_error = Some(message);
         self.publish();
@@ -194,7 +200,9 @@ mod tests {
         fn result(&self, call: String) -> Result<(), FirewallError> {
             self.calls.lock().expect("lock").push(call);
             if *self.failing.lock().expect("lock") {
-                Err(FirewallError::NotInstalled { program: "nft".into() })
+                Err(FirewallError::NotInstalled {
+                    program: "nft".into(),
+                })
             } else {
                 Ok(())
             }
@@ -202,11 +210,19 @@ mod tests {
     }
 
     impl Firewall for Recorder {
-        async fn reconcile(&mut self, bans: &[ActiveBan], _now: Timestamp) -> Result<(), FirewallError> {
+        async fn reconcile(
+            &mut self,
+            bans: &[ActiveBan],
+            _now: Timestamp,
+        ) -> Result<(), FirewallError> {
             self.result(format!("reconcile {}", bans.len()))
         }
 
-        async fn apply(&mut self, changes: &[Change], _now: Timestamp) -> Result<(), FirewallError> {
+        async fn apply(
+            &mut self,
+            changes: &[Change],
+            _now: Timestamp,
+        ) -> Result<(), FirewallError> {
             let nets: Vec<String> = changes
                 .iter()
                 .map(|c| match c {
@@ -247,14 +263,22 @@ mod tests {
         applier.send(vec![ban("192.0.2.2/32")]);
         let status = wait_for(&applier, |s| s.last_error.is_some() && s.pending == 2).await;
         assert!(!status.healthy);
-        assert!(status.last_error.expect("error").contains("install nftables"));
+        assert!(
+            status
+                .last_error
+                .expect("error")
+                .contains("install nftables")
+        );
 
         *fw.failing.lock().expect("lock") = false;
         let status = wait_for(&applier, |s| s.healthy).await;
         assert_eq!(status.pending, 0);
         applier.finish().await;
         let calls = fw.calls.lock().expect("lock");
-        assert_eq!(calls.last().map(String::as_str), Some("apply +192.0.2.1/32 +192.0.2.2/32"));
+        assert_eq!(
+            calls.last().map(String::as_str),
+            Some("apply +192.0.2.1/32 +192.0.2.2/32")
+        );
         assert!(calls.iter().filter(|c| c.starts_with("reconcile")).count() >= 2);
     }
 
@@ -271,7 +295,10 @@ mod tests {
         *fw.failing.lock().expect("lock") = false;
         wait_for(&applier, |s| s.healthy).await;
         applier.finish().await;
-        assert_eq!(fw.calls.lock().expect("lock").last().map(String::as_str), Some("apply -192.0.2.1/32"));
+        assert_eq!(
+            fw.calls.lock().expect("lock").last().map(String::as_str),
+            Some("apply -192.0.2.1/32")
+        );
     }
 
     #[tokio::test]
@@ -282,6 +309,9 @@ mod tests {
         applier.finish().await;
         let calls = fw.calls.lock().expect("lock");
         assert_eq!(calls.first().map(String::as_str), Some("reconcile 0"));
-        assert_eq!(calls.last().map(String::as_str), Some("apply +192.0.2.9/32"));
+        assert_eq!(
+            calls.last().map(String::as_str),
+            Some("apply +192.0.2.9/32")
+        );
     }
 }

@@ -26,7 +26,10 @@ impl DryRunFirewall {
 
 impl Firewall for DryRunFirewall {
     async fn reconcile(&mut self, bans: &[ActiveBan], now: Timestamp) -> Result<(), FirewallError> {
-        let live = bans.iter().filter(|b| timeout_secs(b.expires, now).is_some()).count();
+        let live = bans
+            .iter()
+            .filter(|b| timeout_secs(b.expires, now).is_some())
+            .count();
         tracing::info!(
             table = %self.table,
             bans = live,

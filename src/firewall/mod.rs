@@ -195,16 +195,28 @@ mod tests {
     #[test]
     fn timeouts_are_whole_positive_seconds() {
         let now = Timestamp::from_second(1_000).expect("ts");
-        assert_eq!(timeout_secs(Timestamp::from_second(1_090).expect("ts"), now), Some(90));
+        assert_eq!(
+            timeout_secs(Timestamp::from_second(1_090).expect("ts"), now),
+            Some(90)
+        );
         assert_eq!(timeout_secs(now, now), None);
-        assert_eq!(timeout_secs(Timestamp::from_second(10).expect("ts"), now), None);
+        assert_eq!(
+            timeout_secs(Timestamp::from_second(10).expect("ts"), now),
+            None
+        );
     }
 
     #[test]
     fn backend_follows_config() {
         let mut config = FirewallConfig::default();
-        assert!(matches!(AnyFirewall::from_config(&config), AnyFirewall::Nft(_)));
+        assert!(matches!(
+            AnyFirewall::from_config(&config),
+            AnyFirewall::Nft(_)
+        ));
         config.backend = Backend::DryRun;
-        assert!(matches!(AnyFirewall::from_config(&config), AnyFirewall::DryRun(_)));
+        assert!(matches!(
+            AnyFirewall::from_config(&config),
+            AnyFirewall::DryRun(_)
+        ));
     }
 }

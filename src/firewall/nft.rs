@@ -34,9 +34,12 @@ use std::time::Duration;
 use ipnet::IpNet;
 use jiff::Timestamp;
 use nftables::batch::Batch;
-use nftables::expr::{Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem};
+use nftables::expr::{
+    Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem,
+};
 use nftables::schema::{
-    Chain, Element, FlushObject, NfCmd, NfListObject, Rule, Set, SetFlag, SetType, SetTypeValue, Table,
+    Chain, Element, FlushObject, NfCmd, NfListObject, Rule, Set, SetFlag, SetType, SetTypeValue,
+    Table,
 };
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -179,10 +182,15 @@ impl NftFirewall {
             return Vec::new();
         }
         let protocols = ["tcp", "udp"].map(|p| SetItem::Element(Expression::String(p.into())));
-        let ports = self.ports.iter().map(|&p| SetItem::Element(Expression::Number(p.into())));
+        let ports = self
+            .ports
+            .iter()
+            .map(|&p| SetItem::Element(Expression::Number(p.into())));
         vec![
             Statement::Match(Match {
-                left: Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::L4proto })),
+                left: Expression::Named(NamedExpression::Meta(Meta {
+                    key: MetaKey::L4proto,
+                })),
                 right: Expression::Named(NamedExpression::Set(protocols.into())),
                 op: Operator::EQ,
             }),
@@ -195,7 +203,13 @@ impl NftFirewall {
     }
 
     /// Adds `cmd` for `elems` of one set to `batch`, if there are any.
-    fn elements<'a>(&'a self, batch: &mut Batch<'a>, cmd: fn(NfListObject<'a>) -> NfCmd<'a>, set: &'a str, elems: Vec<Expression<'a>>) {
+    fn elements<'a>(
+        &'a self,
+        batch: &mut Batch<'a>,
+        cmd: fn(NfListObject<'a>) -> NfCmd<'a>,
+        set: &'a str,
+        elems: Vec<Expression<'a>>,
+    ) {
         if elems.is_empty() {
             return;
         }
@@ -237,20 +251,36 @@ impl NftFirewall {
             any |= !unbans.is_empty() || !bans.is_empty();
             let ban_nets: Vec<IpNet> = bans.iter().map(|&(net, _)| net).collect();
             for nets in [&unbans, &ban_nets] {
-                self.elements(&mut batch, NfCmd::Add, set, nets.iter().map(|&n| element(n, 1)).collect());
-                self.elements(&mut batch, NfCmd::Delete, set, nets.iter().map(|&n| value(n)).collect());
+                self.elements(
+                    &mut batch,
+                    NfCmd::Add,
+                    set,
+                    nets.iter().map(|&n| element(n, 1)).collect(),
+                );
+                self.elements(
+                    &mut batch,
+                    NfCmd::Delete,
+                    set,
+                    nets.iter().map(|&n| value(n)).collect(),
+                );
             }
-            self.elements(&mut batch, NfCmd::Add, set, bans.iter().map(|&(n, t)| element(n, t)).collect());
+            self.elements(
+                &mut batch,
+                NfCmd::Add,
+                set,
+                bans.iter().map(|&(n, t)| element(n, t)).collect(),
+            );
         }
         any.then_some(batch)
     }
 
     /// Runs `<program> <args...> -j -f -` with `batch` on stdin.
     async fn run(&self, batch: Batch<'_>) -> Result<(), FirewallError> {
-        let payload = serde_json::to_vec(&batch.to_nftables()).map_err(|e| FirewallError::Spawn {
-            program: self.program.clone(),
-            source: std::io::Error::other(e),
-        })?;
+        let payload =
+            serde_json::to_vec(&batch.to_nftables()).map_err(|e| FirewallError::Spawn {
+                program: self.program.clone(),
+                source: std::io::Error::other(e),
+            })?;
         let mut child = Command::new(&self.program)
             .args(&self.args)
             .args(["-j", "-f", "-"])
@@ -277,9 +307,11 @@ impl NftFirewall {
                 None => Ok(()),
             }
         };
-        let (fed, output) = tokio::time::timeout(NFT_TIMEOUT, async { tokio::join!(feed, child.wait_with_output()) })
-            .await
-            .map_err(|_| FirewallError::Timeout(NFT_TIMEOUT))?;
+        let (fed, output) = tokio::time::timeout(NFT_TIMEOUT, async {
+            tokio::join!(feed, child.wait_with_output())
+        })
+        .await
+        .map_err(|_| FirewallError::Timeout(NFT_TIMEOUT))?;
         let spawn_error = |source| FirewallError::Spawn {
             program: self.program.clone(),
             source,
@@ -341,10 +373,12 @@ impl Firewall for NftFirewall {
 }
 
 fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
-    Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-        protocol: protocol.into(),
-        field: field.into(),
-    })))
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
 }
 
 /// A set element's value: an address, or a prefix.
