@@ -134,6 +134,18 @@ impl Tracked {
     }
 }
 
+/// A ban about to be made.
+struct NewBan {
+    net: IpNet,
+    /// What was counted against it.
+    tracked: Option<Tracked>,
+    /// Its length; `None` for the escalated bantime.
+    secs: Option<i64>,
+    manual: bool,
+    /// It replaces a ban of the same network.
+    replacing: bool,
+}
+
 /// A network's past bans.
 #[derive(Debug, Clone, Copy)]
 struct Offender {
@@ -240,7 +252,14 @@ impl Jail {
             return Verdict::Counted { key, count };
         }
         let tracked = self.tracked.remove(&key);
-        self.ban(key, tracked, None, false, now, fx);
+        let ban = NewBan {
+            net: key,
+            tracked,
+            secs: None,
+            manual: false,
+            replacing: false,
+        };
+        self.ban(ban, now, fx);
         Verdict::Banned(key)
     }
 
@@ -258,20 +277,27 @@ impl Jail {
         if !force && let Some(reason) = self.ignore.overlap(net) {
             return Err(BanError::Ignored { net, reason });
         }
-        if let Some(by) = self.covering(net) {
-            if by != net {
-                return Err(BanError::Covered { net, by });
-            }
-            // Banned again: the new ban replaces the old one.
-            self.take_ban(net);
+        if let Some(by) = self.covering(net)
+            && by != net
+        {
+            return Err(BanError::Covered { net, by });
         }
+        // Banned again: the new ban replaces the old one.
+        let replacing = self.take_ban(net).is_some();
         let tracked = self.tracked.remove(&net);
         let secs = duration.map(|d| {
             i64::try_from(d.as_secs())
                 .unwrap_or(MAX_SPAN)
                 .clamp(1, MAX_SPAN)
         });
-        Ok(self.ban(net, tracked, secs, true, now, fx))
+        let ban = NewBan {
+            net,
+            tracked,
+            secs,
+            manual: true,
+            replacing,
+        };
+        Ok(self.ban(ban, now, fx))
     }
 
     /// Ends the ban of exactly `net`, if there is one.
@@ -452,15 +478,14 @@ impl Jail {
         }
     }
 
-    fn ban(
-        &mut self,
-        net: IpNet,
-        tracked: Option<Tracked>,
-        secs: Option<i64>,
-        manual: bool,
-        now: Timestamp,
-        fx: &mut Effects,
-    ) -> BanInfo {
+    fn ban(&mut self, ban: NewBan, now: Timestamp, fx: &mut Effects) -> BanInfo {
+        let NewBan {
+            net,
+            tracked,
+            secs,
+            manual,
+            replacing,
+        } = ban;
         for inner in self.inside(net) {
             self.remove_ban(inner, UnbanReason::Superseded, fx);
         }
@@ -494,7 +519,11 @@ impl Jail {
         self.insert_ban(info.clone());
         self.remember_offender(net, offense, expires, now);
         self.bans_total += 1;
-        fx.changes.push(Change::Ban { net, expires });
+        fx.changes.push(if replacing {
+            Change::Replace { net, expires }
+        } else {
+            Change::Ban { net, expires }
+        });
         fx.events.push(EngineEvent::Banned(info.clone()));
         fx.persist = true;
         info
@@ -1092,7 +1121,13 @@ mod tests {
             (again.offense, again.expires),
             (2, t(3 + 2 * 3 * 24 * 3600))
         );
-        assert_eq!(fx.changes.len(), 1);
+        assert_eq!(
+            fx.changes,
+            [Change::Replace {
+                net: net("192.0.2.0/24"),
+                expires: again.expires
+            }]
+        );
         assert_eq!(jail.next_expiry(), Some(again.expires));
 
         let mut fx = Effects::default();

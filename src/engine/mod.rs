@@ -358,6 +358,7 @@ mod tests {
                 .iter()
                 .map(|c| match c {
                     Change::Ban { net, .. } => format!("+{net}"),
+                    Change::Replace { net, .. } => format!("*{net}"),
                     Change::Unban { net } => format!("-{net}"),
                 })
                 .collect();

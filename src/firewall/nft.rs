@@ -221,54 +221,52 @@ impl NftFirewall {
         })));
     }
 
-    /// One transaction for `changes`. Every change first adds its element
-    /// with a 1 s timeout and then deletes it, which succeeds whether or
-    /// not the kernel still had it (nft 1.0.6 has no `destroy`); a ban then
-    /// adds it again with its real timeout. All removals precede all
+    /// One transaction for `changes`, or `None` when nothing is left to do
+    /// (only expired bans).
+    ///
+    /// An element to remove (unban, or replace) is first added with a 1 s
+    /// timeout and then deleted, which succeeds whether or not the kernel
+    /// still had it (nft 1.0.6 has no `destroy`). All removals precede all
     /// additions, so an interval set never sees two overlapping elements.
-    /// `None` when nothing is left to do (only expired bans).
     fn changes_batch(&self, changes: &[Change], now: Timestamp) -> Option<Batch<'_>> {
         let mut batch = Batch::new();
         let mut any = false;
         for (set, _, _, _) in SETS {
-            let in_set = |c: &&Change| NftFirewall::set_name(c.net()) == set;
-            let unbans: Vec<IpNet> = changes
+            let mut removals = Vec::new();
+            let mut additions = Vec::new();
+            for change in changes
                 .iter()
-                .filter(in_set)
-                .filter_map(|c| match c {
-                    Change::Unban { net } => Some(*net),
-                    Change::Ban { .. } => None,
-                })
-                .collect();
-            let bans: Vec<(IpNet, u32)> = changes
-                .iter()
-                .filter(in_set)
-                .filter_map(|c| match *c {
-                    Change::Ban { net, expires } => timeout_secs(expires, now).map(|t| (net, t)),
-                    Change::Unban { .. } => None,
-                })
-                .collect();
-            any |= !unbans.is_empty() || !bans.is_empty();
-            let ban_nets: Vec<IpNet> = bans.iter().map(|&(net, _)| net).collect();
-            for nets in [&unbans, &ban_nets] {
-                self.elements(
-                    &mut batch,
-                    NfCmd::Add,
-                    set,
-                    nets.iter().map(|&n| element(n, 1)).collect(),
-                );
-                self.elements(
-                    &mut batch,
-                    NfCmd::Delete,
-                    set,
-                    nets.iter().map(|&n| value(n)).collect(),
-                );
+                .filter(|c| NftFirewall::set_name(c.net()) == set)
+            {
+                match *change {
+                    Change::Ban { net, expires } => {
+                        additions.extend(timeout_secs(expires, now).map(|t| (net, t)))
+                    }
+                    Change::Replace { net, expires } => {
+                        removals.push(net);
+                        additions.extend(timeout_secs(expires, now).map(|t| (net, t)));
+                    }
+                    Change::Unban { net } => removals.push(net),
+                }
             }
+            any |= !removals.is_empty() || !additions.is_empty();
             self.elements(
                 &mut batch,
                 NfCmd::Add,
                 set,
-                bans.iter().map(|&(n, t)| element(n, t)).collect(),
+                removals.iter().map(|&n| element(n, 1)).collect(),
+            );
+            self.elements(
+                &mut batch,
+                NfCmd::Delete,
+                set,
+                removals.iter().map(|&n| value(n)).collect(),
+            );
+            self.elements(
+                &mut batch,
+                NfCmd::Add,
+                set,
+                additions.iter().map(|&(n, t)| element(n, t)).collect(),
             );
         }
         any.then_some(batch)
@@ -358,7 +356,7 @@ impl Firewall for NftFirewall {
     }
 
     async fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
-        // A ban costs three element operations.
+        // A replacement costs three element operations.
         for chunk in changes.chunks(MAX_ELEMENTS_PER_TRANSACTION / 3) {
             if let Some(batch) = self.changes_batch(chunk, now) {
                 self.run(batch).await?;
@@ -467,8 +465,22 @@ mod tests {
         assert!(text.contains("[5060,5061]"), "{text}");
     }
 
+    /// `(command, elements)` of each command in the batch for `changes`.
+    fn commands(fw: &NftFirewall, changes: &[Change], now: Timestamp) -> Vec<(String, String)> {
+        let value = json(fw.changes_batch(changes, now).expect("work to do"));
+        value["nftables"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|c| {
+                let (cmd, obj) = c.as_object().expect("object").iter().next().expect("cmd");
+                (cmd.clone(), obj["element"]["elem"].to_string())
+            })
+            .collect()
+    }
+
     #[test]
-    fn a_ban_replaces_the_element_and_removals_come_first() {
+    fn a_fresh_ban_is_one_addition_and_removals_come_first() {
         let fw = firewall(Vec::new());
         let now = Timestamp::from_second(1_000).expect("ts");
         let changes = [
@@ -484,22 +496,37 @@ mod tests {
                 expires: now,
             },
         ];
-        let value = json(fw.changes_batch(&changes, now).expect("work to do"));
-        let cmds = value["nftables"].as_array().expect("array");
-        let summary: Vec<(String, String)> = cmds
-            .iter()
-            .map(|c| {
-                let (cmd, obj) = c.as_object().expect("object").iter().next().expect("cmd");
-                (cmd.clone(), obj["element"]["elem"].to_string())
-            })
-            .collect();
+        let cmds = commands(&fw, &changes, now);
         // The expired ban of 10.9.9.9 is skipped entirely.
-        assert!(!value.to_string().contains("10.9.9.9"));
-        let cmd_names: Vec<&str> = summary.iter().map(|(c, _)| c.as_str()).collect();
-        assert_eq!(cmd_names, ["add", "delete", "add", "delete", "add"]);
-        assert!(summary[0].1.contains(r#""len":25"#) && summary[1].1.contains(r#""len":25"#));
-        assert!(summary[4].1.contains(r#""timeout":600"#), "{summary:?}");
+        assert!(!format!("{cmds:?}").contains("10.9.9.9"));
+        let names: Vec<&str> = cmds.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(names, ["add", "delete", "add"]);
+        assert!(cmds[0].1.contains(r#""len":25"#) && cmds[0].1.contains(r#""timeout":1"#));
+        assert!(cmds[1].1.contains(r#""len":25"#));
+        assert!(cmds[2].1.contains(r#""len":24"#) && cmds[2].1.contains(r#""timeout":600"#));
         assert!(fw.changes_batch(&changes[2..], now).is_none());
+    }
+
+    #[test]
+    fn a_replacement_removes_the_old_element_first() {
+        let fw = firewall(Vec::new());
+        let now = Timestamp::from_second(1_000).expect("ts");
+        let net = "192.0.2.7/32".parse().expect("net");
+        let cmds = commands(
+            &fw,
+            &[Change::Replace {
+                net,
+                expires: Timestamp::from_second(1_060).expect("ts"),
+            }],
+            now,
+        );
+        let names: Vec<&str> = cmds.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(names, ["add", "delete", "add"]);
+        assert_eq!(cmds[1].1, r#"["192.0.2.7"]"#);
+        assert!(cmds[2].1.contains(r#""timeout":60"#));
+        // Replaced by a ban that is already over: only removed.
+        let cmds = commands(&fw, &[Change::Replace { net, expires: now }], now);
+        assert_eq!(cmds.len(), 2);
     }
 
     #[test]
