@@ -187,7 +187,11 @@ async fn a_banned_host_is_dropped_others_pass_and_the_kernel_unbans_on_time() {
     running.fail(attacker, 4).await;
     running.fail(bystander, 4).await;
     running.fail(attacker, 1).await;
-    let EngineEvent::Banned(ban) = events.recv().await.expect("event") else {
+    let event = tokio::time::timeout(SOON, events.recv())
+        .await
+        .expect("in time")
+        .expect("event");
+    let EngineEvent::Banned(ban) = event else {
         panic!("expected a ban")
     };
     assert_eq!(ban.net, attacker.into());

@@ -17,7 +17,7 @@
 #![allow(dead_code)] // Each test target uses part of the fixture.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
@@ -40,8 +40,11 @@ pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        eprintln!(
-            "\n\n******** SKIPPED {test}: needs root (network namespaces and nftables); run `sudo cargo test` ********\n"
+        // Straight to the stderr file descriptor: the test harness would
+        // capture (and hide) `eprintln!`.
+        let _ = writeln!(
+            io::stderr(),
+            "\n******** SKIPPED {test}: needs root (network namespaces and nftables); run `sudo cargo test` ********\n"
         );
     }
     root

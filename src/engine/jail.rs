@@ -106,7 +106,7 @@ struct Tracked {
     accounts: Vec<AttackerText>,
     /// When the host last failed (by astban's clock), for eviction.
     last_seen: u32,
-    kinds: u16,
+    kinds: u32,
     services: u8,
 }
 
@@ -630,18 +630,20 @@ fn forgotten(offender: &Offender, now: Timestamp, history: i64) -> bool {
     offender.last_expires.as_second().saturating_add(history) < now.as_second()
 }
 
-fn kind_bit(kind: FailureKind) -> u16 {
-    FailureKind::ALL
-        .iter()
-        .position(|&k| k == kind)
-        .map_or(0, |i| 1 << i)
+/// The kind's bit in [`Tracked::kinds`] (none for a kind past the 32nd).
+fn kind_bit(kind: FailureKind) -> u32 {
+    bit(FailureKind::ALL.iter().position(|&k| k == kind))
 }
 
 fn service_bit(service: Service) -> u8 {
-    SERVICES
-        .iter()
-        .position(|&s| s == service)
-        .map_or(0, |i| 1 << i)
+    u8::try_from(bit(SERVICES.iter().position(|&s| s == service))).unwrap_or(0)
+}
+
+fn bit(index: Option<usize>) -> u32 {
+    index
+        .and_then(|i| u32::try_from(i).ok())
+        .and_then(|i| 1u32.checked_shl(i))
+        .unwrap_or(0)
 }
 
 /// Unix seconds as stored per tracked host (valid until 2106).

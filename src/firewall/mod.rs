@@ -143,6 +143,9 @@ pub enum FirewallError {
         /// What nft said (shortened).
         stderr: String,
     },
+    /// The transaction could not be written as JSON (a bug).
+    #[error("cannot encode the nft transaction: {0}")]
+    Encode(#[from] serde_json::Error),
     /// nft did not finish in time and was killed.
     #[error("nft did not finish within {0:?} and was killed")]
     Timeout(Duration),

@@ -274,11 +274,7 @@ impl NftFirewall {
 
     /// Runs `<program> <args...> -j -f -` with `batch` on stdin.
     async fn run(&self, batch: Batch<'_>) -> Result<(), FirewallError> {
-        let payload =
-            serde_json::to_vec(&batch.to_nftables()).map_err(|e| FirewallError::Spawn {
-                program: self.program.clone(),
-                source: std::io::Error::other(e),
-            })?;
+        let payload = serde_json::to_vec(&batch.to_nftables())?;
         let mut child = Command::new(&self.program)
             .args(&self.args)
             .args(["-j", "-f", "-"])
@@ -527,6 +523,76 @@ mod tests {
         // Replaced by a ban that is already over: only removed.
         let cmds = commands(&fw, &[Change::Replace { net, expires: now }], now);
         assert_eq!(cmds.len(), 2);
+    }
+
+    /// A stand-in for nft: `sh -c SCRIPT` (nft's own arguments follow and
+    /// are ignored).
+    fn fake_nft(script: &str) -> NftFirewall {
+        NftFirewall::new(&FirewallConfig {
+            nft: vec!["sh".into(), "-c".into(), script.into(), "fake-nft".into()],
+            ..FirewallConfig::default()
+        })
+    }
+
+    fn one_ban() -> [Change; 1] {
+        [Change::Ban {
+            net: "192.0.2.7/32".parse().expect("net"),
+            expires: Timestamp::now() + jiff::SignedDuration::from_secs(60),
+        }]
+    }
+
+    #[tokio::test]
+    async fn nft_gets_the_whole_transaction_on_stdin() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("payload.json");
+        let mut fw = fake_nft(&format!("cat > '{}'", out.display()));
+        fw.apply(&one_ban(), Timestamp::now())
+            .await
+            .expect("applied");
+        let payload: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&out).expect("payload")).expect("json");
+        assert_eq!(
+            payload["nftables"][0]["add"]["element"]["elem"][0]["elem"]["val"],
+            "192.0.2.7"
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_say_what_to_fix() {
+        let mut fw =
+            fake_nft("echo 'Error: Could not process rule: Operation not permitted' >&2; exit 1");
+        let error = fw
+            .apply(&one_ban(), Timestamp::now())
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(error, FirewallError::NoPermission { .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("CAP_NET_ADMIN"), "{error}");
+
+        let mut fw = fake_nft(
+            "cat >/dev/null; echo 'Error: interval overlaps with an existing one' >&2; exit 1",
+        );
+        let error = fw
+            .reconcile(&[], Timestamp::now())
+            .await
+            .expect_err("rejected");
+        assert!(matches!(error, FirewallError::Rejected { .. }), "{error:?}");
+        assert!(error.to_string().contains("interval overlaps"), "{error}");
+
+        let mut fw = NftFirewall::new(&FirewallConfig {
+            nft: vec!["/nonexistent/nft".into()],
+            ..FirewallConfig::default()
+        });
+        let error = fw
+            .apply(&one_ban(), Timestamp::now())
+            .await
+            .expect_err("missing");
+        assert!(
+            matches!(error, FirewallError::NotInstalled { .. }),
+            "{error:?}"
+        );
     }
 
     #[test]
