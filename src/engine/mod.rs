@@ -2,7 +2,7 @@
 //!
 //! Like mini-redis's `db.rs`, it is one task with a clear API: the inputs
 //! and the control socket send it messages through an [`EngineHandle`], it
-//! decides (the policy is the pure state machine in [`jail`], driven by an
+//! decides (the policy is the pure state machine in `jail`, driven by an
 //! explicit `now`), and it hands the resulting changes to the firewall's
 //! applier task without waiting for `nft`. A timer in the task ends bans on
 //! time (the kernel does too, on its own); another saves state a moment
