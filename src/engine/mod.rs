@@ -1,1 +1,562 @@
-//! TODO(helper): see issue 4.
+//! The ban engine: the one owner of ban state.
+//!
+//! Like mini-redis's `db.rs`, it is one task with a clear API: the inputs
+//! and the control socket send it messages through an [`EngineHandle`], it
+//! decides (the policy is the pure state machine in `jail`, driven by an
+//! explicit `now`), and it hands the resulting changes to the firewall's
+//! applier task without waiting for `nft`. A timer in the task ends bans on
+//! time (the kernel does too, on its own); another saves state a moment
+//! after it changes.
+
+mod ignore;
+mod jail;
+mod state;
+mod task;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::JailConfig;
+use crate::failure::{AttackerText, FailureKind, Report, Service};
+use crate::firewall::{Applier, Firewall, FirewallStatus};
+
+pub use ignore::IgnoreReason;
+pub use state::STATE_FILE;
+
+use task::Command;
+
+/// Reports and commands waiting for the engine. Inputs wait (backpressure)
+/// rather than grow memory when it is full.
+const COMMAND_QUEUE: usize = 4096;
+
+/// Events kept for slow subscribers; a subscriber further behind loses the
+/// oldest (`RecvError::Lagged`) instead of slowing the engine.
+const EVENT_QUEUE: usize = 1024;
+
+/// Most distinct accounts remembered per host: enough to show what was
+/// tried, bounded because the attacker chooses them.
+pub const MAX_ACCOUNTS: usize = 3;
+
+/// A ban, as shown by `astban bans`, mailed, and saved in the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanInfo {
+    /// The banned network: a single host (written without `/32`), or an
+    /// IPv6 prefix, or a manually banned CIDR.
+    #[serde(rename = "host", with = "state::host_format")]
+    pub net: IpNet,
+    /// When the ban began.
+    pub banned_at: Timestamp,
+    /// When it ends (the kernel drops it then, astban running or not).
+    pub expires: Timestamp,
+    /// Failures counted in the window that led to the ban (0 for a manual
+    /// ban of a host that had none).
+    pub failures: u32,
+    /// Which ban of this network this is within `jail.history` (1 = first).
+    pub offense: u32,
+    /// Banned through the control socket rather than by failures.
+    pub manual: bool,
+    /// Kinds of failures seen.
+    pub kinds: Vec<FailureKind>,
+    /// Services attacked.
+    pub services: Vec<Service>,
+    /// Distinct accounts tried, at most [`MAX_ACCOUNTS`]; for humans only.
+    pub accounts: Vec<AttackerText>,
+}
+
+impl BanInfo {
+    /// How long the ban lasts in total.
+    pub fn duration(&self) -> Duration {
+        Duration::try_from(self.expires.duration_since(self.banned_at)).unwrap_or_default()
+    }
+}
+
+/// Why a ban ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnbanReason {
+    /// Its time was up.
+    Expired,
+    /// `astban unban`.
+    Manual,
+    /// A wider ban now covers it (a manual CIDR ban, or an IPv6 prefix ban
+    /// around a single banned address); the addresses stay banned.
+    Superseded,
+}
+
+impl fmt::Display for UnbanReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnbanReason::Expired => "expired",
+            UnbanReason::Manual => "manual",
+            UnbanReason::Superseded => "superseded by a wider ban",
+        })
+    }
+}
+
+/// What the engine did, for mail, logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EngineEvent {
+    /// A network was banned.
+    Banned(BanInfo),
+    /// A ban ended.
+    Unbanned {
+        /// The network that is no longer banned.
+        #[serde(rename = "host", with = "state::host_format")]
+        net: IpNet,
+        /// Why.
+        reason: UnbanReason,
+    },
+    /// A failure from an address that is never banned (one event per
+    /// failure).
+    Ignored {
+        /// The address.
+        host: IpAddr,
+        /// Why it is never banned.
+        reason: IgnoreReason,
+    },
+}
+
+/// Counters for `astban status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Hosts with failures in their window (not banned).
+    pub tracked_hosts: usize,
+    /// Bans in force.
+    pub active_bans: usize,
+    /// Networks remembered for escalating their next ban.
+    pub offenders: usize,
+    /// Failures counted since start.
+    pub failures_counted: u64,
+    /// Bans made since start (restored ones not included).
+    pub bans_total: u64,
+    /// The firewall's state.
+    pub firewall: FirewallStatus,
+}
+
+/// The engine has stopped (shutdown); nothing more can be asked of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the ban engine has stopped")]
+pub struct EngineGone;
+
+/// Why a manual ban was not made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BanError {
+    /// The network is or contains an address that is never banned.
+    #[error(
+        "{net} is not banned: it covers an address that is {reason}; use --force to ban it anyway"
+    )]
+    Ignored {
+        /// The network asked for.
+        net: IpNet,
+        /// What protects it.
+        reason: IgnoreReason,
+    },
+    /// A wider ban already covers it.
+    #[error("{net} is already banned as part of {by}; unban {by} first to ban {net} on its own")]
+    Covered {
+        /// The network asked for.
+        net: IpNet,
+        /// The ban that covers it.
+        by: IpNet,
+    },
+    /// The engine has stopped.
+    #[error(transparent)]
+    Gone(#[from] EngineGone),
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The state directory cannot be created.
+    #[error(
+        "cannot create the state directory {path}: {source} (set state.dir to a writable directory)"
+    )]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state file exists but cannot be read (a corrupt one is set
+    /// aside instead, never an error).
+    #[error("cannot read the state file {path}: {source} (check its permissions)")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `jail.ignore_self` is on but this host's addresses cannot be listed.
+    #[error(
+        "cannot list this host's addresses for jail.ignore_self: {0} (set jail.ignore_self = false and list them in jail.ignoreip)"
+    )]
+    OwnAddresses(std::io::Error),
+}
+
+/// The way to talk to a running engine; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<EngineEvent>,
+}
+
+impl EngineHandle {
+    /// Hands a failure or success to the engine. Waits only while the
+    /// engine's queue is full.
+    pub async fn report(&self, report: Report) -> Result<(), EngineGone> {
+        self.commands
+            .send(Command::Report(report))
+            .await
+            .map_err(|_| EngineGone)
+    }
+
+    /// Bans `net` by hand for `duration` (or the escalated `bantime` when
+    /// `None`). Refused for `ignoreip` and own addresses unless `force`.
+    pub async fn ban(
+        &self,
+        net: IpNet,
+        duration: Option<Duration>,
+        force: bool,
+    ) -> Result<BanInfo, BanError> {
+        self.ask(|reply| Command::Ban {
+            net,
+            duration,
+            force,
+            reply,
+        })
+        .await?
+    }
+
+    /// Ends the ban of exactly `net`; `None` if it was not banned.
+    pub async fn unban(&self, net: IpNet) -> Result<Option<BanInfo>, EngineGone> {
+        self.ask(|reply| Command::Unban { net, reply }).await
+    }
+
+    /// The bans in force, oldest first.
+    pub async fn bans(&self) -> Result<Vec<BanInfo>, EngineGone> {
+        self.ask(|reply| Command::Bans { reply }).await
+    }
+
+    /// Counters and the firewall's health.
+    pub async fn stats(&self) -> Result<EngineStats, EngineGone> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
+        self.events.subscribe()
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, EngineGone> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| EngineGone)?;
+        answer.await.map_err(|_| EngineGone)
+    }
+}
+
+/// Starts the engine: restores state from `state_dir` (bans and offender
+/// history), starts the firewall's applier (which first reconciles the
+/// kernel with the restored bans, retrying until it can), then serves
+/// until `shutdown` fires, when it saves state and lets the firewall flush.
+///
+/// Must be called within a tokio runtime (current-thread is enough).
+pub fn spawn<F: Firewall>(
+    jail: &JailConfig,
+    state_dir: &Path,
+    firewall: F,
+    shutdown: CancellationToken,
+) -> Result<(EngineHandle, JoinHandle<()>), EngineError> {
+    create_private_dir(state_dir).map_err(|source| EngineError::StateDir {
+        path: state_dir.to_path_buf(),
+        source,
+    })?;
+    let mut policy = jail::Jail::new(jail);
+    if jail.ignore_self {
+        policy.set_own_addresses(ignore::own_addresses().map_err(EngineError::OwnAddresses)?);
+    }
+    let path = state_dir.join(STATE_FILE);
+    let restored = policy.restore(state::load(&path)?, Timestamp::now());
+    tracing::info!(bans = restored.len(), path = %path.display(), "ban state restored");
+    let firewall = Applier::spawn(firewall, restored);
+    let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (events, _) = broadcast::channel(EVENT_QUEUE);
+    let engine = task::Engine::new(task::Parts {
+        jail: policy,
+        commands: rx,
+        events: events.clone(),
+        firewall,
+        state_path: path,
+        ignore_self: jail.ignore_self,
+        shutdown,
+    });
+    let handle = EngineHandle { commands, events };
+    Ok((handle, tokio::spawn(engine.run())))
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::failure::{Failure, Source};
+    use crate::firewall::{ActiveBan, Change, FirewallError};
+
+    /// Records what the engine asks of the firewall.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    impl Recorder {
+        fn calls(&self) -> Vec<String> {
+            self.0.lock().expect("lock").clone()
+        }
+    }
+
+    impl Firewall for Recorder {
+        async fn reconcile(
+            &mut self,
+            bans: &[ActiveBan],
+            _now: Timestamp,
+        ) -> Result<(), FirewallError> {
+            let nets: Vec<String> = bans.iter().map(|b| b.net.to_string()).collect();
+            self.0
+                .lock()
+                .expect("lock")
+                .push(format!("reconcile [{}]", nets.join(" ")));
+            Ok(())
+        }
+
+        async fn apply(
+            &mut self,
+            changes: &[Change],
+            _now: Timestamp,
+        ) -> Result<(), FirewallError> {
+            let nets: Vec<String> = changes
+                .iter()
+                .map(|c| match c {
+                    Change::Ban { net, .. } => format!("+{net}"),
+                    Change::Replace { net, .. } => format!("*{net}"),
+                    Change::Unban { net } => format!("-{net}"),
+                })
+                .collect();
+            self.0
+                .lock()
+                .expect("lock")
+                .push(format!("apply [{}]", nets.join(" ")));
+            Ok(())
+        }
+
+        fn retry_interval(&self) -> Duration {
+            Duration::from_millis(50)
+        }
+    }
+
+    fn jail() -> JailConfig {
+        JailConfig {
+            ignoreip: vec!["10.0.0.0/8".parse().expect("net")],
+            ignore_self: false,
+            ..JailConfig::default()
+        }
+    }
+
+    fn failure(host: &str) -> Report {
+        Report::Failure(Failure {
+            host: host.parse().expect("ip"),
+            kind: crate::failure::FailureKind::InvalidPassword,
+            service: Service::Sip,
+            account: None,
+            session: None,
+            time: Timestamp::now(),
+            source: Source::Log,
+        })
+    }
+
+    async fn next_event(events: &mut broadcast::Receiver<EngineEvent>) -> EngineEvent {
+        tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("event in time")
+            .expect("event")
+    }
+
+    async fn stop(shutdown: &CancellationToken, task: JoinHandle<()>) {
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops promptly")
+            .expect("no panic");
+    }
+
+    #[tokio::test]
+    async fn reports_that_arrive_together_make_one_transaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fw = Recorder::default();
+        let shutdown = CancellationToken::new();
+        let (engine, task) =
+            spawn(&jail(), dir.path(), fw.clone(), shutdown.clone()).expect("spawn");
+        let mut events = engine.subscribe();
+        for host in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+            for _ in 0..5 {
+                engine.report(failure(host)).await.expect("report");
+            }
+        }
+        for _ in 0..3 {
+            assert!(matches!(
+                next_event(&mut events).await,
+                EngineEvent::Banned(_)
+            ));
+        }
+        let stats = engine.stats().await.expect("stats");
+        assert_eq!(
+            (stats.active_bans, stats.bans_total, stats.failures_counted),
+            (3, 3, 15)
+        );
+        stop(&shutdown, task).await;
+        assert_eq!(
+            fw.calls(),
+            [
+                "reconcile []",
+                "apply [+192.0.2.1/32 +192.0.2.2/32 +192.0.2.3/32]"
+            ]
+        );
+        assert!(engine.stats().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn bans_survive_a_restart_and_ignoreip_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shutdown = CancellationToken::new();
+        let (engine, task) =
+            spawn(&jail(), dir.path(), Recorder::default(), shutdown.clone()).expect("spawn");
+        let refused = engine
+            .ban("10.1.2.3/32".parse().expect("net"), None, false)
+            .await;
+        assert!(
+            matches!(refused, Err(BanError::Ignored { .. })),
+            "{refused:?}"
+        );
+        let banned = engine
+            .ban(
+                "198.51.100.0/24".parse().expect("net"),
+                Some(Duration::from_secs(3600)),
+                false,
+            )
+            .await
+            .expect("ban");
+        stop(&shutdown, task).await;
+        assert!(dir.path().join(STATE_FILE).exists());
+
+        let fw = Recorder::default();
+        let shutdown = CancellationToken::new();
+        let (engine, task) =
+            spawn(&jail(), dir.path(), fw.clone(), shutdown.clone()).expect("respawn");
+        assert_eq!(
+            engine.bans().await.expect("bans"),
+            std::slice::from_ref(&banned)
+        );
+        let unbanned = engine.unban(banned.net).await.expect("unban");
+        assert_eq!(unbanned, Some(banned));
+        stop(&shutdown, task).await;
+        assert_eq!(
+            fw.calls(),
+            ["reconcile [198.51.100.0/24]", "apply [-198.51.100.0/24]"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_state_file_is_not_fatal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(STATE_FILE), "garbage").expect("write");
+        let shutdown = CancellationToken::new();
+        let (engine, task) =
+            spawn(&jail(), dir.path(), Recorder::default(), shutdown.clone()).expect("spawn");
+        assert!(engine.bans().await.expect("bans").is_empty());
+        stop(&shutdown, task).await;
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.starts_with("bans.json.corrupt-")),
+            "{names:?}"
+        );
+        assert!(names.iter().any(|n| n == STATE_FILE), "{names:?}");
+    }
+
+    #[tokio::test]
+    async fn bans_expire_on_the_engine_timer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fw = Recorder::default();
+        let shutdown = CancellationToken::new();
+        let (engine, task) =
+            spawn(&jail(), dir.path(), fw.clone(), shutdown.clone()).expect("spawn");
+        let mut events = engine.subscribe();
+        let net: IpNet = "192.0.2.77/32".parse().expect("net");
+        engine
+            .ban(net, Some(Duration::from_secs(1)), false)
+            .await
+            .expect("ban");
+        assert!(matches!(
+            next_event(&mut events).await,
+            EngineEvent::Banned(_)
+        ));
+        assert_eq!(
+            next_event(&mut events).await,
+            EngineEvent::Unbanned {
+                net,
+                reason: UnbanReason::Expired
+            }
+        );
+        assert!(engine.bans().await.expect("bans").is_empty());
+        stop(&shutdown, task).await;
+        assert_eq!(
+            fw.calls().last().map(String::as_str),
+            Some("apply [-192.0.2.77/32]")
+        );
+    }
+
+    #[test]
+    fn ban_info_json_has_host_expiry_and_failures() {
+        let info = BanInfo {
+            net: "192.0.2.7/32".parse().expect("net"),
+            banned_at: Timestamp::from_second(1_800_000_000).expect("ts"),
+            expires: Timestamp::from_second(1_800_000_600).expect("ts"),
+            failures: 5,
+            offense: 1,
+            manual: false,
+            kinds: vec![crate::failure::FailureKind::InvalidPassword],
+            services: vec![Service::Pjsip],
+            accounts: vec![AttackerText::new("1000")],
+        };
+        let json = serde_json::to_value(&info).expect("json");
+        assert_eq!(json["host"], "192.0.2.7");
+        assert_eq!(json["expires"], "2027-01-15T08:10:00Z");
+        assert_eq!(json["failures"], 5);
+        assert_eq!(json["kinds"][0], "invalid_password");
+        assert_eq!(info.duration(), Duration::from_secs(600));
+        let event = serde_json::to_value(EngineEvent::Banned(info)).expect("json");
+        assert_eq!(event["event"], "banned");
+    }
+}

@@ -1,0 +1,1327 @@
+//! The ban policy as a pure state machine: every method takes the time as
+//! an argument and returns what should happen, so it is tested without a
+//! runtime, a clock or a firewall.
+//!
+//! Invariants:
+//! - a network is either tracked (counting failures) or banned, never both;
+//! - active bans never overlap (a wider ban supersedes the ones inside it),
+//!   so the kernel's interval sets never see overlapping elements;
+//! - `expiry` holds exactly one `(expires, net)` entry per ban.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::{IpNet, Ipv6Net};
+use jiff::Timestamp;
+
+use super::ignore::{IgnoreList, IgnoreReason, canonical_net};
+use super::state::{Saved, SavedOffender};
+use super::{BanError, BanInfo, EngineEvent, EngineStats, MAX_ACCOUNTS, UnbanReason};
+use crate::config::JailConfig;
+use crate::failure::{AttackerText, Failure, FailureKind, Report, Service};
+use crate::firewall::{ActiveBan, Change, FirewallStatus};
+
+/// Longest span astban computes with (100 years): keeps timestamp
+/// arithmetic far from overflow whatever the config says.
+const MAX_SPAN: i64 = 100 * 365 * 24 * 3600;
+
+/// Events of one attempt arrive together (one ACL-rejected REGISTER gave
+/// two `FailedACL` events with the same SessionID), so a repeat of the last
+/// counted failure's session within this many seconds is the same attempt.
+/// The bound matters: the session id is the attacker's (a SIP Call-ID), and
+/// reusing one must hide at most one attempt per window, never all.
+const SAME_ATTEMPT_SECS: u32 = 2;
+
+/// Every service, to turn the compact bit set back into a list.
+const SERVICES: [Service; 5] = [
+    Service::Sip,
+    Service::Pjsip,
+    Service::Iax2,
+    Service::Ami,
+    Service::Other,
+];
+
+/// What one call produced: firewall changes, events, and whether the
+/// persistent state changed.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    pub(crate) changes: Vec<Change>,
+    pub(crate) events: Vec<EngineEvent>,
+    pub(crate) persist: bool,
+}
+
+/// What became of one report (for debug logs and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The host is never banned.
+    Ignored(IgnoreReason),
+    /// A ban already covers the host (the failure raced the firewall, or
+    /// came from a log backlog).
+    AlreadyBanned(IpNet),
+    /// Older than `findtime`: a backlog that no longer counts.
+    Stale,
+    /// Another event of the attempt counted last (same session).
+    SameAttempt,
+    /// Counted; `count` failures of `key` are now in the window.
+    Counted { key: IpNet, count: u32 },
+    /// This failure reached `maxretry`: `key` is banned.
+    Banned(IpNet),
+    /// A success cleared the count of `key`.
+    Reset(IpNet),
+    /// A success with nothing to clear.
+    Unchanged,
+}
+
+/// The policy numbers, in seconds.
+#[derive(Debug, Clone)]
+struct Settings {
+    maxretry: u32,
+    findtime: i64,
+    bantime: i64,
+    bantime_factor: u64,
+    bantime_max: i64,
+    history: i64,
+    ipv6_prefix: u8,
+    max_tracked: usize,
+    reset_on_success: bool,
+}
+
+impl Settings {
+    /// `bantime × factor^(offense-1)`, at most `bantime_max`.
+    fn bantime_for(&self, offense: u32) -> i64 {
+        let factor = self
+            .bantime_factor
+            .checked_pow(offense.saturating_sub(1))
+            .unwrap_or(u64::MAX);
+        let secs = u64::try_from(self.bantime)
+            .unwrap_or(0)
+            .saturating_mul(factor);
+        i64::try_from(secs)
+            .unwrap_or(MAX_SPAN)
+            .min(self.bantime_max)
+            .max(1)
+    }
+}
+
+/// A host that has failed but is not banned. Kept small, since a flood of
+/// distinct sources makes hundreds of thousands of these: the failure
+/// times are `u32` Unix seconds, kinds and services are bit sets.
+#[derive(Debug, Default)]
+struct Tracked {
+    /// Times of the failures still in the window; fewer than `maxretry`.
+    times: Vec<u32>,
+    /// Distinct accounts tried, at most [`MAX_ACCOUNTS`].
+    accounts: Vec<AttackerText>,
+    /// When the host last failed (by astban's clock), for eviction.
+    last_seen: u32,
+    /// A hash of the session of the last counted failure (0: none).
+    last_session: u32,
+    kinds: u32,
+    services: u8,
+}
+
+impl Tracked {
+    fn record(&mut self, failure: &Failure, session: u32, at: u32, now: u32, window_start: u32) {
+        self.times.retain(|&t| t > window_start);
+        self.times.push(at);
+        self.last_seen = now;
+        self.last_session = session;
+        self.kinds |= kind_bit(failure.kind);
+        self.services |= service_bit(failure.service);
+        if let Some(account) = &failure.account
+            && self.accounts.len() < MAX_ACCOUNTS
+            && !self.accounts.contains(account)
+        {
+            self.accounts.push(account.clone());
+        }
+    }
+
+    /// Whether a failure of `session` at `at` belongs to the attempt
+    /// counted last.
+    fn same_attempt(&self, session: u32, at: u32) -> bool {
+        session != 0
+            && session == self.last_session
+            && self
+                .times
+                .last()
+                .is_some_and(|&last| at.abs_diff(last) <= SAME_ATTEMPT_SECS)
+    }
+
+    fn count(&self) -> u32 {
+        u32::try_from(self.times.len()).unwrap_or(u32::MAX)
+    }
+
+    fn newest(&self) -> u32 {
+        self.times.iter().copied().max().unwrap_or(0)
+    }
+}
+
+/// A ban about to be made.
+struct NewBan {
+    net: IpNet,
+    /// What was counted against it.
+    tracked: Option<Tracked>,
+    /// Its length; `None` for the escalated bantime.
+    secs: Option<i64>,
+    manual: bool,
+    /// It replaces a ban of the same network.
+    replacing: bool,
+}
+
+/// A network's past bans.
+#[derive(Debug, Clone, Copy)]
+struct Offender {
+    offenses: u32,
+    last_expires: Timestamp,
+}
+
+/// All ban state. See the module documentation for its invariants.
+#[derive(Debug)]
+pub(crate) struct Jail {
+    settings: Settings,
+    ignore: IgnoreList,
+    tracked: HashMap<IpNet, Tracked>,
+    bans: HashMap<IpNet, BanInfo>,
+    /// Bans not shaped like a counting key (CIDRs, single IPv6 addresses):
+    /// few, and found by containment rather than by lookup.
+    odd: BTreeSet<IpNet>,
+    expiry: BTreeSet<(Timestamp, IpNet)>,
+    offenders: HashMap<IpNet, Offender>,
+    /// Keys the session hashes, so that collisions cannot be planned.
+    sessions: RandomState,
+    failures_counted: u64,
+    bans_total: u64,
+}
+
+impl Jail {
+    pub(crate) fn new(config: &JailConfig) -> Jail {
+        let span = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(MAX_SPAN).min(MAX_SPAN);
+        Jail {
+            settings: Settings {
+                maxretry: config.maxretry.max(1),
+                findtime: span(config.findtime),
+                bantime: span(config.bantime).max(1),
+                bantime_factor: config.bantime_factor.max(1).into(),
+                bantime_max: span(config.bantime_max).max(1),
+                history: span(config.history),
+                ipv6_prefix: config.ipv6_prefix.clamp(1, 128),
+                max_tracked: config.max_tracked_hosts.max(1),
+                reset_on_success: config.reset_on_success,
+            },
+            ignore: IgnoreList::new(&config.ignoreip),
+            tracked: HashMap::new(),
+            bans: HashMap::new(),
+            odd: BTreeSet::new(),
+            expiry: BTreeSet::new(),
+            offenders: HashMap::new(),
+            sessions: RandomState::new(),
+            failures_counted: 0,
+            bans_total: 0,
+        }
+    }
+
+    /// This host's own addresses, never banned (`jail.ignore_self`).
+    pub(crate) fn set_own_addresses(&mut self, own: Vec<IpAddr>) {
+        self.ignore.set_own(own);
+    }
+
+    /// Counts a failure (banning at `maxretry`) or applies a success.
+    pub(crate) fn report(&mut self, report: &Report, now: Timestamp, fx: &mut Effects) -> Verdict {
+        match report {
+            Report::Failure(failure) => self.failure(failure, now, fx),
+            Report::Success(success) => {
+                let host = success.host.to_canonical();
+                if !self.settings.reset_on_success || self.ignore.host(host).is_some() {
+                    return Verdict::Unchanged;
+                }
+                let key = self.key(host);
+                match self.tracked.remove(&key) {
+                    Some(_) => Verdict::Reset(key),
+                    None => Verdict::Unchanged,
+                }
+            }
+        }
+    }
+
+    fn failure(&mut self, failure: &Failure, now: Timestamp, fx: &mut Effects) -> Verdict {
+        let host = failure.host.to_canonical();
+        if let Some(reason) = self.ignore.host(host) {
+            fx.events.push(EngineEvent::Ignored { host, reason });
+            return Verdict::Ignored(reason);
+        }
+        if let Some(by) = self.covering(IpNet::from(host)) {
+            return Verdict::AlreadyBanned(by);
+        }
+        // Asterisk's time says when the attempt happened; a clock ahead of
+        // ours must not stretch the window.
+        let now_s = now.as_second();
+        let at = failure.time.as_second().min(now_s);
+        let window_start = now_s - self.settings.findtime;
+        if at <= window_start {
+            return Verdict::Stale;
+        }
+        let key = self.key(host);
+        let at = unix_u32(at);
+        let session = failure.session.as_ref().map_or(0, |s| {
+            // Truncated: 32 bits tell sessions of one host apart well enough.
+            (self.sessions.hash_one(s.as_str()) as u32).max(1)
+        });
+        if self
+            .tracked
+            .get(&key)
+            .is_some_and(|t| t.same_attempt(session, at))
+        {
+            return Verdict::SameAttempt;
+        }
+        if !self.tracked.contains_key(&key) && self.tracked.len() >= self.settings.max_tracked {
+            self.make_room(window_start);
+        }
+        let tracked = self.tracked.entry(key).or_default();
+        tracked.record(
+            failure,
+            session,
+            at,
+            unix_u32(now_s),
+            unix_u32(window_start),
+        );
+        self.failures_counted += 1;
+        let count = tracked.count();
+        if count < self.settings.maxretry {
+            return Verdict::Counted { key, count };
+        }
+        let tracked = self.tracked.remove(&key);
+        let ban = NewBan {
+            net: key,
+            tracked,
+            secs: None,
+            manual: false,
+            replacing: false,
+        };
+        self.ban(ban, now, fx);
+        Verdict::Banned(key)
+    }
+
+    /// A ban through the control socket: `net` for `duration`, or for the
+    /// escalated bantime of its next offense.
+    pub(crate) fn manual_ban(
+        &mut self,
+        net: IpNet,
+        duration: Option<Duration>,
+        force: bool,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Result<BanInfo, BanError> {
+        let net = canonical_net(net);
+        if !force && let Some(reason) = self.ignore.overlap(net) {
+            return Err(BanError::Ignored { net, reason });
+        }
+        if let Some(by) = self.covering(net)
+            && by != net
+        {
+            return Err(BanError::Covered { net, by });
+        }
+        // Banned again: the new ban replaces the old one.
+        let replacing = self.take_ban(net).is_some();
+        let tracked = self.tracked.remove(&net);
+        let secs = duration.map(|d| {
+            i64::try_from(d.as_secs())
+                .unwrap_or(MAX_SPAN)
+                .clamp(1, MAX_SPAN)
+        });
+        let ban = NewBan {
+            net,
+            tracked,
+            secs,
+            manual: true,
+            replacing,
+        };
+        Ok(self.ban(ban, now, fx))
+    }
+
+    /// Ends the ban of exactly `net`, if there is one.
+    pub(crate) fn unban(&mut self, net: IpNet, fx: &mut Effects) -> Option<BanInfo> {
+        self.remove_ban(canonical_net(net), UnbanReason::Manual, fx)
+    }
+
+    /// Ends every ban whose time is up at `now`.
+    pub(crate) fn expire(&mut self, now: Timestamp, fx: &mut Effects) {
+        while let Some(&(expires, net)) = self.expiry.first() {
+            if expires > now {
+                break;
+            }
+            self.remove_ban(net, UnbanReason::Expired, fx);
+        }
+    }
+
+    /// When the next ban ends.
+    pub(crate) fn next_expiry(&self) -> Option<Timestamp> {
+        self.expiry.first().map(|&(expires, _)| expires)
+    }
+
+    /// Forgets what no longer matters (hosts whose failures left the
+    /// window, offenders past `history`) and gives memory back after a
+    /// flood.
+    pub(crate) fn housekeep(&mut self, now: Timestamp) {
+        let window_start = unix_u32(now.as_second() - self.settings.findtime);
+        self.tracked.retain(|_, t| t.newest() > window_start);
+        let history = self.settings.history;
+        self.offenders.retain(|_, o| !forgotten(o, now, history));
+        if self.tracked.capacity() > 4 * self.tracked.len() {
+            self.tracked.shrink_to_fit();
+        }
+        if self.offenders.capacity() > 4 * self.offenders.len() {
+            self.offenders.shrink_to_fit();
+        }
+    }
+
+    /// The bans in force, oldest first.
+    pub(crate) fn bans(&self) -> Vec<BanInfo> {
+        let mut bans: Vec<BanInfo> = self.bans.values().cloned().collect();
+        bans.sort_by_key(|b| (b.banned_at, b.net));
+        bans
+    }
+
+    pub(crate) fn stats(&self, firewall: FirewallStatus) -> EngineStats {
+        EngineStats {
+            tracked_hosts: self.tracked.len(),
+            active_bans: self.bans.len(),
+            offenders: self.offenders.len(),
+            failures_counted: self.failures_counted,
+            bans_total: self.bans_total,
+            firewall,
+        }
+    }
+
+    /// What to save: bans and offender history (failure counts are not
+    /// worth a write per failure and rebuild within `findtime`).
+    pub(crate) fn snapshot(&self) -> Saved {
+        let mut offenders: Vec<SavedOffender> = self
+            .offenders
+            .iter()
+            .map(|(&host, o)| SavedOffender {
+                host,
+                offenses: o.offenses,
+                last_expires: o.last_expires,
+            })
+            .collect();
+        offenders.sort_by_key(|o| o.host);
+        Saved {
+            bans: self.bans(),
+            offenders,
+        }
+    }
+
+    /// Loads saved state: bans still in force (with the time they have
+    /// left) and history not yet forgotten. Returns the bans, for the
+    /// firewall to reconcile with.
+    pub(crate) fn restore(&mut self, saved: Saved, now: Timestamp) -> Vec<ActiveBan> {
+        let mut bans = saved.bans;
+        // Wider first, so that a narrower duplicate from a hand-edited file
+        // is recognised as covered.
+        bans.sort_by_key(|b| b.net.prefix_len());
+        for mut ban in bans {
+            ban.net = canonical_net(ban.net);
+            if ban.expires <= now || self.covering(ban.net).is_some() {
+                continue;
+            }
+            if !ban.manual
+                && let Some(reason) = self.ignore.overlap(ban.net)
+            {
+                tracing::warn!(host = %ban.net, "saved ban dropped: the address is {reason}");
+                continue;
+            }
+            ban.accounts = ban
+                .accounts
+                .iter()
+                .take(MAX_ACCOUNTS)
+                .map(|a| AttackerText::new(a.as_str()))
+                .collect();
+            self.insert_ban(ban);
+        }
+        let history = self.settings.history;
+        let mut offenders: Vec<SavedOffender> = saved.offenders;
+        // The most recent first, in case the cap was lowered.
+        offenders.sort_by_key(|o| std::cmp::Reverse(o.last_expires));
+        for o in offenders.into_iter().take(self.settings.max_tracked) {
+            let offender = Offender {
+                offenses: o.offenses.max(1),
+                last_expires: o.last_expires,
+            };
+            if !forgotten(&offender, now, history) {
+                self.offenders.insert(canonical_net(o.host), offender);
+            }
+        }
+        self.bans
+            .values()
+            .map(|b| ActiveBan {
+                net: b.net,
+                expires: b.expires,
+            })
+            .collect()
+    }
+
+    /// The network a host's failures are counted and banned under: the
+    /// address itself for IPv4, its `ipv6_prefix` for IPv6, unless that
+    /// prefix would cover an ignored address (this host's own /64, say),
+    /// in which case only the address.
+    fn key(&self, host: IpAddr) -> IpNet {
+        if let IpAddr::V6(v6) = host
+            && let Ok(prefix) = Ipv6Net::new(v6, self.settings.ipv6_prefix)
+        {
+            let prefix = IpNet::V6(prefix.trunc());
+            if self.ignore.overlap(prefix).is_none() {
+                return prefix;
+            }
+        }
+        IpNet::from(host)
+    }
+
+    /// Whether a ban of `net` has the shape of a counting key, so that it
+    /// is found by lookup.
+    fn key_shaped(&self, net: IpNet) -> bool {
+        match net {
+            IpNet::V4(n) => n.prefix_len() == 32,
+            IpNet::V6(n) => n.prefix_len() == self.settings.ipv6_prefix,
+        }
+    }
+
+    /// The ban that covers all of `net`, if any.
+    fn covering(&self, net: IpNet) -> Option<IpNet> {
+        if self.bans.contains_key(&net) {
+            return Some(net);
+        }
+        if let IpNet::V6(v6) = net
+            && v6.prefix_len() > self.settings.ipv6_prefix
+            && let Ok(prefix) = Ipv6Net::new(v6.addr(), self.settings.ipv6_prefix)
+        {
+            let prefix = IpNet::V6(prefix.trunc());
+            if self.bans.contains_key(&prefix) {
+                return Some(prefix);
+            }
+        }
+        self.odd.iter().find(|b| b.contains(&net)).copied()
+    }
+
+    /// Bans strictly inside `net`.
+    fn inside(&self, net: IpNet) -> Vec<IpNet> {
+        let wide = match net {
+            IpNet::V4(n) => n.prefix_len() < 32,
+            IpNet::V6(n) => n.prefix_len() < self.settings.ipv6_prefix,
+        };
+        let within = |b: &&IpNet| **b != net && net.contains(*b);
+        if wide {
+            self.bans.keys().filter(within).copied().collect()
+        } else {
+            self.odd.iter().filter(within).copied().collect()
+        }
+    }
+
+    fn ban(&mut self, ban: NewBan, now: Timestamp, fx: &mut Effects) -> BanInfo {
+        let NewBan {
+            net,
+            tracked,
+            secs,
+            manual,
+            replacing,
+        } = ban;
+        for inner in self.inside(net) {
+            self.remove_ban(inner, UnbanReason::Superseded, fx);
+        }
+        if !self.key_shaped(net) {
+            self.tracked.retain(|key, _| !net.contains(key));
+        }
+        let offense = self
+            .offender(net, now)
+            .map_or(1, |o| o.offenses.saturating_add(1));
+        let secs = secs.unwrap_or_else(|| self.settings.bantime_for(offense));
+        let banned_at = at_second(now.as_second());
+        let expires = at_second(now.as_second().saturating_add(secs));
+        let tracked = tracked.unwrap_or_default();
+        let info = BanInfo {
+            net,
+            banned_at,
+            expires,
+            failures: tracked.count(),
+            offense,
+            manual,
+            kinds: FailureKind::ALL
+                .into_iter()
+                .filter(|&k| tracked.kinds & kind_bit(k) != 0)
+                .collect(),
+            services: SERVICES
+                .into_iter()
+                .filter(|&s| tracked.services & service_bit(s) != 0)
+                .collect(),
+            accounts: tracked.accounts,
+        };
+        self.insert_ban(info.clone());
+        self.remember_offender(net, offense, expires, now);
+        self.bans_total += 1;
+        fx.changes.push(if replacing {
+            Change::Replace { net, expires }
+        } else {
+            Change::Ban { net, expires }
+        });
+        fx.events.push(EngineEvent::Banned(info.clone()));
+        fx.persist = true;
+        info
+    }
+
+    fn insert_ban(&mut self, info: BanInfo) {
+        let net = info.net;
+        self.expiry.insert((info.expires, net));
+        if !self.key_shaped(net) {
+            self.odd.insert(net);
+        }
+        self.bans.insert(net, info);
+    }
+
+    /// Removes a ban from every index, without telling anyone.
+    fn take_ban(&mut self, net: IpNet) -> Option<BanInfo> {
+        let info = self.bans.remove(&net)?;
+        self.expiry.remove(&(info.expires, net));
+        self.odd.remove(&net);
+        Some(info)
+    }
+
+    fn remove_ban(&mut self, net: IpNet, reason: UnbanReason, fx: &mut Effects) -> Option<BanInfo> {
+        let info = self.take_ban(net)?;
+        fx.changes.push(Change::Unban { net });
+        fx.events.push(EngineEvent::Unbanned { net, reason });
+        fx.persist = true;
+        Some(info)
+    }
+
+    fn offender(&self, net: IpNet, now: Timestamp) -> Option<Offender> {
+        self.offenders
+            .get(&net)
+            .filter(|o| !forgotten(o, now, self.settings.history))
+            .copied()
+    }
+
+    fn remember_offender(
+        &mut self,
+        net: IpNet,
+        offenses: u32,
+        last_expires: Timestamp,
+        now: Timestamp,
+    ) {
+        let cap = self.settings.max_tracked;
+        if !self.offenders.contains_key(&net) && self.offenders.len() >= cap {
+            let history = self.settings.history;
+            self.offenders.retain(|_, o| !forgotten(o, now, history));
+            if self.offenders.len() >= cap {
+                let count = (self.offenders.len() + 1 - cap).max(cap / 10);
+                evict_oldest(&mut self.offenders, count, |o| o.last_expires);
+            }
+        }
+        self.offenders.insert(
+            net,
+            Offender {
+                offenses,
+                last_expires,
+            },
+        );
+    }
+
+    /// Frees room for one more tracked host: first hosts whose failures
+    /// all left the window, then the stalest tenth, so that this O(n)
+    /// sweep runs at most once per n/10 new hosts.
+    fn make_room(&mut self, window_start: i64) {
+        let window_start = unix_u32(window_start);
+        self.tracked.retain(|_, t| t.newest() > window_start);
+        let cap = self.settings.max_tracked;
+        if self.tracked.len() >= cap {
+            let count = (self.tracked.len() + 1 - cap).max(cap / 10);
+            evict_oldest(&mut self.tracked, count, |t| t.last_seen);
+        }
+    }
+}
+
+/// Removes the `count` entries of `map` with the smallest `age`.
+fn evict_oldest<V, A: Ord + Copy>(
+    map: &mut HashMap<IpNet, V>,
+    count: usize,
+    age: impl Fn(&V) -> A,
+) {
+    let mut ages: Vec<A> = map.values().map(&age).collect();
+    let count = count.min(ages.len());
+    if count == 0 {
+        return;
+    }
+    let (_, &mut cutoff, _) = ages.select_nth_unstable(count - 1);
+    let mut ties = count - ages.iter().filter(|&&a| a < cutoff).count();
+    map.retain(|_, v| {
+        let a = age(v);
+        if a < cutoff {
+            false
+        } else if a == cutoff && ties > 0 {
+            ties -= 1;
+            false
+        } else {
+            true
+        }
+    });
+}
+
+fn forgotten(offender: &Offender, now: Timestamp, history: i64) -> bool {
+    offender.last_expires.as_second().saturating_add(history) < now.as_second()
+}
+
+/// The kind's bit in [`Tracked::kinds`] (none for a kind past the 32nd).
+fn kind_bit(kind: FailureKind) -> u32 {
+    bit(FailureKind::ALL.iter().position(|&k| k == kind))
+}
+
+fn service_bit(service: Service) -> u8 {
+    u8::try_from(bit(SERVICES.iter().position(|&s| s == service))).unwrap_or(0)
+}
+
+fn bit(index: Option<usize>) -> u32 {
+    index
+        .and_then(|i| u32::try_from(i).ok())
+        .and_then(|i| 1u32.checked_shl(i))
+        .unwrap_or(0)
+}
+
+/// Unix seconds as stored per tracked host (valid until 2106).
+fn unix_u32(secs: i64) -> u32 {
+    u32::try_from(secs.max(0)).unwrap_or(u32::MAX)
+}
+
+fn at_second(secs: i64) -> Timestamp {
+    Timestamp::from_second(secs).unwrap_or(if secs < 0 {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::{Source, Success};
+
+    const T0: i64 = 1_800_000_000;
+
+    fn t(offset: i64) -> Timestamp {
+        Timestamp::from_second(T0 + offset).expect("ts")
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("net")
+    }
+
+    fn config() -> JailConfig {
+        JailConfig {
+            ignoreip: Vec::new(),
+            ignore_self: false,
+            ..JailConfig::default()
+        }
+    }
+
+    fn failure(host: &str, at: Timestamp) -> Report {
+        Report::Failure(Failure {
+            host: host.parse().expect("ip"),
+            kind: FailureKind::InvalidPassword,
+            service: Service::Pjsip,
+            account: Some(AttackerText::new("1000")),
+            session: None,
+            time: at,
+            source: Source::Ami,
+        })
+    }
+
+    /// Reports `n` failures of `host` at `at` (seen at `at` too).
+    fn fail(jail: &mut Jail, host: &str, n: u32, at: Timestamp) -> (Verdict, Effects) {
+        let mut fx = Effects::default();
+        let mut verdict = Verdict::Unchanged;
+        for _ in 0..n {
+            verdict = jail.report(&failure(host, at), at, &mut fx);
+        }
+        (verdict, fx)
+    }
+
+    #[test]
+    fn the_maxretry_th_failure_bans_for_bantime() {
+        let mut jail = Jail::new(&config());
+        let (verdict, fx) = fail(&mut jail, "192.0.2.7", 4, t(0));
+        assert_eq!(
+            verdict,
+            Verdict::Counted {
+                key: net("192.0.2.7/32"),
+                count: 4
+            }
+        );
+        assert!(fx.changes.is_empty() && fx.events.is_empty() && !fx.persist);
+
+        let (verdict, fx) = fail(&mut jail, "192.0.2.7", 1, t(1));
+        assert_eq!(verdict, Verdict::Banned(net("192.0.2.7/32")));
+        let expires = t(1 + 3 * 24 * 3600);
+        assert_eq!(
+            fx.changes,
+            [Change::Ban {
+                net: net("192.0.2.7/32"),
+                expires
+            }]
+        );
+        let EngineEvent::Banned(info) = &fx.events[0] else {
+            panic!("{:?}", fx.events)
+        };
+        assert_eq!((info.failures, info.offense, info.manual), (5, 1, false));
+        assert_eq!(info.kinds, [FailureKind::InvalidPassword]);
+        assert_eq!(info.services, [Service::Pjsip]);
+        assert_eq!(info.accounts, [AttackerText::new("1000")]);
+        assert!(fx.persist);
+        assert_eq!(jail.stats(FirewallStatus::default()).tracked_hosts, 0);
+
+        // Further failures (racing the firewall) change nothing.
+        let (verdict, fx) = fail(&mut jail, "192.0.2.7", 1, t(2));
+        assert_eq!(verdict, Verdict::AlreadyBanned(net("192.0.2.7/32")));
+        assert!(fx.changes.is_empty());
+    }
+
+    #[test]
+    fn failures_leave_the_window_after_findtime() {
+        let mut jail = Jail::new(&config());
+        fail(&mut jail, "192.0.2.7", 3, t(0));
+        // 10 minutes later the first three no longer count.
+        let (verdict, _) = fail(&mut jail, "192.0.2.7", 2, t(600));
+        assert_eq!(
+            verdict,
+            Verdict::Counted {
+                key: net("192.0.2.7/32"),
+                count: 2
+            }
+        );
+        // A sliding window: 3 more within findtime of the last two ban.
+        let (verdict, _) = fail(&mut jail, "192.0.2.7", 3, t(900));
+        assert_eq!(verdict, Verdict::Banned(net("192.0.2.7/32")));
+    }
+
+    #[test]
+    fn failures_count_by_asterisk_time_and_old_ones_do_not_count() {
+        let mut jail = Jail::new(&config());
+        let mut fx = Effects::default();
+        // A log backlog read an hour late.
+        for _ in 0..10 {
+            let verdict = jail.report(&failure("192.0.2.7", t(0)), t(3600), &mut fx);
+            assert_eq!(verdict, Verdict::Stale);
+        }
+        // Failures from 9 minutes ago still count; a time in the future is
+        // clamped to now.
+        for _ in 0..4 {
+            jail.report(&failure("192.0.2.8", t(3600 - 540)), t(3600), &mut fx);
+        }
+        let verdict = jail.report(&failure("192.0.2.8", t(99_999)), t(3600), &mut fx);
+        assert_eq!(verdict, Verdict::Banned(net("192.0.2.8/32")));
+        assert_eq!(jail.stats(FirewallStatus::default()).failures_counted, 5);
+    }
+
+    #[test]
+    fn events_of_one_attempt_count_once() {
+        let mut jail = Jail::new(&config());
+        let mut fx = Effects::default();
+        let acl = |session: &str, at: Timestamp| {
+            let mut report = failure("192.0.2.7", at);
+            if let Report::Failure(f) = &mut report {
+                f.kind = FailureKind::FailedAcl;
+                f.session = Some(AttackerText::new(session));
+            }
+            report
+        };
+        // Two FailedACL events of one REGISTER, as in the captures.
+        assert_eq!(
+            jail.report(&acl("call-1", t(0)), t(0), &mut fx),
+            Verdict::Counted {
+                key: net("192.0.2.7/32"),
+                count: 1
+            }
+        );
+        assert_eq!(
+            jail.report(&acl("call-1", t(0)), t(0), &mut fx),
+            Verdict::SameAttempt
+        );
+        // Another attempt, and the same session reused much later, count.
+        assert_eq!(
+            jail.report(&acl("call-2", t(1)), t(1), &mut fx),
+            Verdict::Counted {
+                key: net("192.0.2.7/32"),
+                count: 2
+            }
+        );
+        assert_eq!(
+            jail.report(&acl("call-2", t(10)), t(10), &mut fx),
+            Verdict::Counted {
+                key: net("192.0.2.7/32"),
+                count: 3
+            }
+        );
+        // Failures without a session are never collapsed.
+        assert_eq!(
+            fail(&mut jail, "192.0.2.7", 2, t(10)).0,
+            Verdict::Banned(net("192.0.2.7/32"))
+        );
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let mut jail = Jail::new(&config());
+        fail(&mut jail, "192.0.2.7", 4, t(0));
+        let success = Report::Success(Success {
+            host: "192.0.2.7".parse().expect("ip"),
+            service: Service::Pjsip,
+            time: t(1),
+            source: Source::Ami,
+        });
+        assert_eq!(
+            jail.report(&success, t(1), &mut Effects::default()),
+            Verdict::Reset(net("192.0.2.7/32"))
+        );
+        let (verdict, _) = fail(&mut jail, "192.0.2.7", 4, t(2));
+        assert_eq!(
+            verdict,
+            Verdict::Counted {
+                key: net("192.0.2.7/32"),
+                count: 4
+            }
+        );
+
+        let mut jail = Jail::new(&JailConfig {
+            reset_on_success: false,
+            ..config()
+        });
+        fail(&mut jail, "192.0.2.7", 4, t(0));
+        assert_eq!(
+            jail.report(&success, t(1), &mut Effects::default()),
+            Verdict::Unchanged
+        );
+        assert_eq!(
+            fail(&mut jail, "192.0.2.7", 1, t(2)).0,
+            Verdict::Banned(net("192.0.2.7/32"))
+        );
+    }
+
+    #[test]
+    fn ignoreip_wins_for_v4_v6_and_cidrs() {
+        let mut jail = Jail::new(&JailConfig {
+            ignoreip: vec![
+                net("10.0.0.0/8"),
+                net("192.0.2.7/32"),
+                net("2001:db8:5::/48"),
+            ],
+            ..config()
+        });
+        for host in [
+            "10.1.2.3",
+            "192.0.2.7",
+            "2001:db8:5:1::9",
+            "::ffff:10.9.9.9",
+        ] {
+            let (verdict, fx) = fail(&mut jail, host, 20, t(0));
+            assert!(
+                matches!(verdict, Verdict::Ignored(IgnoreReason::Listed { .. })),
+                "{host}: {verdict:?}"
+            );
+            assert!(fx.changes.is_empty(), "{host}");
+            assert_eq!(fx.events.len(), 20);
+            assert!(matches!(fx.events[0], EngineEvent::Ignored { .. }));
+        }
+        assert_eq!(
+            fail(&mut jail, "192.0.2.8", 5, t(0)).0,
+            Verdict::Banned(net("192.0.2.8/32"))
+        );
+
+        // A manual ban of an ignored network is refused unless forced.
+        let mut fx = Effects::default();
+        let refused = jail.manual_ban(net("10.0.0.0/16"), None, false, t(0), &mut fx);
+        assert!(
+            matches!(refused, Err(BanError::Ignored { .. })),
+            "{refused:?}"
+        );
+        let refused = jail.manual_ban(net("0.0.0.0/0"), None, false, t(0), &mut fx);
+        assert!(
+            matches!(refused, Err(BanError::Ignored { .. })),
+            "{refused:?}"
+        );
+        assert!(fx.changes.is_empty());
+        let forced = jail
+            .manual_ban(net("10.0.0.0/16"), None, true, t(0), &mut fx)
+            .expect("forced");
+        assert!(forced.manual);
+    }
+
+    #[test]
+    fn own_addresses_are_ignored() {
+        let mut jail = Jail::new(&config());
+        jail.set_own_addresses(vec!["198.51.100.4".parse().expect("ip")]);
+        let (verdict, _) = fail(&mut jail, "198.51.100.4", 5, t(0));
+        assert_eq!(
+            verdict,
+            Verdict::Ignored(IgnoreReason::OwnAddress {
+                addr: "198.51.100.4".parse().expect("ip")
+            })
+        );
+    }
+
+    #[test]
+    fn repeat_offenders_get_escalating_bans_up_to_the_maximum() {
+        let mut jail = Jail::new(&JailConfig {
+            bantime: Duration::from_secs(100),
+            bantime_factor: 3,
+            bantime_max: Duration::from_secs(1000),
+            ..config()
+        });
+        let mut now = 0;
+        let mut durations = Vec::new();
+        for _ in 0..4 {
+            let (_, fx) = fail(&mut jail, "192.0.2.7", 5, t(now));
+            let EngineEvent::Banned(info) = &fx.events[0] else {
+                panic!("{:?}", fx.events)
+            };
+            durations.push((info.offense, info.duration().as_secs()));
+            now += i64::try_from(info.duration().as_secs()).expect("secs");
+            let mut fx = Effects::default();
+            jail.expire(t(now), &mut fx);
+            assert_eq!(
+                fx.events,
+                [EngineEvent::Unbanned {
+                    net: net("192.0.2.7/32"),
+                    reason: UnbanReason::Expired
+                }]
+            );
+            assert_eq!(
+                fx.changes,
+                [Change::Unban {
+                    net: net("192.0.2.7/32")
+                }]
+            );
+        }
+        assert_eq!(durations, [(1, 100), (2, 300), (3, 900), (4, 1000)]);
+    }
+
+    #[test]
+    fn offenders_are_forgotten_after_history() {
+        let mut jail = Jail::new(&JailConfig {
+            bantime: Duration::from_secs(100),
+            history: Duration::from_secs(1000),
+            ..config()
+        });
+        fail(&mut jail, "192.0.2.7", 5, t(0));
+        jail.expire(t(100), &mut Effects::default());
+        let (_, fx) = fail(&mut jail, "192.0.2.7", 5, t(100 + 1001));
+        let EngineEvent::Banned(info) = &fx.events[0] else {
+            panic!("{:?}", fx.events)
+        };
+        assert_eq!(info.offense, 1);
+        jail.housekeep(t(100_000));
+        assert_eq!(jail.stats(FirewallStatus::default()).offenders, 0);
+    }
+
+    #[test]
+    fn ipv6_hosts_are_counted_and_banned_per_prefix() {
+        let mut jail = Jail::new(&config());
+        fail(&mut jail, "2001:db8:1:2::1", 2, t(0));
+        fail(&mut jail, "2001:db8:1:2:aaaa::7", 2, t(0));
+        let (verdict, fx) = fail(&mut jail, "2001:db8:1:2:ffff::", 1, t(0));
+        assert_eq!(verdict, Verdict::Banned(net("2001:db8:1:2::/64")));
+        assert!(
+            matches!(fx.changes[0], Change::Ban { net: n, .. } if n == net("2001:db8:1:2::/64"))
+        );
+        // Anyone in the prefix is covered; the next prefix is not.
+        assert_eq!(
+            fail(&mut jail, "2001:db8:1:2::99", 1, t(1)).0,
+            Verdict::AlreadyBanned(net("2001:db8:1:2::/64"))
+        );
+        assert_eq!(
+            fail(&mut jail, "2001:db8:1:3::1", 1, t(1)).0,
+            Verdict::Counted {
+                key: net("2001:db8:1:3::/64"),
+                count: 1
+            }
+        );
+
+        let mut jail = Jail::new(&JailConfig {
+            ipv6_prefix: 48,
+            ..config()
+        });
+        assert_eq!(
+            fail(&mut jail, "2001:db8:1:2::1", 1, t(0)).0,
+            Verdict::Counted {
+                key: net("2001:db8:1::/48"),
+                count: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_prefix_that_holds_an_ignored_address_is_banned_per_address() {
+        let mut jail = Jail::new(&config());
+        jail.set_own_addresses(vec!["2001:db8:0:1::10".parse().expect("ip")]);
+        let (verdict, _) = fail(&mut jail, "2001:db8:0:1::66", 5, t(0));
+        assert_eq!(verdict, Verdict::Banned(net("2001:db8:0:1::66/128")));
+        // A single banned address is still found by containment.
+        assert_eq!(
+            fail(&mut jail, "2001:db8:0:1::66", 1, t(1)).0,
+            Verdict::AlreadyBanned(net("2001:db8:0:1::66/128"))
+        );
+    }
+
+    #[test]
+    fn the_cap_evicts_the_stalest_hosts_not_the_banned() {
+        let mut jail = Jail::new(&JailConfig {
+            max_tracked_hosts: 3,
+            ..config()
+        });
+        fail(&mut jail, "192.0.2.9", 5, t(0)); // banned: not tracked
+        fail(&mut jail, "192.0.2.1", 3, t(1));
+        fail(&mut jail, "192.0.2.2", 3, t(2));
+        fail(&mut jail, "192.0.2.3", 3, t(3));
+        assert_eq!(jail.stats(FirewallStatus::default()).tracked_hosts, 3);
+        fail(&mut jail, "192.0.2.2", 1, t(4)); // .2 is no longer the stalest
+        fail(&mut jail, "192.0.2.4", 1, t(5));
+        let stats = jail.stats(FirewallStatus::default());
+        assert_eq!((stats.tracked_hosts, stats.active_bans), (3, 1));
+        // .1 was evicted and starts over (evicting .3); .2 kept its count.
+        assert_eq!(
+            fail(&mut jail, "192.0.2.1", 1, t(6)).0,
+            Verdict::Counted {
+                key: net("192.0.2.1/32"),
+                count: 1
+            }
+        );
+        assert_eq!(
+            fail(&mut jail, "192.0.2.2", 1, t(7)).0,
+            Verdict::Banned(net("192.0.2.2/32"))
+        );
+    }
+
+    #[test]
+    fn eviction_removes_exactly_the_oldest() {
+        let mut map: HashMap<IpNet, u32> = (0..100u32)
+            .map(|i| {
+                (
+                    IpNet::from(IpAddr::from([10, 0, 0, u8::try_from(i).expect("u8")])),
+                    i % 10,
+                )
+            })
+            .collect();
+        evict_oldest(&mut map, 15, |&v| v);
+        assert_eq!(map.len(), 85);
+        assert_eq!(map.values().filter(|&&v| v == 0).count(), 0);
+        assert_eq!(map.values().filter(|&&v| v == 1).count(), 5);
+    }
+
+    #[test]
+    fn accounts_are_bounded_and_distinct() {
+        let mut jail = Jail::new(&JailConfig {
+            maxretry: 10,
+            ..config()
+        });
+        let mut fx = Effects::default();
+        for (i, name) in ["a", "b", "a", "c", "d", "e", "f", "g", "h", "i"]
+            .iter()
+            .enumerate()
+        {
+            let mut report = failure("192.0.2.7", t(0));
+            if let Report::Failure(f) = &mut report {
+                f.account = Some(AttackerText::new(name));
+                f.kind = if i % 2 == 0 {
+                    FailureKind::InvalidPassword
+                } else {
+                    FailureKind::InvalidAccountId
+                };
+            }
+            jail.report(&report, t(0), &mut fx);
+        }
+        let EngineEvent::Banned(info) = &fx.events[0] else {
+            panic!("{:?}", fx.events)
+        };
+        let accounts: Vec<&str> = info.accounts.iter().map(AttackerText::as_str).collect();
+        assert_eq!(accounts, ["a", "b", "c"]);
+        assert_eq!(
+            info.kinds,
+            [FailureKind::InvalidAccountId, FailureKind::InvalidPassword]
+        );
+    }
+
+    #[test]
+    fn manual_bans_cover_supersede_and_replace() {
+        let mut jail = Jail::new(&config());
+        let mut fx = Effects::default();
+        fail(&mut jail, "192.0.2.7", 5, t(0));
+        fail(&mut jail, "192.0.2.8", 3, t(0));
+
+        let wide = jail
+            .manual_ban(
+                net("192.0.2.0/24"),
+                Some(Duration::from_secs(60)),
+                false,
+                t(1),
+                &mut fx,
+            )
+            .expect("ban");
+        assert_eq!((wide.manual, wide.expires), (true, t(61)));
+        assert_eq!(
+            fx.changes,
+            [
+                Change::Unban {
+                    net: net("192.0.2.7/32")
+                },
+                Change::Ban {
+                    net: net("192.0.2.0/24"),
+                    expires: t(61)
+                }
+            ]
+        );
+        assert!(matches!(
+            fx.events[0],
+            EngineEvent::Unbanned {
+                reason: UnbanReason::Superseded,
+                ..
+            }
+        ));
+        let stats = jail.stats(FirewallStatus::default());
+        assert_eq!((stats.active_bans, stats.tracked_hosts), (1, 0));
+
+        // Inside a banned network: refused, and failures are covered.
+        let covered = jail.manual_ban(net("192.0.2.9/32"), None, false, t(2), &mut fx);
+        assert_eq!(
+            covered,
+            Err(BanError::Covered {
+                net: net("192.0.2.9/32"),
+                by: net("192.0.2.0/24")
+            })
+        );
+        assert_eq!(
+            fail(&mut jail, "192.0.2.200", 1, t(2)).0,
+            Verdict::AlreadyBanned(net("192.0.2.0/24"))
+        );
+
+        // The same network again replaces the ban (and is an offense more).
+        let mut fx = Effects::default();
+        let again = jail
+            .manual_ban(net("192.0.2.0/24"), None, false, t(3), &mut fx)
+            .expect("ban");
+        assert_eq!(
+            (again.offense, again.expires),
+            (2, t(3 + 2 * 3 * 24 * 3600))
+        );
+        assert_eq!(
+            fx.changes,
+            [Change::Replace {
+                net: net("192.0.2.0/24"),
+                expires: again.expires
+            }]
+        );
+        assert_eq!(jail.next_expiry(), Some(again.expires));
+
+        let mut fx = Effects::default();
+        assert!(jail.unban(net("192.0.2.1/32"), &mut fx).is_none());
+        assert!(fx.changes.is_empty());
+        let gone = jail
+            .unban(net("192.0.2.0/24"), &mut fx)
+            .expect("was banned");
+        assert_eq!(gone.net, net("192.0.2.0/24"));
+        assert_eq!(
+            fx.changes,
+            [Change::Unban {
+                net: net("192.0.2.0/24")
+            }]
+        );
+        assert_eq!(jail.next_expiry(), None);
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let mut jail = Jail::new(&config());
+        fail(&mut jail, "192.0.2.7", 5, t(0));
+        fail(&mut jail, "2001:db8:1:2::1", 5, t(0));
+        let mut fx = Effects::default();
+        jail.manual_ban(
+            net("198.51.100.0/24"),
+            Some(Duration::from_secs(100)),
+            false,
+            t(0),
+            &mut fx,
+        )
+        .expect("ban");
+        jail.manual_ban(
+            net("203.0.113.5/32"),
+            Some(Duration::from_secs(10)),
+            false,
+            t(0),
+            &mut fx,
+        )
+        .expect("ban");
+        let saved = jail.snapshot();
+        let json = serde_json::to_string(&saved).expect("json");
+        assert!(json.contains(r#""host":"192.0.2.7""#), "{json}");
+        let back: Saved = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, saved);
+
+        // Restored 50 s later: the 10 s ban is over and dropped.
+        let mut restored = Jail::new(&config());
+        let mut active = restored.restore(back, t(50));
+        active.sort_by_key(|b| b.net);
+        let nets: Vec<IpNet> = active.iter().map(|b| b.net).collect();
+        assert_eq!(
+            nets,
+            [
+                net("192.0.2.7/32"),
+                net("198.51.100.0/24"),
+                net("2001:db8:1:2::/64")
+            ]
+        );
+        assert_eq!(active[1].expires, t(100));
+        assert_eq!(
+            restored.bans(),
+            jail.bans()
+                .into_iter()
+                .filter(|b| b.expires > t(50))
+                .collect::<Vec<_>>()
+        );
+        // Failures of a restored ban are covered; history escalates.
+        assert_eq!(
+            fail(&mut restored, "198.51.100.77", 1, t(51)).0,
+            Verdict::AlreadyBanned(net("198.51.100.0/24"))
+        );
+        restored.expire(t(3 * 24 * 3600), &mut Effects::default());
+        let (_, fx) = fail(&mut restored, "192.0.2.7", 5, t(3 * 24 * 3600 + 1));
+        let EngineEvent::Banned(info) = &fx.events[0] else {
+            panic!("{:?}", fx.events)
+        };
+        assert_eq!(info.offense, 2);
+    }
+
+    #[test]
+    fn restore_drops_what_ignoreip_now_protects_and_overlaps() {
+        let saved = Saved {
+            bans: ["192.0.2.7/32", "192.0.2.0/24", "10.0.0.1/32"]
+                .into_iter()
+                .map(|n| BanInfo {
+                    net: net(n),
+                    banned_at: t(0),
+                    expires: t(1000),
+                    failures: 5,
+                    offense: 1,
+                    manual: false,
+                    kinds: Vec::new(),
+                    services: Vec::new(),
+                    accounts: vec![AttackerText::new("x"); 9],
+                })
+                .collect(),
+            offenders: Vec::new(),
+        };
+        let mut jail = Jail::new(&JailConfig {
+            ignoreip: vec![net("10.0.0.0/8")],
+            ..config()
+        });
+        let active = jail.restore(saved, t(1));
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].net, net("192.0.2.0/24"));
+        assert_eq!(jail.bans()[0].accounts.len(), MAX_ACCOUNTS);
+    }
+}

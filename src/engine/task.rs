@@ -1,0 +1,247 @@
+//! The engine task: a thin loop around the [`Jail`] that owns it.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use jiff::Timestamp;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::ignore::own_addresses;
+use super::jail::{Effects, Jail, Verdict};
+use super::state::{self, Saved};
+use super::{BanError, BanInfo, EngineEvent, EngineStats};
+use crate::config::format_duration;
+use crate::failure::Report;
+use crate::firewall::Applier;
+
+/// Most commands handled before the resulting changes go to the firewall:
+/// large enough to batch a burst, small enough to keep latency low.
+const MAX_BATCH: usize = 1024;
+
+/// State is saved this long after it changes, so a burst of bans costs one
+/// write.
+const SAVE_DELAY: Duration = Duration::from_secs(1);
+
+/// How often stale hosts are forgotten and own addresses re-read.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
+
+/// What an [`super::EngineHandle`] asks of the engine.
+#[derive(Debug)]
+pub(super) enum Command {
+    Report(Report),
+    Ban {
+        net: IpNet,
+        duration: Option<Duration>,
+        force: bool,
+        reply: oneshot::Sender<Result<BanInfo, BanError>>,
+    },
+    Unban {
+        net: IpNet,
+        reply: oneshot::Sender<Option<BanInfo>>,
+    },
+    Bans {
+        reply: oneshot::Sender<Vec<BanInfo>>,
+    },
+    Stats {
+        reply: oneshot::Sender<EngineStats>,
+    },
+}
+
+/// Everything the engine task is made of.
+pub(super) struct Parts {
+    pub(super) jail: Jail,
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) events: broadcast::Sender<EngineEvent>,
+    pub(super) firewall: Applier,
+    pub(super) state_path: PathBuf,
+    pub(super) ignore_self: bool,
+    pub(super) shutdown: CancellationToken,
+}
+
+pub(super) struct Engine {
+    parts: Parts,
+    /// When to save next, if state changed since the last save.
+    save_at: Option<Instant>,
+    /// The save in progress, so that two never write at once.
+    saving: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    pub(super) fn new(parts: Parts) -> Engine {
+        Engine {
+            parts,
+            save_at: None,
+            saving: None,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut housekeeping =
+            tokio::time::interval_at(Instant::now() + HOUSEKEEPING, HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut fx = Effects::default();
+            let expiry = self.parts.jail.next_expiry().map(deadline);
+            let later = Instant::now() + HOUSEKEEPING;
+            // Timers first: they are rarely ready, so a flood of reports
+            // cannot starve them, and reports are never starved either.
+            tokio::select! {
+                biased;
+                () = self.parts.shutdown.cancelled() => break,
+                () = sleep_until(expiry.unwrap_or(later)), if expiry.is_some() => {
+                    self.parts.jail.expire(Timestamp::now(), &mut fx);
+                }
+                () = sleep_until(self.save_at.unwrap_or(later)), if self.save_at.is_some() => {
+                    self.save_at = None;
+                    self.save_in_background();
+                }
+                _ = housekeeping.tick() => self.housekeep(),
+                command = self.parts.commands.recv() => {
+                    let Some(command) = command else { break };
+                    self.handle(command, &mut fx);
+                    // Whatever else is already queued joins the same
+                    // firewall transaction.
+                    for _ in 1..MAX_BATCH {
+                        match self.parts.commands.try_recv() {
+                            Ok(command) => self.handle(command, &mut fx),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.publish(fx);
+        }
+        self.stop().await;
+    }
+
+    fn handle(&mut self, command: Command, fx: &mut Effects) {
+        let now = Timestamp::now();
+        let jail = &mut self.parts.jail;
+        match command {
+            Command::Report(report) => trace(report.host(), jail.report(&report, now, fx)),
+            Command::Ban {
+                net,
+                duration,
+                force,
+                reply,
+            } => {
+                let _ = reply.send(jail.manual_ban(net, duration, force, now, fx));
+            }
+            Command::Unban { net, reply } => {
+                let _ = reply.send(jail.unban(net, fx));
+            }
+            Command::Bans { reply } => {
+                let _ = reply.send(jail.bans());
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(jail.stats(self.parts.firewall.status()));
+            }
+        }
+    }
+
+    /// Sends what the last batch decided: changes to the firewall, events
+    /// to subscribers and the log, and schedules a save.
+    fn publish(&mut self, fx: Effects) {
+        if !fx.changes.is_empty() {
+            self.parts.firewall.send(fx.changes);
+        }
+        if fx.persist && self.save_at.is_none() {
+            self.save_at = Some(Instant::now() + SAVE_DELAY);
+        }
+        for event in fx.events {
+            log(&event);
+            // No subscribers is fine.
+            let _ = self.parts.events.send(event);
+        }
+    }
+
+    fn housekeep(&mut self) {
+        if self.parts.ignore_self {
+            match own_addresses() {
+                Ok(own) => self.parts.jail.set_own_addresses(own),
+                Err(e) => tracing::warn!(
+                    "cannot re-read this host's addresses (keeping the last ones): {e}"
+                ),
+            }
+        }
+        self.parts.jail.housekeep(Timestamp::now());
+    }
+
+    fn save_in_background(&mut self) {
+        if self.saving.as_ref().is_some_and(|s| !s.is_finished()) {
+            self.save_at = Some(Instant::now() + SAVE_DELAY);
+            return;
+        }
+        let snapshot = self.parts.jail.snapshot();
+        let path = self.parts.state_path.clone();
+        self.saving = Some(tokio::task::spawn_blocking(move || save(&path, &snapshot)));
+    }
+
+    /// Saves state one last time and lets the firewall apply what is
+    /// queued.
+    async fn stop(self) {
+        let Engine { parts, saving, .. } = self;
+        // Callers waiting on a full queue learn that the engine is gone.
+        drop(parts.commands);
+        if let Some(saving) = saving {
+            let _ = saving.await;
+        }
+        let snapshot = parts.jail.snapshot();
+        let path = parts.state_path;
+        let bans = snapshot.bans.len();
+        if let Err(e) = tokio::task::spawn_blocking(move || save(&path, &snapshot)).await {
+            tracing::error!("saving ban state failed: {e}");
+        }
+        parts.firewall.finish().await;
+        tracing::info!(bans, "ban engine stopped");
+    }
+}
+
+fn save(path: &Path, saved: &Saved) {
+    if let Err(e) = state::save(path, saved) {
+        tracing::error!(
+            path = %path.display(),
+            "cannot save ban state: {e}; bans and history will not survive a restart until this works"
+        );
+    }
+}
+
+/// The tokio instant at which the wall-clock time `at` arrives.
+fn deadline(at: Timestamp) -> Instant {
+    let wait = at.duration_since(Timestamp::now());
+    Instant::now() + Duration::try_from(wait).unwrap_or(Duration::ZERO)
+}
+
+fn trace(host: IpAddr, verdict: Verdict) {
+    match verdict {
+        Verdict::Counted { key, count } => tracing::debug!(%host, %key, count, "failure counted"),
+        Verdict::Stale => tracing::debug!(%host, "failure older than findtime, not counted"),
+        Verdict::SameAttempt => tracing::debug!(%host, "another event of the attempt just counted"),
+        Verdict::AlreadyBanned(by) => tracing::debug!(%host, %by, "failure from a banned network"),
+        Verdict::Reset(key) => {
+            tracing::debug!(%host, %key, "successful login, failure count reset")
+        }
+        // Logged with their events.
+        Verdict::Ignored(_) | Verdict::Banned(_) | Verdict::Unchanged => {}
+    }
+}
+
+fn log(event: &EngineEvent) {
+    match event {
+        EngineEvent::Banned(ban) => tracing::info!(
+            host = %ban.net,
+            failures = ban.failures,
+            offense = ban.offense,
+            duration = %format_duration(ban.duration()),
+            manual = ban.manual,
+            "banned"
+        ),
+        EngineEvent::Unbanned { net, reason } => tracing::info!(host = %net, %reason, "unbanned"),
+        EngineEvent::Ignored { host, reason } => tracing::debug!(%host, %reason, "failure ignored"),
+    }
+}
