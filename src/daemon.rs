@@ -163,15 +163,10 @@ pub async fn run(
     sd_notify("READY=1");
 
     let mut config = config;
-    loop {
-        match signals.next().await {
-            Signal::Reload => {
-                sd_notify("RELOADING=1");
-                config = reload(config, config_path.as_deref(), rules_tx.as_ref(), &control);
-                sd_notify("READY=1");
-            }
-            Signal::Stop => break,
-        }
+    while let Signal::Reload = signals.next().await {
+        sd_notify("RELOADING=1");
+        config = reload(config, config_path.as_deref(), rules_tx.as_ref(), &control);
+        sd_notify("READY=1");
     }
 
     tracing::info!("stopping");
@@ -278,8 +273,8 @@ async fn forward_bans(mut events: tokio::sync::broadcast::Receiver<EngineEvent>,
 }
 
 impl ReportSink for EngineHandle {
-    fn deliver(&self, report: Report) -> impl std::future::Future<Output = Result<(), ()>> + Send {
-        async move { self.report(report).await.map_err(drop) }
+    async fn deliver(&self, report: Report) -> Result<(), ()> {
+        self.report(report).await.map_err(drop)
     }
 }
 

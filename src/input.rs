@@ -168,8 +168,8 @@ pub trait ReportSink {
 }
 
 impl ReportSink for mpsc::Sender<Report> {
-    fn deliver(&self, report: Report) -> impl Future<Output = Result<(), ()>> + Send {
-        async move { self.send(report).await.map_err(|_| ()) }
+    async fn deliver(&self, report: Report) -> Result<(), ()> {
+        self.send(report).await.map_err(|_| ())
     }
 }
 
