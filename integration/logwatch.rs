@@ -193,7 +193,15 @@ impl Follow {
         let shutdown = CancellationToken::new();
         // Created by the input itself.
         let state = dir.path().join("state");
-        let task = tokio::spawn(logwatch::run(config, rules_rx, state, tx, shutdown.clone()));
+        let (stats, _) = tokio::sync::watch::channel(logwatch::LogStats::default());
+        let task = tokio::spawn(logwatch::run(
+            config,
+            rules_rx,
+            state,
+            tx,
+            stats,
+            shutdown.clone(),
+        ));
         Follow {
             dir,
             path,

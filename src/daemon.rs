@@ -9,21 +9,22 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ami::client::Health;
-use crate::config::{Config, InputMode, parse_duration, parse_net};
+use crate::config::{Backend, Config, InputMode, parse_duration, parse_net};
 use crate::control::{self, Handler, Request, Response};
 use crate::demo::Demo;
+use crate::engine::EngineStats;
 use crate::engine::{self, EngineEvent, EngineHandle};
 use crate::failure::Report;
 use crate::firewall::AnyFirewall;
-use crate::input::{self, ReportSink};
-use crate::logwatch::{self, filter::RuleSet};
+use crate::input::{self, GateStats, Inputs, ReportSink};
+use crate::logwatch::{self, LogStats, filter::RuleSet};
 use crate::notify::{self, BanNotice, Mailer, Notice};
 
 /// Reports buffered between an input and the gate. Enough to absorb a
@@ -83,6 +84,8 @@ pub async fn run(
     let (health_tx, health_rx) = watch::channel(Health::Connecting);
     let (ami_tx, ami_rx) = mpsc::channel(REPORT_QUEUE);
     let (log_tx, log_rx) = mpsc::channel(REPORT_QUEUE);
+    let (log_stats_tx, log_stats) = watch::channel(LogStats::default());
+    let (gate_stats_tx, gate_stats) = watch::channel(GateStats::default());
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
 
     if mode.uses_ami() {
@@ -105,7 +108,8 @@ pub async fn run(
             shutdown.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = logwatch::run(log_cfg, rules_rx, state_dir, log_tx, stop).await {
+            let run = logwatch::run(log_cfg, rules_rx, state_dir, log_tx, log_stats_tx, stop);
+            if let Err(e) = run.await {
                 tracing::error!(error = %e, "the log input stopped");
             }
         }));
@@ -115,19 +119,21 @@ pub async fn run(
         None
     };
 
-    tasks.push(tokio::spawn(input::run(
-        mode,
-        health_rx.clone(),
-        ami_rx,
-        log_rx,
-        engine.clone(),
-        shutdown.clone(),
-    )));
+    let inputs = Inputs {
+        health: health_rx.clone(),
+        ami: ami_rx,
+        log: log_rx,
+        sink: engine.clone(),
+        stats: gate_stats_tx,
+    };
+    tasks.push(tokio::spawn(input::run(mode, inputs, shutdown.clone())));
 
     let server = control::Server::bind(&config.control.socket).await?;
     let control = Arc::new(Control {
         engine: engine.clone(),
         health: health_rx,
+        log_stats,
+        gate_stats,
         mode,
         started: Timestamp::now(),
         config: watch::channel(Arc::new(config.clone())).0,
@@ -185,10 +191,13 @@ pub async fn run(
         drop(mailer);
         notify::finish(task).await;
     }
-    tracing::info!(
-        active_bans,
-        "stopped; bans stay enforced by the kernel until they expire"
-    );
+    match config.firewall.backend {
+        Backend::Nftables => tracing::info!(
+            active_bans,
+            "stopped; bans stay enforced by the kernel until they expire"
+        ),
+        Backend::DryRun => tracing::info!(active_bans, "stopped (dry-run: nothing was enforced)"),
+    }
     Ok(())
 }
 
@@ -282,13 +291,15 @@ impl ReportSink for EngineHandle {
 struct Control {
     engine: EngineHandle,
     health: watch::Receiver<Health>,
+    log_stats: watch::Receiver<LogStats>,
+    gate_stats: watch::Receiver<GateStats>,
     mode: InputMode,
     started: Timestamp,
     config: watch::Sender<Arc<Config>>,
 }
 
 /// What `astban status --json` prints.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub struct Status {
     /// astban's version.
     pub version: String,
@@ -300,12 +311,16 @@ pub struct Status {
     pub ami: InputStatus,
     /// The log input.
     pub log: InputStatus,
+    /// What the log input has read.
+    pub log_read: LogStats,
+    /// Reports of each input that counted, or not, under the input mode.
+    pub counted: GateStats,
     /// The engine's and firewall's counters.
-    pub engine: Value,
+    pub engine: EngineStats,
 }
 
 /// One input's state.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 pub struct InputStatus {
     /// `up`, `down`, `connecting`, `following` or `off`.
     pub state: String,
@@ -320,7 +335,7 @@ pub struct InputStatus {
 }
 
 impl Control {
-    fn status(&self, engine: Value) -> Status {
+    fn status(&self, engine: EngineStats) -> Status {
         let health = self.health.borrow().clone();
         let config = self.config.borrow().clone();
         let ami_up = matches!(health, Health::Up { .. });
@@ -344,11 +359,12 @@ impl Control {
                 detail,
             }
         };
+        let log_read = self.log_stats.borrow().clone();
         let log = InputStatus {
-            state: if self.mode.uses_log() {
-                "following"
-            } else {
-                "off"
+            state: match (self.mode.uses_log(), log_read.file_missing) {
+                (false, _) => "off",
+                (true, false) => "following",
+                (true, true) => "waiting for the file",
             }
             .into(),
             counting: match self.mode {
@@ -368,6 +384,8 @@ impl Control {
             input_mode: self.mode,
             ami,
             log,
+            log_read,
+            counted: *self.gate_stats.borrow(),
             engine,
         }
     }
@@ -378,9 +396,7 @@ impl Handler for Control {
         let gone = |_| Response::error("the ban engine has stopped");
         match request {
             Request::Status => match self.engine.stats().await {
-                Ok(stats) => {
-                    to_response(&self.status(serde_json::to_value(stats).unwrap_or(Value::Null)))
-                }
+                Ok(stats) => to_response(&self.status(stats)),
                 Err(e) => gone(e),
             },
             Request::Bans => match self.engine.bans().await {
@@ -412,7 +428,7 @@ impl Handler for Control {
                 };
                 match self.engine.unban(net).await {
                     Ok(Some(ban)) => to_response(&ban),
-                    Ok(None) => Response::error(format!("{net} is not banned")),
+                    Ok(None) => Response::error(format!("{} is not banned", host.trim())),
                     Err(e) => gone(e),
                 }
             }
@@ -429,40 +445,76 @@ fn to_response<T: Serialize>(value: &T) -> Response {
 
 /// `astban status` for humans.
 pub fn render_status(data: &Value) -> String {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
     let mut out = String::new();
-    let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
     let _ = writeln!(
         out,
         "astban {} running since {}",
-        s(&data["version"]),
-        s(&data["started"])
+        text(&data["version"]),
+        text(&data["started"])
     );
-    let _ = writeln!(out, "input mode: {}", s(&data["input_mode"]));
+    let _ = writeln!(out, "input mode: {}", text(&data["input_mode"]));
     for input in ["ami", "log"] {
         let i = &data[input];
-        let mut line = format!("  {input:<4} {}", s(&i["state"]));
+        let mut line = format!("  {input:<4} {}", text(&i["state"]));
         if let Some(since) = i["since"].as_str() {
             let _ = write!(line, " since {since}");
-        }
-        if i["counting"].as_bool() == Some(true) {
-            line.push_str(", counting");
         }
         if let Some(detail) = i["detail"].as_str() {
             let _ = write!(line, " ({detail})");
         }
+        line.push_str(if i["counting"].as_bool() == Some(true) {
+            ", counting"
+        } else {
+            ", not counting"
+        });
         let _ = writeln!(out, "{line}");
     }
-    if let Some(engine) = data["engine"].as_object() {
-        let _ = writeln!(out, "engine:");
-        for (key, value) in engine {
-            let value = match value {
-                Value::String(s) => s.clone(),
-                Value::Null => "-".into(),
-                other => other.to_string(),
-            };
-            let _ = writeln!(out, "  {key}: {value}");
-        }
+    let (read, counted) = (&data["log_read"], &data["counted"]);
+    let _ = writeln!(
+        out,
+        "log read: {} lines, {} failures found, {} too long",
+        text(&read["lines"]),
+        text(&read["failures"]),
+        text(&read["too_long"])
+    );
+    let _ = writeln!(
+        out,
+        "counted: ami {} ({} not counted), log {} ({} not counted)",
+        text(&counted["ami_counted"]),
+        text(&counted["ami_dropped"]),
+        text(&counted["log_counted"]),
+        text(&counted["log_dropped"])
+    );
+    let engine = &data["engine"];
+    let _ = writeln!(
+        out,
+        "engine: {} active bans, {} hosts tracked, {} offenders remembered, {} failures counted, {} bans since start",
+        text(&engine["active_bans"]),
+        text(&engine["tracked_hosts"]),
+        text(&engine["offenders"]),
+        text(&engine["failures_counted"]),
+        text(&engine["bans_total"])
+    );
+    let fw = &engine["firewall"];
+    let _ = write!(
+        out,
+        "firewall: {}, {} changes pending",
+        if fw["healthy"].as_bool() == Some(true) {
+            "healthy"
+        } else {
+            "FAILING"
+        },
+        text(&fw["pending"])
+    );
+    if let Some(error) = fw["last_error"].as_str() {
+        let _ = write!(out, "; last error: {error}");
     }
+    out.push('\n');
     out
 }
 

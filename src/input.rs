@@ -29,6 +29,32 @@ const MAX_INTERVALS: usize = 32;
 /// Recent (host, second) records kept per input for switch-over matching.
 const MAX_RECENT: usize = 4096;
 
+/// How many reports of each input counted, for `astban status` (and for
+/// tests, which need to know a report was judged).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GateStats {
+    /// AMI reports that counted.
+    pub ami_counted: u64,
+    /// AMI reports dropped (mode `log`, or already counted from the log).
+    pub ami_dropped: u64,
+    /// Log reports that counted.
+    pub log_counted: u64,
+    /// Log reports dropped (AMI covered that moment, or mode `ami`).
+    pub log_dropped: u64,
+}
+
+impl GateStats {
+    fn record(&mut self, source: Source, counted: bool) {
+        let n = match (source, counted) {
+            (Source::Ami, true) => &mut self.ami_counted,
+            (Source::Ami, false) => &mut self.ami_dropped,
+            (Source::Log, true) => &mut self.log_counted,
+            (Source::Log, false) => &mut self.log_dropped,
+        };
+        *n += 1;
+    }
+}
+
 /// The pure decision: does this report count?
 #[derive(Debug)]
 pub struct Gate {
@@ -173,19 +199,34 @@ impl ReportSink for mpsc::Sender<Report> {
     }
 }
 
-/// Forwards the reports of both inputs that count under `mode` to `sink`,
-/// until shutdown or until the sink is gone.
+/// The gate's channels: where reports come from and where what counts
+/// goes.
+pub struct Inputs<S> {
+    /// The AMI session's health.
+    pub health: watch::Receiver<Health>,
+    /// Reports from AMI.
+    pub ami: mpsc::Receiver<Report>,
+    /// Reports from the log.
+    pub log: mpsc::Receiver<Report>,
+    /// Where counted reports go.
+    pub sink: S,
+    /// Counters, updated after every decision.
+    pub stats: watch::Sender<GateStats>,
+}
+
+/// Forwards the reports of both inputs that count under `mode` to the
+/// sink, until shutdown or until the sink is gone.
 ///
 /// Health changes are applied before any report that follows them, so a
 /// report is always judged against the AMI state of its own time.
-pub async fn run<S: ReportSink>(
-    mode: InputMode,
-    mut health: watch::Receiver<Health>,
-    mut ami: mpsc::Receiver<Report>,
-    mut log: mpsc::Receiver<Report>,
-    sink: S,
-    shutdown: CancellationToken,
-) {
+pub async fn run<S: ReportSink>(mode: InputMode, inputs: Inputs<S>, shutdown: CancellationToken) {
+    let Inputs {
+        mut health,
+        mut ami,
+        mut log,
+        sink,
+        stats,
+    } = inputs;
     let mut gate = Gate::new(mode);
     gate.set_health(&health.borrow_and_update());
     let (mut ami_open, mut log_open, mut health_open) = (true, true, true);
@@ -210,7 +251,9 @@ pub async fn run<S: ReportSink>(
             },
             else => return,
         };
-        if gate.admit(&report) {
+        let counted = gate.admit(&report);
+        stats.send_modify(|s| s.record(report.source(), counted));
+        if counted {
             if sink.deliver(report).await.is_err() {
                 return;
             }
@@ -334,15 +377,16 @@ mod tests {
         let (ami_tx, ami_rx) = mpsc::channel(8);
         let (log_tx, log_rx) = mpsc::channel(8);
         let (out_tx, mut out_rx) = mpsc::channel(8);
+        let (stats_tx, stats_rx) = watch::channel(GateStats::default());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(
-            InputMode::Auto,
-            health_rx,
-            ami_rx,
-            log_rx,
-            out_tx,
-            shutdown.clone(),
-        ));
+        let inputs = Inputs {
+            health: health_rx,
+            ami: ami_rx,
+            log: log_rx,
+            sink: out_tx,
+            stats: stats_tx,
+        };
+        let task = tokio::spawn(run(InputMode::Auto, inputs, shutdown.clone()));
 
         log_tx
             .send(failure(Source::Log, "192.0.2.1", 1_000))
@@ -370,6 +414,11 @@ mod tests {
             Some("192.0.2.3".parse().expect("ip"))
         );
 
+        let stats = *stats_rx.borrow();
+        assert_eq!(
+            (stats.log_counted, stats.log_dropped, stats.ami_counted),
+            (1, 1, 1)
+        );
         shutdown.cancel();
         task.await.expect("gate task");
     }

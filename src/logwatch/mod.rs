@@ -46,6 +46,19 @@ const BATCH_BYTES: u64 = 1 << 20;
 /// How often a moved cursor is written to disk (and always on shutdown).
 const CURSOR_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// What the log input has done so far, for `astban status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogStats {
+    /// Lines read.
+    pub lines: u64,
+    /// Failed attempts found in them (before the input-mode rule).
+    pub failures: u64,
+    /// Lines skipped for being longer than `log.max_line_length`.
+    pub too_long: u64,
+    /// Whether the file is missing right now.
+    pub file_missing: bool,
+}
+
 /// Why the log input stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -63,12 +76,14 @@ pub enum LogError {
 /// It keeps running when the file is missing or unreadable (saying so once
 /// in the log), picks up new rules from `rules` (a SIGHUP reload), and
 /// keeps its cursor in `state_dir` so that lines written while astban was
-/// stopped are still read.
+/// stopped are still read. `stats` is updated after each batch's reports
+/// have been handed on.
 pub async fn run(
     config: LogConfig,
     mut rules: watch::Receiver<Arc<RuleSet>>,
     state_dir: PathBuf,
     reports: mpsc::Sender<Report>,
+    stats: watch::Sender<LogStats>,
     shutdown: CancellationToken,
 ) -> Result<(), LogError> {
     let cursor_path = state_dir.join(CURSOR_FILE);
@@ -106,6 +121,7 @@ pub async fn run(
         })
         .await?;
         reader = back;
+        let failures = batch.reports.len() as u64;
         for (report, cursor) in batch.reports {
             tokio::select! {
                 biased;
@@ -119,6 +135,14 @@ pub async fn run(
         if batch.end.is_some() {
             committed = batch.end;
         }
+        stats.send_if_modified(|s| {
+            let before = s.clone();
+            s.lines += batch.lines;
+            s.failures += failures;
+            s.too_long += batch.too_long;
+            s.file_missing = batch.missing.unwrap_or(s.file_missing);
+            *s != before
+        });
         if batch.poll == Poll::More {
             tokio::task::yield_now().await;
             continue;
@@ -160,6 +184,11 @@ struct Batch {
     /// The cursor past the last line read, if any line was.
     end: Option<Cursor>,
     poll: Poll,
+    /// Lines read, and how many of them were too long.
+    lines: u64,
+    too_long: u64,
+    /// Whether the file turned out missing (or present again).
+    missing: Option<bool>,
 }
 
 impl Reader {
@@ -169,12 +198,15 @@ impl Reader {
         let mut reports = Vec::new();
         let mut end = None;
         let mut too_long = 0u64;
+        let mut lines = 0u64;
+        let mut missing = None;
         let path = self.follower.path().to_path_buf();
         let scanner = &mut self.scanner;
         let poll = self.follower.poll(
             BATCH_BYTES,
             |line, cursor| {
                 end = Some(cursor);
+                lines += 1;
                 match line {
                     Line::Text(text) => {
                         if let Event::Attempt(a) = scanner.scan(text) {
@@ -193,7 +225,16 @@ impl Reader {
                     Line::TooLong => too_long += 1,
                 }
             },
-            |notice| announce(&path, notice),
+            |notice| {
+                announce(&path, notice);
+                match notice {
+                    Notice::Missing => missing = Some(true),
+                    Notice::Following { .. } | Notice::Rotated | Notice::Truncated => {
+                        missing = Some(false)
+                    }
+                    Notice::Error(_) | Notice::LostRotated => {}
+                }
+            },
         );
         if too_long > 0 {
             tracing::warn!(
@@ -201,7 +242,14 @@ impl Reader {
                 path.display()
             );
         }
-        Batch { reports, end, poll }
+        Batch {
+            reports,
+            end,
+            poll,
+            lines,
+            too_long,
+            missing,
+        }
     }
 }
 
