@@ -1,7 +1,7 @@
 //! The `astban` command line. It parses arguments, sets up logging and
 //! hands over to the library; what each command does lives there.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -236,14 +236,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a human at a terminal, never in files or journald.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     // Under systemd, journald timestamps every line and shows no colours.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text if journald => builder.without_time().with_ansi(false).init(),
+        LogFormat::Text if journald => builder.without_time().init(),
         LogFormat::Text => builder.init(),
     }
 }

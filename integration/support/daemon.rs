@@ -73,6 +73,12 @@ impl Daemon {
         }
     }
 
+    /// Everything the daemon has logged so far, for failure messages.
+    pub fn output(&mut self) -> String {
+        self.seen.extend(self.lines.try_iter());
+        self.seen.join("\n")
+    }
+
     /// Runs an `astban` CLI command against this daemon's socket.
     pub fn cli(&self, args: &[&str]) -> Output {
         cli(&self.socket, args)
@@ -81,7 +87,11 @@ impl Daemon {
     /// `astban bans --json`, parsed.
     pub fn bans(&self) -> Vec<serde_json::Value> {
         let out = self.cli(&["bans", "--json"]);
-        assert!(out.status.success(), "bans failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "bans failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("bans --json prints a JSON array")
     }
 
