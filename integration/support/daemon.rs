@@ -73,12 +73,6 @@ impl Daemon {
         }
     }
 
-    /// Everything the daemon has logged so far, for failure messages.
-    pub fn output(&mut self) -> String {
-        self.seen.extend(self.lines.try_iter());
-        self.seen.join("\n")
-    }
-
     /// Runs an `astban` CLI command against this daemon's socket.
     pub fn cli(&self, args: &[&str]) -> Output {
         cli(&self.socket, args)
