@@ -1,1 +1,282 @@
-//! Placeholder until this suite lands.
+//! The daemon as a service: config checking, clear errors for what an
+//! admin gets wrong, SIGHUP reload, a missing log file, a missing `nft`,
+//! a refused AMI login. The real `astban` binary throughout.
+
+#[path = "support/daemon.rs"]
+mod daemon;
+#[path = "support/fake_ami.rs"]
+mod fake_ami;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use daemon::{BIN, Daemon};
+use fake_ami::{AmiThread, Script};
+use serde_json::Value;
+
+const SOON: Duration = Duration::from_secs(20);
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.path("astban.sock")
+    }
+
+    /// Writes a config for the log input with a dry-run firewall (unless
+    /// `extra` says otherwise) and returns its path.
+    fn config(&self, extra: &str) -> PathBuf {
+        let path = self.path("astban.toml");
+        let text = format!(
+            "[input]\nmode = \"log\"\n\n[log]\npath = \"{log}\"\nstart = \"beginning\"\n\n\
+             [control]\nsocket = \"{socket}\"\n\n[state]\ndir = \"{state}\"\n{extra}",
+            log = self.path("messages").display(),
+            socket = self.socket().display(),
+            state = self.path("state").display(),
+        );
+        std::fs::write(&path, text).expect("config");
+        path
+    }
+}
+
+const DRY_RUN: &str = "\n[firewall]\nbackend = \"dry-run\"\n";
+
+fn astban(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run astban")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Appends `n` chan_sip wrong-password lines from `host`, stamped now.
+fn log_attempts(path: &Path, host: &str, n: usize) {
+    let now = jiff::ZonedDateTime::now().strftime("%Y-%m-%d %H:%M:%S");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .expect("log file");
+    for _ in 0..n {
+        writeln!(
+            file,
+            "[{now}] NOTICE[2766] chan_sip.c: Registration from '<sip:100@pbx>' failed for '{host}:5060' - Wrong password"
+        )
+        .expect("append");
+    }
+}
+
+fn status(d: &Daemon) -> Value {
+    let out = d.cli(&["status", "--json"]);
+    assert!(out.status.success(), "status: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// Polls the status until `done` holds (nothing else signals these
+/// states), failing with the last status after a deadline.
+fn wait_status(d: &Daemon, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let s = status(d);
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; status: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn banned(d: &Daemon) -> Vec<String> {
+    d.bans()
+        .iter()
+        .map(|b| b["host"].as_str().expect("host").to_owned())
+        .collect()
+}
+
+fn hangup(d: &Daemon) {
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe {
+        libc::kill(d.pid() as libc::pid_t, libc::SIGHUP);
+    }
+}
+
+#[test]
+fn check_config_prints_masked_settings_and_names_what_is_wrong() {
+    let s = Setup::new();
+    let good = s.config("\n[ami]\nsecret = \"topsecret-value\"\n");
+    let out = astban(&["check-config", "--config", good.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("config OK"), "{shown}");
+    assert!(shown.contains("secret = \"********\""), "{shown}");
+    assert!(!shown.contains("topsecret"), "the secret leaked: {shown}");
+    assert!(
+        shown.contains("maxretry = 5"),
+        "defaults are shown: {shown}"
+    );
+
+    for (bad, names) in [
+        ("[jail]\nmaxretries = 3\n", "maxretries"),
+        ("[jail]\nbantime = \"forever\"\n", "forever"),
+        ("[jail]\nmaxretry = 0\n", "jail.maxretry"),
+        ("[firewall]\nbackend = \"iptables\"\n", "iptables"),
+        ("[jail\n", "bad.toml"),
+    ] {
+        let path = s.path("bad.toml");
+        std::fs::write(&path, bad).expect("write");
+        let out = astban(&["check-config", "--config", path.to_str().expect("utf-8")]);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        let err = text(&out.stderr);
+        assert!(err.contains(names), "{bad:?}: {err}");
+    }
+
+    let out = astban(&["check-config", "--config", "/nonexistent/astban.toml"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn the_cli_says_clearly_when_no_daemon_runs() {
+    let s = Setup::new();
+    let out = daemon::cli(&s.socket(), &["status"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("not running") && err.contains("astban run"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_log_file_is_waited_for_then_followed() {
+    let s = Setup::new();
+    let config = s.config(DRY_RUN);
+    let d = Daemon::start(&config, &s.socket());
+    let st = wait_status(&d, "the missing file noticed", |st| {
+        st["log"]["state"] == "waiting for the file"
+    });
+    assert_eq!(st["log_read"]["file_missing"], true);
+
+    log_attempts(&s.path("messages"), "203.0.113.5", 5);
+    wait_status(&d, "the new file followed", |st| {
+        st["log"]["state"] == "following"
+    });
+    let mut d = d;
+    d.wait_for_log("banned host=203.0.113.5", SOON);
+}
+
+#[test]
+fn sighup_reloads_rules_and_refuses_a_broken_config() {
+    let s = Setup::new();
+    let config = s.config(DRY_RUN);
+    log_attempts(&s.path("messages"), "203.0.113.1", 5);
+    let mut d = Daemon::start(&config, &s.socket());
+    d.wait_for_log("banned host=203.0.113.1", SOON);
+
+    // Ignore one host from now on.
+    let with_ignore = format!(
+        "{}\n",
+        std::fs::read_to_string(&config).expect("config").replace(
+            "start = \"beginning\"",
+            "start = \"beginning\"\nignoreregex = ['192\\.0\\.2\\.77']"
+        )
+    );
+    std::fs::write(&config, with_ignore).expect("config");
+    hangup(&d);
+    d.wait_for_log("log rules reloaded", SOON);
+    log_attempts(&s.path("messages"), "192.0.2.77", 5);
+    log_attempts(&s.path("messages"), "203.0.113.2", 5);
+    d.wait_for_log("banned host=203.0.113.2", SOON);
+    assert_eq!(
+        banned(&d).len(),
+        2,
+        "192.0.2.77 is ignored after the reload: {:?}",
+        banned(&d)
+    );
+
+    // A broken config is refused and the daemon keeps running on the old.
+    std::fs::write(&config, "[jail]\nmaxretry = \"many\"\n").expect("config");
+    hangup(&d);
+    d.wait_for_log("reload refused", SOON);
+    assert!(status(&d)["engine"]["active_bans"] == 2);
+}
+
+#[test]
+fn a_missing_nft_is_reported_and_nothing_is_lost() {
+    let s = Setup::new();
+    let config = s.config("\n[firewall]\nbackend = \"nftables\"\nnft = [\"/nonexistent/nft\"]\nretry_interval = \"1s\"\n");
+    log_attempts(&s.path("messages"), "203.0.113.9", 5);
+    let mut d = Daemon::start(&config, &s.socket());
+    d.wait_for_log("banned host=203.0.113.9", SOON);
+    let st = wait_status(&d, "the firewall failure", |st| {
+        st["engine"]["firewall"]["healthy"] == false
+    });
+    let error = st["engine"]["firewall"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("/nonexistent/nft"), "{error}");
+    // The engine keeps the ban and still takes commands.
+    assert_eq!(banned(&d), ["203.0.113.9"]);
+    let out = d.cli(&["ban", "192.0.2.10"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(wait_status(&d, "two bans", |st| st["engine"]["active_bans"] == 2)["engine"]["firewall"]["pending"].as_u64() >= Some(1));
+    let human = text(&d.cli(&["status"]).stdout);
+    assert!(human.contains("firewall: FAILING"), "{human}");
+}
+
+#[test]
+fn a_refused_ami_login_is_reported_without_the_secret() {
+    let fake = AmiThread::start(Script {
+        refuse_logins: true,
+        ..Script::default()
+    });
+    let s = Setup::new();
+    let config = s.config(&format!(
+        "{DRY_RUN}\n[ami]\nport = {}\nsecret = \"do-not-print-me\"\nauth = \"plain\"\nreconnect_min = \"100ms\"\nreconnect_max = \"200ms\"\n",
+        fake.ami().addr().port()
+    ));
+    let text_config = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("mode = \"log\"", "mode = \"ami\"");
+    std::fs::write(&config, text_config).expect("config");
+    let mut d = Daemon::start(&config, &s.socket());
+    d.wait_for_log("refused", SOON);
+    let st = wait_status(&d, "AMI down", |st| st["ami"]["state"] == "down");
+    let reason = st["ami"]["detail"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("manager.conf") && reason.contains("read = security"),
+        "{reason}"
+    );
+    assert!(!reason.contains("do-not-print-me"));
+    // It keeps retrying.
+    let deadline = Instant::now() + SOON;
+    while fake.ami().connections() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "astban stopped retrying the login"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !d.logged().contains("do-not-print-me"),
+        "the secret was logged"
+    );
+    assert!(d.stop().success());
+}

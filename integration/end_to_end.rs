@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use daemon::Daemon;
-use fake_ami::{FakeAmi, Script};
+use fake_ami::{AmiThread, Script};
 use serde_json::Value;
 
 const SOON: Duration = Duration::from_secs(20);
@@ -52,64 +52,6 @@ fn log_attempts(path: &Path, host: &str, n: usize) {
             "[{now}] NOTICE[2766] chan_sip.c: Registration from '<sip:100@pbx>' failed for '{host}:5060' - Wrong password"
         )
         .expect("append");
-    }
-}
-
-/// A fake AMI served from its own thread and runtime, so the test can block
-/// on the CLI and the daemon's output without starving it.
-struct AmiThread {
-    ami: Option<FakeAmi>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl AmiThread {
-    fn start(script: Script) -> AmiThread {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let ami = FakeAmi::start(script).await;
-                let stopped = ami_stopped(&ami);
-                tx.send(ami).expect("hand over");
-                stopped.await;
-            });
-        });
-        let ami = rx.recv().expect("fake AMI started");
-        AmiThread {
-            ami: Some(ami),
-            thread: Some(thread),
-        }
-    }
-
-    fn ami(&self) -> &FakeAmi {
-        self.ami.as_ref().expect("running")
-    }
-}
-
-/// Resolves once the fake AMI is dropped (its listener closes).
-fn ami_stopped(ami: &FakeAmi) -> impl std::future::Future<Output = ()> + use<> {
-    let addr = ami.addr();
-    async move {
-        // The fake stops accepting when dropped; until then a connect
-        // succeeds. Checking on a slow tick costs nothing and needs no API.
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if tokio::net::TcpStream::connect(addr).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-impl Drop for AmiThread {
-    fn drop(&mut self) {
-        drop(self.ami.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -444,9 +444,9 @@ impl Serialize for Secret {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file or environment did not parse, or a value has the wrong type
-    /// or an unknown key; figment's message names the key and the source.
-    #[error("{0}")]
-    Parse(#[from] Box<figment::Error>),
+    /// or an unknown key.
+    #[error("{}", describe_parse_errors(.0))]
+    Parse(Box<figment::Error>),
     /// A value parsed but is not allowed.
     #[error("{key}{origin}: {message}")]
     Invalid {
@@ -509,7 +509,9 @@ impl Config {
     }
 
     fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-        let mut config: Config = figment.extract().map_err(Box::new)?;
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
         config.validate(&figment)?;
         config.resolve_secret_files()?;
         Ok(config)
@@ -672,6 +674,29 @@ impl Config {
     pub fn to_masked_toml(&self) -> Result<String, toml::ser::Error> {
         toml::to_string(self)
     }
+}
+
+/// One line per problem: where it came from, the key, what is wrong.
+fn describe_parse_errors(errors: &figment::Error) -> String {
+    let lines: Vec<String> = errors
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let origin = match &e.metadata {
+                Some(m) => match &m.source {
+                    Some(source) => source.to_string(),
+                    None => m.name.to_string(),
+                },
+                None => "config".into(),
+            };
+            if e.path.is_empty() {
+                format!("{origin}: {}", e.kind)
+            } else {
+                format!("{origin}: {}: {}", e.path.join("."), e.kind)
+            }
+        })
+        .collect();
+    lines.join("\n")
 }
 
 fn env_provider() -> Env {

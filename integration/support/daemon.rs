@@ -73,6 +73,17 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Everything the daemon has logged so far.
+    pub fn logged(&mut self) -> String {
+        self.seen.extend(self.lines.try_iter());
+        self.seen.join("\n")
+    }
+
     /// Runs an `astban` CLI command against this daemon's socket.
     pub fn cli(&self, args: &[&str]) -> Output {
         cli(&self.socket, args)

@@ -385,3 +385,51 @@ impl Connection {
         z ^ (z >> 31)
     }
 }
+
+/// A fake AMI served from its own thread and runtime, so a test can block
+/// on the CLI and on a daemon's output without starving it.
+pub struct AmiThread {
+    ami: Option<FakeAmi>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AmiThread {
+    pub fn start(script: Script) -> AmiThread {
+        let (ami_tx, ami_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                ami_tx
+                    .send(FakeAmi::start(script).await)
+                    .expect("hand over");
+                let _ = stopped.await;
+            });
+        });
+        AmiThread {
+            ami: Some(ami_rx.recv().expect("fake AMI started")),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn ami(&self) -> &FakeAmi {
+        self.ami.as_ref().expect("running")
+    }
+}
+
+impl Drop for AmiThread {
+    fn drop(&mut self) {
+        drop(self.ami.take());
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
