@@ -2,6 +2,9 @@
 //! config, state and control socket; its log lines observable as events;
 //! SIGTERM on drop.
 
+// Each test target uses a different part of this helper.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
