@@ -9,7 +9,6 @@
 //! - `expiry` holds exactly one `(expires, net)` entry per ban.
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -26,13 +25,6 @@ use crate::firewall::{ActiveBan, Change, FirewallStatus};
 /// Longest span astban computes with (100 years): keeps timestamp
 /// arithmetic far from overflow whatever the config says.
 const MAX_SPAN: i64 = 100 * 365 * 24 * 3600;
-
-/// Events of one attempt arrive together (one ACL-rejected REGISTER gave
-/// two `FailedACL` events with the same SessionID), so a repeat of the last
-/// counted failure's session within this many seconds is the same attempt.
-/// The bound matters: the session id is the attacker's (a SIP Call-ID), and
-/// reusing one must hide at most one attempt per window, never all.
-const SAME_ATTEMPT_SECS: u32 = 2;
 
 /// Every service, to turn the compact bit set back into a list.
 const SERVICES: [Service; 5] = [
@@ -62,8 +54,6 @@ pub(crate) enum Verdict {
     AlreadyBanned(IpNet),
     /// Older than `findtime`: a backlog that no longer counts.
     Stale,
-    /// Another event of the attempt counted last (same session).
-    SameAttempt,
     /// Counted; `count` failures of `key` are now in the window.
     Counted { key: IpNet, count: u32 },
     /// This failure reached `maxretry`: `key` is banned.
@@ -116,18 +106,15 @@ struct Tracked {
     accounts: Vec<AttackerText>,
     /// When the host last failed (by astban's clock), for eviction.
     last_seen: u32,
-    /// A hash of the session of the last counted failure (0: none).
-    last_session: u32,
     kinds: u32,
     services: u8,
 }
 
 impl Tracked {
-    fn record(&mut self, failure: &Failure, session: u32, at: u32, now: u32, window_start: u32) {
+    fn record(&mut self, failure: &Failure, at: u32, now: u32, window_start: u32) {
         self.times.retain(|&t| t > window_start);
         self.times.push(at);
         self.last_seen = now;
-        self.last_session = session;
         self.kinds |= kind_bit(failure.kind);
         self.services |= service_bit(failure.service);
         if let Some(account) = &failure.account
@@ -136,17 +123,6 @@ impl Tracked {
         {
             self.accounts.push(account.clone());
         }
-    }
-
-    /// Whether a failure of `session` at `at` belongs to the attempt
-    /// counted last.
-    fn same_attempt(&self, session: u32, at: u32) -> bool {
-        session != 0
-            && session == self.last_session
-            && self
-                .times
-                .last()
-                .is_some_and(|&last| at.abs_diff(last) <= SAME_ATTEMPT_SECS)
     }
 
     fn count(&self) -> u32 {
@@ -189,8 +165,6 @@ pub(crate) struct Jail {
     odd: BTreeSet<IpNet>,
     expiry: BTreeSet<(Timestamp, IpNet)>,
     offenders: HashMap<IpNet, Offender>,
-    /// Keys the session hashes, so that collisions cannot be planned.
-    sessions: RandomState,
     failures_counted: u64,
     bans_total: u64,
 }
@@ -216,7 +190,6 @@ impl Jail {
             odd: BTreeSet::new(),
             expiry: BTreeSet::new(),
             offenders: HashMap::new(),
-            sessions: RandomState::new(),
             failures_counted: 0,
             bans_total: 0,
         }
@@ -264,28 +237,11 @@ impl Jail {
         }
         let key = self.key(host);
         let at = unix_u32(at);
-        let session = failure.session.as_ref().map_or(0, |s| {
-            // Truncated: 32 bits tell sessions of one host apart well enough.
-            (self.sessions.hash_one(s.as_str()) as u32).max(1)
-        });
-        if self
-            .tracked
-            .get(&key)
-            .is_some_and(|t| t.same_attempt(session, at))
-        {
-            return Verdict::SameAttempt;
-        }
         if !self.tracked.contains_key(&key) && self.tracked.len() >= self.settings.max_tracked {
             self.make_room(window_start);
         }
         let tracked = self.tracked.entry(key).or_default();
-        tracked.record(
-            failure,
-            session,
-            at,
-            unix_u32(now_s),
-            unix_u32(window_start),
-        );
+        tracked.record(failure, at, unix_u32(now_s), unix_u32(window_start));
         self.failures_counted += 1;
         let count = tracked.count();
         if count < self.settings.maxretry {
@@ -818,52 +774,6 @@ mod tests {
         let verdict = jail.report(&failure("192.0.2.8", t(99_999)), t(3600), &mut fx);
         assert_eq!(verdict, Verdict::Banned(net("192.0.2.8/32")));
         assert_eq!(jail.stats(FirewallStatus::default()).failures_counted, 5);
-    }
-
-    #[test]
-    fn events_of_one_attempt_count_once() {
-        let mut jail = Jail::new(&config());
-        let mut fx = Effects::default();
-        let acl = |session: &str, at: Timestamp| {
-            let mut report = failure("192.0.2.7", at);
-            if let Report::Failure(f) = &mut report {
-                f.kind = FailureKind::FailedAcl;
-                f.session = Some(AttackerText::new(session));
-            }
-            report
-        };
-        // Two FailedACL events of one REGISTER, as in the captures.
-        assert_eq!(
-            jail.report(&acl("call-1", t(0)), t(0), &mut fx),
-            Verdict::Counted {
-                key: net("192.0.2.7/32"),
-                count: 1
-            }
-        );
-        assert_eq!(
-            jail.report(&acl("call-1", t(0)), t(0), &mut fx),
-            Verdict::SameAttempt
-        );
-        // Another attempt, and the same session reused much later, count.
-        assert_eq!(
-            jail.report(&acl("call-2", t(1)), t(1), &mut fx),
-            Verdict::Counted {
-                key: net("192.0.2.7/32"),
-                count: 2
-            }
-        );
-        assert_eq!(
-            jail.report(&acl("call-2", t(10)), t(10), &mut fx),
-            Verdict::Counted {
-                key: net("192.0.2.7/32"),
-                count: 3
-            }
-        );
-        // Failures without a session are never collapsed.
-        assert_eq!(
-            fail(&mut jail, "192.0.2.7", 2, t(10)).0,
-            Verdict::Banned(net("192.0.2.7/32"))
-        );
     }
 
     #[test]

@@ -221,7 +221,6 @@ fn trace(host: IpAddr, verdict: Verdict) {
     match verdict {
         Verdict::Counted { key, count } => tracing::debug!(%host, %key, count, "failure counted"),
         Verdict::Stale => tracing::debug!(%host, "failure older than findtime, not counted"),
-        Verdict::SameAttempt => tracing::debug!(%host, "another event of the attempt just counted"),
         Verdict::AlreadyBanned(by) => tracing::debug!(%host, %by, "failure from a banned network"),
         Verdict::Reset(key) => {
             tracing::debug!(%host, %key, "successful login, failure count reset")
