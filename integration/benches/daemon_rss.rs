@@ -1,0 +1,122 @@
+//! Memory of the whole daemon (`astban run`, the real binary): idle, and
+//! after 100,000 distinct hosts have each failed once (kept in the engine,
+//! none banned). Log input with the dry-run firewall, so no root is needed.
+//!
+//! `cargo bench --bench daemon_rss`
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const HOSTS: u32 = 100_000;
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("messages");
+    std::fs::File::create(&log).expect("log");
+    let socket = dir.path().join("astban.sock");
+    let config = dir.path().join("astban.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[input]\nmode = \"log\"\n[log]\npath = \"{}\"\n[firewall]\nbackend = \"dry-run\"\n\
+             [control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n",
+            log.display(),
+            socket.display(),
+            dir.path().join("state").display()
+        ),
+    )
+    .expect("config");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_astban"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("astban");
+    let pid = child.id();
+    // Ready once the control socket answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !status(&socket).is_some_and(|s| s["version"].is_string()) {
+        assert!(Instant::now() < deadline, "astban did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (idle_rss, _) = memory(pid);
+    println!("idle:                  VmRSS {:6.1} MB", mb(idle_rss));
+
+    let start = Instant::now();
+    write_failures(&log, HOSTS);
+    while !status(&socket).is_some_and(|s| s["engine"]["failures_counted"].as_u64() >= Some(u64::from(HOSTS))) {
+        assert!(start.elapsed() < Duration::from_secs(300), "failures not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = start.elapsed();
+    let s = status(&socket).expect("status");
+    let (rss, hwm) = memory(pid);
+    println!(
+        "{HOSTS} failing hosts: VmRSS {:6.1} MB, peak {:6.1} MB (tracked {}, read and counted in {:.2} s)",
+        mb(rss),
+        mb(hwm),
+        s["engine"]["tracked_hosts"],
+        took.as_secs_f64()
+    );
+
+    // SAFETY: kill with our child's pid and a valid signal.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    if let Some(stderr) = child.stderr.take() {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("astban: {line}");
+        }
+    }
+    assert!(status.success(), "astban exited with {status}");
+}
+
+fn write_failures(log: &Path, hosts: u32) {
+    let now = jiff::ZonedDateTime::now().strftime("%Y-%m-%d %H:%M:%S").to_string();
+    let mut out = std::io::BufWriter::new(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .expect("log"),
+    );
+    for i in 0..hosts {
+        // 100.64.0.0/10 spreads 100,000 addresses without touching loopback.
+        let ip = std::net::Ipv4Addr::from(0x6440_0000u32 + i);
+        writeln!(
+            out,
+            "[{now}] NOTICE[2766] chan_sip.c: Registration from '<sip:{i}@pbx>' failed for '{ip}:5060' - Wrong password"
+        )
+        .expect("write");
+    }
+    out.flush().expect("flush");
+}
+
+fn status(socket: &Path) -> Option<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_astban"))
+        .args(["status", "--json", "--socket"])
+        .arg(socket)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// (VmRSS, VmHWM) in kB.
+fn memory(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
