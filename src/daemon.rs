@@ -170,8 +170,12 @@ pub async fn run(
 
     let mut config = config;
     while let Signal::Reload = signals.next().await {
+        if demo.is_some() {
+            tracing::warn!("demo: SIGHUP ignored (the demo's settings are built in)");
+            continue;
+        }
         sd_notify("RELOADING=1");
-        config = reload(config, config_path.as_deref(), rules_tx.as_ref(), &control);
+        config = reload(config, config_path.as_deref(), rules_tx.as_ref(), &control).await;
         sd_notify("READY=1");
     }
 
@@ -201,9 +205,10 @@ pub async fn run(
     Ok(())
 }
 
-/// Applies a reloaded config where that can be done live, and says what
-/// needs a restart. A broken config is refused and the old one kept.
-fn reload(
+/// Applies a reloaded config where that can be done live (log rules,
+/// `[jail]`), and says what needs a restart. A broken config is refused and
+/// the old one kept.
+async fn reload(
     old: Config,
     path: Option<&Path>,
     rules_tx: Option<&watch::Sender<Arc<RuleSet>>>,
@@ -216,27 +221,45 @@ fn reload(
             return old;
         }
     };
-    if let Some(tx) = rules_tx {
-        match RuleSet::from_config(&new.log) {
-            Ok(rules) => {
-                tx.send_replace(Arc::new(rules));
-                tracing::info!(rules = %new.log.rules, "log rules reloaded");
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reload refused: the log rules do not compile; keeping the running config");
-                return old;
-            }
+    // Compile first, apply after: a bad rule must not leave half a reload.
+    let rules = match rules_tx.map(|_| RuleSet::from_config(&new.log)).transpose() {
+        Ok(rules) => rules,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: the log rules do not compile; keeping the running config");
+            return old;
+        }
+    };
+    if let (Some(tx), Some(rules)) = (rules_tx, rules) {
+        tx.send_replace(Arc::new(rules));
+        tracing::info!(rules = %new.log.rules, "log rules reloaded");
+    }
+    if !toml_eq(&old.jail, &new.jail) {
+        match control.engine.reconfigure(new.jail.clone()).await {
+            Ok(lifted) => tracing::info!(lifted, "jail settings reloaded"),
+            Err(_) => tracing::error!("the ban engine has stopped; jail settings not applied"),
         }
     }
     let restart_needed = [
         ("ami", toml_eq(&old.ami, &new.ami)),
         ("input", toml_eq(&old.input, &new.input)),
-        ("jail", toml_eq(&old.jail, &new.jail)),
+        (
+            "jail.ignore_self",
+            old.jail.ignore_self == new.jail.ignore_self,
+        ),
         ("firewall", toml_eq(&old.firewall, &new.firewall)),
         ("mail", toml_eq(&old.mail, &new.mail)),
         ("control", toml_eq(&old.control, &new.control)),
         ("state", toml_eq(&old.state, &new.state)),
-        ("log.path", old.log.path == new.log.path),
+        ("log (other than rules)", {
+            let same_rules = |l: &crate::config::LogConfig| {
+                let mut l = l.clone();
+                l.rules.clear();
+                l.extra_rules.clear();
+                l.ignoreregex.clear();
+                l
+            };
+            toml_eq(&same_rules(&old.log), &same_rules(&new.log))
+        }),
     ];
     for (section, same) in restart_needed {
         if !same {

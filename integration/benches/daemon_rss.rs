@@ -49,8 +49,13 @@ fn main() {
 
     let start = Instant::now();
     write_failures(&log, HOSTS);
-    while !status(&socket).is_some_and(|s| s["engine"]["failures_counted"].as_u64() >= Some(u64::from(HOSTS))) {
-        assert!(start.elapsed() < Duration::from_secs(300), "failures not counted");
+    while !status(&socket)
+        .is_some_and(|s| s["engine"]["failures_counted"].as_u64() >= Some(u64::from(HOSTS)))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "failures not counted"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let took = start.elapsed();
@@ -76,7 +81,9 @@ fn main() {
 }
 
 fn write_failures(log: &Path, hosts: u32) {
-    let now = jiff::ZonedDateTime::now().strftime("%Y-%m-%d %H:%M:%S").to_string();
+    let now = jiff::ZonedDateTime::now()
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
     let mut out = std::io::BufWriter::new(
         std::fs::OpenOptions::new()
             .append(true)

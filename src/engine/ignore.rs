@@ -51,6 +51,11 @@ impl IgnoreList {
         }
     }
 
+    /// Replaces the configured networks (a config reload).
+    pub(crate) fn set_listed(&mut self, listed: &[IpNet]) {
+        self.listed = listed.iter().map(|&n| canonical_net(n)).collect();
+    }
+
     /// Replaces this host's own addresses (interfaces come and go).
     pub(crate) fn set_own(&mut self, own: Vec<IpAddr>) {
         self.own = own.into_iter().map(|a| a.to_canonical()).collect();

@@ -79,6 +79,21 @@ struct Settings {
 }
 
 impl Settings {
+    fn new(config: &JailConfig) -> Settings {
+        let span = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(MAX_SPAN).min(MAX_SPAN);
+        Settings {
+            maxretry: config.maxretry.max(1),
+            findtime: span(config.findtime),
+            bantime: span(config.bantime).max(1),
+            bantime_factor: config.bantime_factor.max(1).into(),
+            bantime_max: span(config.bantime_max).max(1),
+            history: span(config.history),
+            ipv6_prefix: config.ipv6_prefix.clamp(1, 128),
+            max_tracked: config.max_tracked_hosts.max(1),
+            reset_on_success: config.reset_on_success,
+        }
+    }
+
     /// `bantime × factor^(offense-1)`, at most `bantime_max`.
     fn bantime_for(&self, offense: u32) -> i64 {
         let factor = self
@@ -171,19 +186,8 @@ pub(crate) struct Jail {
 
 impl Jail {
     pub(crate) fn new(config: &JailConfig) -> Jail {
-        let span = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(MAX_SPAN).min(MAX_SPAN);
         Jail {
-            settings: Settings {
-                maxretry: config.maxretry.max(1),
-                findtime: span(config.findtime),
-                bantime: span(config.bantime).max(1),
-                bantime_factor: config.bantime_factor.max(1).into(),
-                bantime_max: span(config.bantime_max).max(1),
-                history: span(config.history),
-                ipv6_prefix: config.ipv6_prefix.clamp(1, 128),
-                max_tracked: config.max_tracked_hosts.max(1),
-                reset_on_success: config.reset_on_success,
-            },
+            settings: Settings::new(config),
             ignore: IgnoreList::new(&config.ignoreip),
             tracked: HashMap::new(),
             bans: HashMap::new(),
@@ -193,6 +197,24 @@ impl Jail {
             failures_counted: 0,
             bans_total: 0,
         }
+    }
+
+    /// Applies a reloaded `[jail]`: new numbers count from now on, and
+    /// `ignoreip` wins at once, lifting automatic bans it now covers (a
+    /// forced manual ban stays). Returns how many bans were lifted.
+    pub(crate) fn reconfigure(&mut self, config: &JailConfig, fx: &mut Effects) -> usize {
+        self.settings = Settings::new(config);
+        self.ignore.set_listed(&config.ignoreip);
+        let covered: Vec<IpNet> = self
+            .bans
+            .values()
+            .filter(|b| !b.manual && self.ignore.overlap(b.net).is_some())
+            .map(|b| b.net)
+            .collect();
+        for &net in &covered {
+            self.remove_ban(net, UnbanReason::Ignored, fx);
+        }
+        covered.len()
     }
 
     /// This host's own addresses, never banned (`jail.ignore_self`).
@@ -737,6 +759,51 @@ mod tests {
         let (verdict, fx) = fail(&mut jail, "192.0.2.7", 1, t(2));
         assert_eq!(verdict, Verdict::AlreadyBanned(net("192.0.2.7/32")));
         assert!(fx.changes.is_empty());
+    }
+
+    #[test]
+    fn a_reload_applies_new_numbers_and_ignoreip_wins_at_once() {
+        let mut jail = Jail::new(&config());
+        fail(&mut jail, "192.0.2.7", 5, t(0));
+        let mut fx = Effects::default();
+        jail.manual_ban(net("192.0.2.8/32"), None, false, t(0), &mut fx)
+            .expect("manual ban");
+        assert_eq!(jail.bans().len(), 2);
+
+        let mut fx = Effects::default();
+        let reloaded = JailConfig {
+            maxretry: 2,
+            ignoreip: vec![net("192.0.2.0/24")],
+            ..config()
+        };
+        assert_eq!(jail.reconfigure(&reloaded, &mut fx), 1);
+        // The automatic ban is lifted; the admin's own ban stays.
+        assert_eq!(
+            jail.bans().iter().map(|b| b.net).collect::<Vec<_>>(),
+            [net("192.0.2.8/32")]
+        );
+        assert_eq!(
+            fx.changes,
+            [Change::Unban {
+                net: net("192.0.2.7/32")
+            }]
+        );
+        assert!(matches!(
+            fx.events.as_slice(),
+            [EngineEvent::Unbanned {
+                reason: UnbanReason::Ignored,
+                ..
+            }]
+        ));
+        // The new ignoreip and maxretry apply from now on.
+        assert!(matches!(
+            fail(&mut jail, "192.0.2.9", 1, t(1)).0,
+            Verdict::Ignored(_)
+        ));
+        assert_eq!(
+            fail(&mut jail, "198.51.100.1", 2, t(1)).0,
+            Verdict::Banned(net("198.51.100.1/32"))
+        );
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub enum UnbanReason {
     /// A wider ban now covers it (a manual CIDR ban, or an IPv6 prefix ban
     /// around a single banned address); the addresses stay banned.
     Superseded,
+    /// A reloaded `jail.ignoreip` now covers it.
+    Ignored,
 }
 
 impl fmt::Display for UnbanReason {
@@ -98,6 +100,7 @@ impl fmt::Display for UnbanReason {
             UnbanReason::Expired => "expired",
             UnbanReason::Manual => "manual",
             UnbanReason::Superseded => "superseded by a wider ban",
+            UnbanReason::Ignored => "now in jail.ignoreip",
         })
     }
 }
@@ -250,6 +253,16 @@ impl EngineHandle {
     /// Counters and the firewall's health.
     pub async fn stats(&self) -> Result<EngineStats, EngineGone> {
         self.ask(|reply| Command::Stats { reply }).await
+    }
+
+    /// Applies a reloaded `[jail]` (SIGHUP); returns how many bans the new
+    /// `ignoreip` lifted. `ignore_self` is read at start only.
+    pub async fn reconfigure(&self, jail: JailConfig) -> Result<usize, EngineGone> {
+        self.ask(|reply| Command::Reconfigure {
+            jail: Box::new(jail),
+            reply,
+        })
+        .await
     }
 
     /// Events from now on.

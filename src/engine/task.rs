@@ -15,7 +15,7 @@ use super::ignore::own_addresses;
 use super::jail::{Effects, Jail, Verdict};
 use super::state::{self, Saved};
 use super::{BanError, BanInfo, EngineEvent, EngineStats};
-use crate::config::format_duration;
+use crate::config::{JailConfig, format_duration};
 use crate::failure::Report;
 use crate::firewall::Applier;
 
@@ -49,6 +49,10 @@ pub(super) enum Command {
     },
     Stats {
         reply: oneshot::Sender<EngineStats>,
+    },
+    Reconfigure {
+        jail: Box<JailConfig>,
+        reply: oneshot::Sender<usize>,
     },
 }
 
@@ -140,6 +144,12 @@ impl Engine {
             }
             Command::Stats { reply } => {
                 let _ = reply.send(jail.stats(self.parts.firewall.status()));
+            }
+            Command::Reconfigure {
+                jail: config,
+                reply,
+            } => {
+                let _ = reply.send(jail.reconfigure(&config, fx));
             }
         }
     }
