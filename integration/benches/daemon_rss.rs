@@ -39,7 +39,7 @@ fn main() {
     let pid = child.id();
     // Ready once the control socket answers.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !status(&socket).is_some_and(|s| s["version"].is_string()) {
+    while status(&socket).is_none() {
         assert!(Instant::now() < deadline, "astban did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -49,9 +49,8 @@ fn main() {
 
     let start = Instant::now();
     write_failures(&log, HOSTS);
-    while !status(&socket)
-        .is_some_and(|s| s["engine"]["failures_counted"].as_u64() >= Some(u64::from(HOSTS)))
-    {
+    let counted = |s: serde_json::Value| s["engine"]["failures_counted"].as_u64();
+    while status(&socket).and_then(counted) < Some(u64::from(HOSTS)) {
         assert!(
             start.elapsed() < Duration::from_secs(300),
             "failures not counted"
