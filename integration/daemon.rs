@@ -282,3 +282,25 @@ fn a_refused_ami_login_is_reported_without_the_secret() {
     );
     assert!(d.stop().success());
 }
+
+#[test]
+fn systemd_is_told_when_the_daemon_is_ready_and_stopping() {
+    let s = Setup::new();
+    let notify_path = s.path("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify.set_read_timeout(Some(SOON)).expect("timeout");
+    let config = s.config(DRY_RUN);
+    let d = Daemon::start_with_env(
+        &config,
+        &s.socket(),
+        &[("NOTIFY_SOCKET", notify_path.to_str().expect("utf-8"))],
+    );
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 from astban");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means ready: the control socket answers.
+    assert_eq!(status(&d)["input_mode"], "log");
+    assert!(d.stop().success());
+    let n = notify.recv(&mut buf).expect("STOPPING=1 from astban");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}

@@ -26,11 +26,17 @@ impl Daemon {
     /// Starts `astban run --config <config>` and waits until it says it is
     /// running. `socket` must be the config's `[control] socket`.
     pub fn start(config: &Path, socket: &Path) -> Daemon {
+        Daemon::start_with_env(config, socket, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(config: &Path, socket: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info,astban=debug")
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
