@@ -7,14 +7,12 @@ mod daemon;
 #[path = "support/fake_ami.rs"]
 mod fake_ami;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use daemon::{BIN, Daemon};
+use daemon::{BIN, Daemon, log_attempts};
 use fake_ami::{AmiThread, Script};
-use serde_json::Value;
 
 const SOON: Duration = Duration::from_secs(20);
 
@@ -61,46 +59,6 @@ fn astban(args: &[&str]) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Appends `n` chan_sip wrong-password lines from `host`, stamped now.
-fn log_attempts(path: &Path, host: &str, n: usize) {
-    let now = jiff::ZonedDateTime::now().strftime("%Y-%m-%d %H:%M:%S");
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .expect("log file");
-    for _ in 0..n {
-        writeln!(
-            file,
-            "[{now}] NOTICE[2766] chan_sip.c: Registration from '<sip:100@pbx>' failed for '{host}:5060' - Wrong password"
-        )
-        .expect("append");
-    }
-}
-
-fn status(d: &Daemon) -> Value {
-    let out = d.cli(&["status", "--json"]);
-    assert!(out.status.success(), "status: {}", text(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("status JSON")
-}
-
-/// Polls the status until `done` holds (nothing else signals these
-/// states), failing with the last status after a deadline.
-fn wait_status(d: &Daemon, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + SOON;
-    loop {
-        let s = status(d);
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; status: {s:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn banned(d: &Daemon) -> Vec<String> {
@@ -169,13 +127,13 @@ fn a_missing_log_file_is_waited_for_then_followed() {
     let s = Setup::new();
     let config = s.config(DRY_RUN);
     let d = Daemon::start(&config, &s.socket());
-    let st = wait_status(&d, "the missing file noticed", |st| {
+    let st = d.wait_status("the missing file noticed", SOON, |st| {
         st["log"]["state"] == "waiting for the file"
     });
     assert_eq!(st["log_read"]["file_missing"], true);
 
     log_attempts(&s.path("messages"), "203.0.113.5", 5);
-    wait_status(&d, "the new file followed", |st| {
+    d.wait_status("the new file followed", SOON, |st| {
         st["log"]["state"] == "following"
     });
     let mut d = d;
@@ -217,7 +175,7 @@ fn sighup_reloads_rules_and_refuses_a_broken_config() {
     std::fs::write(&config, "[jail]\nmaxretry = \"many\"\n").expect("config");
     hangup(&d);
     d.wait_for_log("reload refused", SOON);
-    assert_eq!(status(&d)["engine"]["active_bans"], 1);
+    assert_eq!(d.status()["engine"]["active_bans"], 1);
 }
 
 #[test]
@@ -227,7 +185,7 @@ fn a_missing_nft_is_reported_and_nothing_is_lost() {
     log_attempts(&s.path("messages"), "203.0.113.9", 5);
     let mut d = Daemon::start(&config, &s.socket());
     d.wait_for_log("banned host=203.0.113.9", SOON);
-    let st = wait_status(&d, "the firewall failure", |st| {
+    let st = d.wait_status("the firewall failure", SOON, |st| {
         st["engine"]["firewall"]["healthy"] == false
     });
     let error = st["engine"]["firewall"]["last_error"]
@@ -238,7 +196,11 @@ fn a_missing_nft_is_reported_and_nothing_is_lost() {
     assert_eq!(banned(&d), ["203.0.113.9"]);
     let out = d.cli(&["ban", "192.0.2.10"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(wait_status(&d, "two bans", |st| st["engine"]["active_bans"] == 2)["engine"]["firewall"]["pending"].as_u64() >= Some(1));
+    assert!(
+        d.wait_status("two bans", SOON, |st| st["engine"]["active_bans"] == 2)["engine"]["firewall"]
+            ["pending"]
+            .as_u64() >= Some(1)
+    );
     let human = text(&d.cli(&["status"]).stdout);
     assert!(human.contains("firewall: FAILING"), "{human}");
 }
@@ -260,7 +222,7 @@ fn a_refused_ami_login_is_reported_without_the_secret() {
     std::fs::write(&config, text_config).expect("config");
     let mut d = Daemon::start(&config, &s.socket());
     d.wait_for_log("refused", SOON);
-    let st = wait_status(&d, "AMI down", |st| st["ami"]["state"] == "down");
+    let st = d.wait_status("AMI down", SOON, |st| st["ami"]["state"] == "down");
     let reason = st["ami"]["detail"].as_str().unwrap_or_default();
     assert!(
         reason.contains("manager.conf") && reason.contains("read = security"),
@@ -299,7 +261,7 @@ fn systemd_is_told_when_the_daemon_is_ready_and_stopping() {
     let n = notify.recv(&mut buf).expect("READY=1 from astban");
     assert_eq!(&buf[..n], b"READY=1");
     // Ready means ready: the control socket answers.
-    assert_eq!(status(&d)["input_mode"], "log");
+    assert_eq!(d.status()["input_mode"], "log");
     assert!(d.stop().success());
     let n = notify.recv(&mut buf).expect("STOPPING=1 from astban");
     assert_eq!(&buf[..n], b"STOPPING=1");

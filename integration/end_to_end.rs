@@ -9,13 +9,12 @@ mod fake_ami;
 #[path = "support/netns.rs"]
 mod netns;
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use daemon::Daemon;
+use daemon::{Daemon, log_attempts};
 use fake_ami::{AmiThread, Script};
 use serde_json::Value;
 
@@ -37,22 +36,6 @@ fn invalid_password(host: &str) -> Vec<u8> {
 
 fn attempts(host: &str, n: usize) -> Vec<u8> {
     (0..n).flat_map(|_| invalid_password(host)).collect()
-}
-
-/// Appends `n` chan_sip wrong-password lines from `host`, stamped now.
-fn log_attempts(path: &Path, host: &str, n: usize) {
-    let now = jiff::ZonedDateTime::now().strftime("%Y-%m-%d %H:%M:%S");
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .expect("log file");
-    for _ in 0..n {
-        writeln!(
-            file,
-            "[{now}] NOTICE[2766] chan_sip.c: Registration from '<sip:100@pbx>' failed for '{host}:5060' - Wrong password"
-        )
-        .expect("append");
-    }
 }
 
 struct Setup {
@@ -125,33 +108,6 @@ fn hosts(bans: &[Value]) -> Vec<String> {
     hosts
 }
 
-fn status(d: &Daemon) -> Value {
-    let out = d.cli(&["status", "--json"]);
-    assert!(
-        out.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status JSON")
-}
-
-/// Polls the daemon's status until `done` holds; there is no event to wait
-/// on for "these log lines were judged", so this is a bounded poll.
-fn wait_status(d: &Daemon, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + SOON;
-    loop {
-        let s = status(d);
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; status: {s:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn auto_mode_dry_run_bans_ignores_unbans_and_survives_restart() {
     let setup = Setup::new();
@@ -172,7 +128,7 @@ fn auto_mode_dry_run_bans_ignores_unbans_and_survives_restart() {
     d.wait_for_log("banned host=203.0.113.10", SOON);
     // The ignored address's five failures came first and banned nothing.
     assert_eq!(hosts(&d.bans()), ["203.0.113.10"]);
-    let s = status(&d);
+    let s = d.status();
     assert_eq!(s["ami"]["state"], "up");
     assert_eq!(s["log"]["counting"], false);
 
@@ -189,7 +145,7 @@ fn auto_mode_dry_run_bans_ignores_unbans_and_survives_restart() {
         std::thread::sleep(Duration::from_millis(20));
     }
     log_attempts(&setup.log(), "203.0.113.20", 5);
-    let s = wait_status(&d, "5 log reports judged", |s| {
+    let s = d.wait_status("5 log reports judged", SOON, |s| {
         s["counted"]["log_dropped"].as_u64() >= Some(5)
     });
     assert_eq!(s["counted"]["log_counted"], 0);
@@ -198,14 +154,14 @@ fn auto_mode_dry_run_bans_ignores_unbans_and_survives_restart() {
     // AMI goes away: the log counts from the moment it went silent.
     fake.ami().hold_new_connections(true);
     fake.ami().drop_connections();
-    wait_status(&d, "AMI down", |s| s["ami"]["state"] == "down");
+    d.wait_status("AMI down", SOON, |s| s["ami"]["state"] == "down");
     log_attempts(&setup.log(), "203.0.113.30", 5);
     d.wait_for_log("banned host=203.0.113.30", SOON);
 
     // AMI comes back and counts again; the log stops counting.
     fake.ami().hold_new_connections(false);
     d.wait_for_log("banned host=203.0.113.40", SOON);
-    let s = wait_status(&d, "AMI up", |s| s["ami"]["state"] == "up");
+    let s = d.wait_status("AMI up", SOON, |s| s["ami"]["state"] == "up");
     assert_eq!(s["log"]["counting"], false);
     assert_eq!(
         s["counted"]["log_counted"], 5,

@@ -5,7 +5,7 @@
 // Each test target uses a different part of this helper.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -109,6 +109,40 @@ impl Daemon {
         serde_json::from_slice(&out.stdout).expect("bans --json prints a JSON array")
     }
 
+    /// `astban status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// Polls the status until `done` holds, failing with the last status
+    /// after `timeout`. For states nothing else signals (an input's health,
+    /// how many reports the gate has judged), so a bounded poll it is.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; status: {s:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
@@ -145,4 +179,22 @@ pub fn cli(socket: &Path, args: &[&str]) -> Output {
         .arg(socket)
         .output()
         .expect("run astban")
+}
+
+/// Appends `n` chan_sip wrong-password lines from `host`, stamped now, to
+/// the log at `path` (created if missing).
+pub fn log_attempts(path: &Path, host: &str, n: usize) {
+    let now = jiff::ZonedDateTime::now().strftime("%Y-%m-%d %H:%M:%S");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .expect("log file");
+    for _ in 0..n {
+        writeln!(
+            file,
+            "[{now}] NOTICE[2766] chan_sip.c: Registration from '<sip:100@pbx>' failed for '{host}:5060' - Wrong password"
+        )
+        .expect("append");
+    }
 }

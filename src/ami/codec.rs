@@ -472,15 +472,8 @@ impl Encoder<&Action> for AmiCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ami::fixtures::{DIALOGUE, FLOOD, RECEIVED, SECURITY, SENT};
     use proptest::prelude::*;
-
-    const SECURITY: &[u8] = include_bytes!("../../integration/fixtures/ami-security-events.txt");
-    const FLOOD: &[u8] = include_bytes!("../../integration/fixtures/ami-register-flood.txt");
-    const RECEIVED: &[u8] =
-        include_bytes!("../../integration/fixtures/ami-login-variants-received.txt");
-    const SENT: &[u8] = include_bytes!("../../integration/fixtures/ami-login-variants-sent.txt");
-    const DIALOGUE: &[u8] =
-        include_bytes!("../../integration/fixtures/ami-login-variants-dialogue.txt");
 
     /// Decodes `input` fed in chunks of `chunk` bytes, then at EOF.
     fn decode_chunked(

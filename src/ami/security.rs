@@ -267,6 +267,7 @@ impl RecentAttempts {
 
 #[cfg(test)]
 mod tests {
+    use crate::ami::fixtures::{FLOOD, RECEIVED, SECURITY};
     use std::collections::BTreeMap;
 
     use tokio_util::bytes::{Bytes, BytesMut};
@@ -274,11 +275,6 @@ mod tests {
 
     use super::*;
     use crate::ami::codec::{AmiCodec, Frame};
-
-    const SECURITY: &[u8] = include_bytes!("../../integration/fixtures/ami-security-events.txt");
-    const FLOOD: &[u8] = include_bytes!("../../integration/fixtures/ami-register-flood.txt");
-    const RECEIVED: &[u8] =
-        include_bytes!("../../integration/fixtures/ami-login-variants-received.txt");
 
     fn all_kinds() -> SecurityEvents {
         SecurityEvents::new(&crate::config::AmiConfig::default().events)

@@ -367,14 +367,7 @@ mod tests {
             changes: &[Change],
             _now: Timestamp,
         ) -> Result<(), FirewallError> {
-            let nets: Vec<String> = changes
-                .iter()
-                .map(|c| match c {
-                    Change::Ban { net, .. } => format!("+{net}"),
-                    Change::Replace { net, .. } => format!("*{net}"),
-                    Change::Unban { net } => format!("-{net}"),
-                })
-                .collect();
+            let nets: Vec<String> = changes.iter().map(Change::to_string).collect();
             self.0
                 .lock()
                 .expect("lock")

@@ -50,6 +50,17 @@ pub enum Change {
     },
 }
 
+/// `+net`, `*net` (replaced) or `-net`: compact, for logs and tests.
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::Ban { net, .. } => write!(f, "+{net}"),
+            Change::Replace { net, .. } => write!(f, "*{net}"),
+            Change::Unban { net } => write!(f, "-{net}"),
+        }
+    }
+}
+
 impl Change {
     /// The network the change is about.
     pub fn net(&self) -> IpNet {
