@@ -110,3 +110,52 @@ async fn a_dead_mta_is_retried_a_bounded_number_of_times_then_given_up() {
         .expect("the mailer gives up instead of hanging")
         .expect("task");
 }
+
+#[tokio::test]
+async fn the_sendmail_transport_hands_the_mail_to_the_binary() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("received.eml");
+    let args = dir.path().join("args");
+    // A stand-in for /usr/sbin/sendmail that keeps what it is given.
+    let script = dir.path().join("sendmail");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> '{}'\ncat >> '{}'\n",
+            args.display(),
+            out.display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = MailConfig {
+        transport: astban::config::MailTransport::Sendmail,
+        sendmail: script,
+        ..config(0)
+    };
+    let (mailer, task) = notify::spawn(&config, "pbx1".into()).expect("mailer");
+    mailer.notify(Notice::Banned(ban(7)));
+    mailer.notify(Notice::Stopped { active_bans: 1 });
+    drop(mailer);
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("mailer ends")
+        .expect("task");
+    // Both mails went through the binary, in order; the arguments name the
+    // sender and the recipient.
+    let mail = std::fs::read_to_string(&out).expect("sendmail got mail");
+    let ban = mail
+        .find("Subject: [astban] 203.0.113.7 banned")
+        .expect("ban mail");
+    let stop = mail
+        .find("Subject: [astban] stopped on pbx1")
+        .expect("stop mail");
+    assert!(ban < stop, "{mail}");
+    let args = std::fs::read_to_string(&args).expect("args");
+    assert!(
+        args.contains("astban@pbx.example") && args.contains("admin@pbx.example"),
+        "{args}"
+    );
+}

@@ -898,6 +898,21 @@ mod tests {
     }
 
     #[test]
+    fn shipped_config_states_the_defaults() {
+        let shipped = load(include_str!("../conf/astban.toml")).expect("conf/astban.toml loads");
+        let render = |c: &Config| c.to_masked_toml().expect("renders");
+        assert_eq!(render(&shipped), render(&Config::default()));
+    }
+
+    #[test]
+    fn example_configs_load() {
+        let log_only =
+            load(include_str!("../examples/log-only.toml")).expect("log-only.toml loads");
+        assert_eq!(log_only.input.mode, InputMode::Log);
+        assert_eq!(log_only.log.start, StartAt::Beginning);
+    }
+
+    #[test]
     fn masked_toml_loads_back() {
         let c = load("[jail]\nmaxretry = 4\nignoreip = [\"10.0.0.0/8\"]").expect("loads");
         let again =
