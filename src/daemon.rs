@@ -23,7 +23,7 @@ use crate::engine::EngineStats;
 use crate::engine::{self, EngineEvent, EngineHandle};
 use crate::failure::Report;
 use crate::firewall::AnyFirewall;
-use crate::input::{self, GateStats, Inputs, ReportSink};
+use crate::input::{self, Gate, GateStats, Inputs, ReportSink};
 use crate::logwatch::{self, LogStats, filter::RuleSet};
 use crate::notify::{self, BanNotice, Mailer, Notice};
 
@@ -126,7 +126,8 @@ pub async fn run(
         sink: engine.clone(),
         stats: gate_stats_tx,
     };
-    tasks.push(tokio::spawn(input::run(mode, inputs, shutdown.clone())));
+    let gate = Gate::new(mode, &config.ami.events);
+    tasks.push(tokio::spawn(input::run(gate, inputs, shutdown.clone())));
 
     let server = control::Server::bind(&config.control.socket).await?;
     let control = Arc::new(Control {
@@ -372,8 +373,8 @@ impl Control {
         } else {
             let (state, since, detail) = match health {
                 Health::Connecting => ("connecting", None, None),
-                Health::Up { since } => ("up", Some(since), None),
-                Health::Down { since, reason } => ("down", Some(since), Some(reason)),
+                Health::Up { since, .. } => ("up", Some(since), None),
+                Health::Down { since, reason, .. } => ("down", Some(since), Some(reason)),
             };
             InputStatus {
                 state: state.into(),

@@ -171,6 +171,12 @@ impl FailureKind {
         FailureKind::Suspicious,
     ];
 
+    /// A distinct bit per kind, for compact sets of kinds (`u32`).
+    pub const fn bit(self) -> u32 {
+        const _: () = assert!(FailureKind::ALL.len() <= 32);
+        1 << self as u32
+    }
+
     /// The name astban uses in config, rules and JSON (`invalid_password`).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ami::client::Health;
 use crate::config::InputMode;
-use crate::failure::{Report, Source};
+use crate::failure::{FailureKind, Report, Source};
 
 /// Down intervals remembered: enough for a flapping link, small enough to
 /// scan per report.
@@ -59,6 +59,9 @@ impl GateStats {
 #[derive(Debug)]
 pub struct Gate {
     mode: InputMode,
+    /// The kinds AMI reports (`ami.events`, as a bit per kind); log
+    /// failures of other kinds are the log's alone and always count.
+    ami_kinds: u32,
     /// Closed periods when AMI was not delivering events, oldest first, as
     /// half-open `[start, end)` in milliseconds since the epoch.
     down: VecDeque<(i64, i64)>,
@@ -98,10 +101,15 @@ impl Recent {
 }
 
 impl Gate {
-    /// A gate for `mode`; AMI counts as down until the first `Up`.
-    pub fn new(mode: InputMode) -> Gate {
+    /// A gate for `mode` where AMI reports the kinds in `ami_events`; AMI
+    /// counts as down until the first `Up`.
+    pub fn new(mode: InputMode, ami_events: &[FailureKind]) -> Gate {
         Gate {
             mode,
+            ami_kinds: ami_events
+                .iter()
+                .filter(|k| k.event_name().is_some())
+                .fold(0, |bits, &k| bits | k.bit()),
             down: VecDeque::new(),
             down_since: Some(i64::MIN),
             ami_recent: Recent::default(),
@@ -109,24 +117,46 @@ impl Gate {
         }
     }
 
-    /// Records a change of the AMI session's health.
+    /// Records a change of the AMI session's health. The watch channel
+    /// may have skipped states in between; each state's record of the edge
+    /// before it fills the gap.
     pub fn set_health(&mut self, health: &Health) {
-        match health {
-            Health::Up { since } => {
-                if let Some(start) = self.down_since.take() {
-                    if self.down.len() == MAX_INTERVALS {
-                        self.down.pop_front();
-                    }
-                    self.down.push_back((start, since.as_millisecond()));
+        match *health {
+            Health::Up { since, down_since } => {
+                let start = match self.down_since.take() {
+                    Some(start) => Some(start),
+                    // A Down was missed: its own start is in this Up.
+                    None => down_since.map(|d| d.as_millisecond()),
+                };
+                if let Some(start) = start {
+                    self.close_down(start, since.as_millisecond());
                 }
             }
-            Health::Down { since, .. } => {
-                if self.down_since.is_none() {
+            Health::Down {
+                since, up_since, ..
+            } => match (self.down_since, up_since) {
+                (None, _) => self.down_since = Some(since.as_millisecond()),
+                // An Up was missed: AMI was covering from `up` until `since`.
+                (Some(start), Some(up)) => {
+                    self.close_down(start, up.as_millisecond());
                     self.down_since = Some(since.as_millisecond());
                 }
-            }
+                (Some(_), None) => {}
+            },
             Health::Connecting => {}
         }
+    }
+
+    fn close_down(&mut self, start: i64, end: i64) {
+        if self.down.len() == MAX_INTERVALS {
+            self.down.pop_front();
+        }
+        self.down.push_back((start, end));
+    }
+
+    /// Whether AMI reports failures of `kind` at all.
+    fn ami_reports(&self, kind: FailureKind) -> bool {
+        self.ami_kinds & kind.bit() != 0
     }
 
     /// Whether AMI was blind at some moment of the second starting at
@@ -167,6 +197,9 @@ impl Gate {
                 true
             }
             Source::Log => {
+                if !self.ami_reports(failure.kind) {
+                    return true;
+                }
                 if !self.down_during(second) {
                     return false;
                 }
@@ -214,12 +247,12 @@ pub struct Inputs<S> {
     pub stats: watch::Sender<GateStats>,
 }
 
-/// Forwards the reports of both inputs that count under `mode` to the
-/// sink, until shutdown or until the sink is gone.
+/// Forwards the reports of both inputs that `gate` admits to the sink,
+/// until shutdown or until the sink is gone.
 ///
 /// Health changes are applied before any report that follows them, so a
 /// report is always judged against the AMI state of its own time.
-pub async fn run<S: ReportSink>(mode: InputMode, inputs: Inputs<S>, shutdown: CancellationToken) {
+pub async fn run<S: ReportSink>(mut gate: Gate, inputs: Inputs<S>, shutdown: CancellationToken) {
     let Inputs {
         mut health,
         mut ami,
@@ -227,7 +260,6 @@ pub async fn run<S: ReportSink>(mode: InputMode, inputs: Inputs<S>, shutdown: Ca
         sink,
         stats,
     } = inputs;
-    let mut gate = Gate::new(mode);
     gate.set_health(&health.borrow_and_update());
     let (mut ami_open, mut log_open, mut health_open) = (true, true, true);
     loop {
@@ -266,7 +298,7 @@ pub async fn run<S: ReportSink>(mode: InputMode, inputs: Inputs<S>, shutdown: Ca
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::failure::{Failure, FailureKind, Service};
+    use crate::failure::{Failure, Service};
 
     fn ts(ms: i64) -> Timestamp {
         Timestamp::from_millisecond(1_795_536_000_000 + ms).expect("valid")
@@ -290,22 +322,26 @@ mod tests {
     }
 
     fn up(ms: i64) -> Health {
-        Health::Up { since: ts(ms) }
+        Health::Up {
+            since: ts(ms),
+            down_since: None,
+        }
     }
 
     fn down(ms: i64) -> Health {
         Health::Down {
             since: ts(ms),
+            up_since: None,
             reason: "test".into(),
         }
     }
 
     #[test]
     fn single_input_modes_count_only_their_input() {
-        let mut g = Gate::new(InputMode::Log);
+        let mut g = Gate::new(InputMode::Log, &FailureKind::ALL);
         assert!(g.admit(&failure(Source::Log, "192.0.2.1", 0)));
         assert!(!g.admit(&failure(Source::Ami, "192.0.2.1", 0)));
-        let mut g = Gate::new(InputMode::Ami);
+        let mut g = Gate::new(InputMode::Ami, &FailureKind::ALL);
         g.set_health(&down(0));
         assert!(g.admit(&failure(Source::Ami, "192.0.2.1", 10)));
         assert!(!g.admit(&failure(Source::Log, "192.0.2.1", 10)));
@@ -313,7 +349,7 @@ mod tests {
 
     #[test]
     fn auto_counts_the_log_until_ami_first_comes_up() {
-        let mut g = Gate::new(InputMode::Auto);
+        let mut g = Gate::new(InputMode::Auto, &FailureKind::ALL);
         g.set_health(&Health::Connecting);
         assert!(g.admit(&failure(Source::Log, "192.0.2.1", 0)));
         g.set_health(&up(5_000));
@@ -325,7 +361,7 @@ mod tests {
 
     #[test]
     fn auto_switches_to_the_log_from_the_moment_ami_went_silent() {
-        let mut g = Gate::new(InputMode::Auto);
+        let mut g = Gate::new(InputMode::Auto, &FailureKind::ALL);
         g.set_health(&up(0));
         // AMI died silently at 20.5 s (last frame); the Ping timeout
         // notices later, but the log covers from 20.5 s on.
@@ -345,7 +381,7 @@ mod tests {
 
     #[test]
     fn an_attempt_in_the_switch_second_is_counted_once() {
-        let mut g = Gate::new(InputMode::Auto);
+        let mut g = Gate::new(InputMode::Auto, &FailureKind::ALL);
         g.set_health(&up(0));
         // Attempt at 10.2 s seen by AMI, which then dies at 10.6 s.
         assert!(g.admit(&failure(Source::Ami, "192.0.2.1", 10_200)));
@@ -360,7 +396,7 @@ mod tests {
 
     #[test]
     fn the_switch_back_second_is_not_counted_twice() {
-        let mut g = Gate::new(InputMode::Auto);
+        let mut g = Gate::new(InputMode::Auto, &FailureKind::ALL);
         g.set_health(&up(0));
         g.set_health(&down(5_000));
         g.set_health(&up(30_400));
@@ -369,6 +405,59 @@ mod tests {
         assert!(!g.admit(&failure(Source::Ami, "192.0.2.1", 30_500)));
         // Later AMI failures count normally.
         assert!(g.admit(&failure(Source::Ami, "192.0.2.1", 31_000)));
+    }
+
+    #[test]
+    fn a_missed_down_is_recovered_from_the_next_up() {
+        let mut g = Gate::new(InputMode::Auto, &FailureKind::ALL);
+        g.set_health(&up(0));
+        // The watch channel skipped the Down at 10 s.
+        g.set_health(&Health::Up {
+            since: ts(30_000),
+            down_since: Some(ts(10_000)),
+        });
+        assert!(!g.admit(&failure(Source::Log, "192.0.2.1", 5_000)));
+        assert!(g.admit(&failure(Source::Log, "192.0.2.1", 20_000)));
+        assert!(!g.admit(&failure(Source::Log, "192.0.2.1", 40_000)));
+    }
+
+    #[test]
+    fn a_missed_up_is_recovered_from_the_next_down() {
+        let mut g = Gate::new(InputMode::Auto, &FailureKind::ALL);
+        // Down since start; the Up at 10 s was skipped, then AMI died at 50 s.
+        g.set_health(&Health::Down {
+            since: ts(50_000),
+            up_since: Some(ts(10_000)),
+            reason: "test".into(),
+        });
+        assert!(g.admit(&failure(Source::Log, "192.0.2.1", 5_000)));
+        assert!(
+            !g.admit(&failure(Source::Log, "192.0.2.1", 20_000)),
+            "AMI covered it"
+        );
+        assert!(g.admit(&failure(Source::Log, "192.0.2.1", 60_000)));
+    }
+
+    #[test]
+    fn kinds_ami_does_not_report_count_from_the_log() {
+        let ami_events = [FailureKind::InvalidPassword, FailureKind::FailedAcl];
+        let mut g = Gate::new(InputMode::Auto, &ami_events);
+        g.set_health(&up(0));
+        let of_kind = |kind| {
+            let mut r = failure(Source::Log, "192.0.2.1", 5_000);
+            if let Report::Failure(f) = &mut r {
+                f.kind = kind;
+            }
+            r
+        };
+        assert!(!g.admit(&of_kind(FailureKind::InvalidPassword)));
+        // Dial-plan scanning is only in the log; an event left out of
+        // ami.events is the log's to count too.
+        assert!(g.admit(&of_kind(FailureKind::ExtensionNotFound)));
+        assert!(g.admit(&of_kind(FailureKind::InvalidAccountId)));
+        // In `ami` mode the log never counts.
+        let mut g = Gate::new(InputMode::Ami, &ami_events);
+        assert!(!g.admit(&of_kind(FailureKind::ExtensionNotFound)));
     }
 
     #[tokio::test]
@@ -386,7 +475,8 @@ mod tests {
             sink: out_tx,
             stats: stats_tx,
         };
-        let task = tokio::spawn(run(InputMode::Auto, inputs, shutdown.clone()));
+        let gate = Gate::new(InputMode::Auto, &FailureKind::ALL);
+        let task = tokio::spawn(run(gate, inputs, shutdown.clone()));
 
         log_tx
             .send(failure(Source::Log, "192.0.2.1", 1_000))
@@ -398,13 +488,17 @@ mod tests {
         );
 
         health_tx.send(up(2_000)).expect("health");
-        // Health is applied before later reports: this line is dropped and
-        // the AMI failure after it is forwarded.
+        // Health is applied before later reports: this line is judged
+        // against AMI being up, and dropped.
         log_tx
             .send(failure(Source::Log, "192.0.2.2", 3_000))
             .await
             .expect("send");
-        tokio::task::yield_now().await;
+        let mut judged = stats_rx.clone();
+        judged
+            .wait_for(|s| s.log_dropped == 1)
+            .await
+            .expect("gate running");
         ami_tx
             .send(failure(Source::Ami, "192.0.2.3", 3_000))
             .await

@@ -49,6 +49,9 @@ pub struct Script {
     pub refuse_logins: bool,
     /// The MD5 challenge it hands out.
     pub challenge: String,
+    /// Whether a login is followed by its own `SuccessfulAuth` security
+    /// event, as Asterisk does for a user with `read = security`.
+    pub announce_login: bool,
     /// Bytes sent right after a successful login, by connection number;
     /// connections past the end get nothing.
     pub after_login: Vec<Vec<u8>>,
@@ -64,6 +67,7 @@ impl Default for Script {
             username: USERNAME.into(),
             secret: SECRET.into(),
             refuse_logins: false,
+            announce_login: true,
             challenge: CHALLENGE.into(),
             after_login: Vec::new(),
             max_chunk: 97,
@@ -300,6 +304,20 @@ impl Connection {
                     .cloned()
                     .unwrap_or_default();
                 let mut bytes = accepted.into_bytes();
+                if script.announce_login {
+                    bytes.extend_from_slice(
+                        format!(
+                            "Event: SuccessfulAuth\r\nPrivilege: security,all\r\n\
+                             EventTV: 2026-11-24T16:03:17.503+0000\r\nSeverity: Informational\r\n\
+                             Service: AMI\r\nEventVersion: 1\r\nAccountID: {}\r\n\
+                             SessionID: 0x7fcb24001460\r\nLocalAddress: IPV4/TCP/127.0.0.1/5038\r\n\
+                             RemoteAddress: IPV4/TCP/127.0.0.1/51464\r\nUsingPassword: 0\r\n\
+                             SessionTV: 2026-11-24T16:03:17.503+0000\r\n\r\n",
+                            script.username
+                        )
+                        .as_bytes(),
+                    );
+                }
                 bytes.extend_from_slice(&after);
                 return self.write(&bytes).await.is_ok();
             }

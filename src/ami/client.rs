@@ -32,7 +32,9 @@ use crate::failure::Report;
 /// The AMI session's health, published on a `tokio::sync::watch` channel.
 ///
 /// The input-mode fallback reads it: while AMI is not `Up`, failures from
-/// the log count instead.
+/// the log count instead. A watch channel keeps only the latest value, so
+/// each state also carries the edge of the one before it: a reader that
+/// missed a transition can still tell exactly when AMI was blind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
     /// Not connected yet since start.
@@ -41,6 +43,9 @@ pub enum Health {
     Up {
         /// When the login succeeded.
         since: Timestamp,
+        /// When AMI went silent before this session (the last `Down`'s
+        /// `since`); `None` for the first session.
+        down_since: Option<Timestamp>,
     },
     /// The session is gone.
     Down {
@@ -48,6 +53,9 @@ pub enum Health {
         /// frame received), so a silent death is covered from when it
         /// really began, not from when the Ping timed out.
         since: Timestamp,
+        /// When the session that ended had logged in; `None` if it never
+        /// did (refused connection or login).
+        up_since: Option<Timestamp>,
         /// Why, for humans (`connection refused`, `login refused: ...`).
         reason: String,
     },
@@ -114,6 +122,19 @@ enum SessionError {
         /// `host:port`.
         manager: String,
     },
+    /// Logged in, but Asterisk never announced astban's own login as a
+    /// security event: the user cannot read the `security` class.
+    #[error(
+        "logged in to AMI at {manager} as {username:?}, but Asterisk did not send this login's own SuccessfulAuth security event: \
+         the [{username}] section of manager.conf lacks `read = security` (or `read = all`), so AMI shows no attacks; \
+         treating AMI as down so that the log counts meanwhile"
+    )]
+    NoSecurityEvents {
+        /// `host:port`.
+        manager: String,
+        /// The manager.conf section astban logs in as.
+        username: String,
+    },
     /// The server closed the connection.
     #[error("AMI at {manager} closed the connection")]
     Closed {
@@ -156,6 +177,8 @@ pub async fn run(
         reports,
         health,
         last_frame: Timestamp::now(),
+        session_up: None,
+        last_down: None,
         skips: Throttle::default(),
         next_action_id: 0,
         config,
@@ -175,10 +198,15 @@ pub async fn run(
         };
         let delay = backoff.next_delay();
         warn!("AMI session down: {error}; reconnecting in {delay:.1?}");
-        input.publish(Health::Down {
+        let down = Health::Down {
             since: input.last_frame,
+            up_since: input.session_up.take(),
             reason: error.to_string(),
-        });
+        };
+        if let Health::Down { since, .. } = &down {
+            input.last_down = Some(*since);
+        }
+        input.publish(down);
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = sleep(delay) => {}
@@ -210,6 +238,10 @@ struct Input {
     health: watch::Sender<Health>,
     /// When the last frame arrived, on any session.
     last_frame: Timestamp,
+    /// When the current session logged in, if it did.
+    session_up: Option<Timestamp>,
+    /// The `since` of the last `Down` published.
+    last_down: Option<Timestamp>,
     skips: Throttle,
     next_action_id: u64,
 }
@@ -234,8 +266,11 @@ impl Input {
             "AMI session up: logged in to {} as {:?}, subscribed to security events",
             self.manager, self.config.username
         );
+        let since = Timestamp::now();
+        self.session_up = Some(since);
         self.publish(Health::Up {
-            since: Timestamp::now(),
+            since,
+            down_since: self.last_down,
         });
         self.serve(&mut conn, early).await
     }
@@ -389,7 +424,13 @@ impl Input {
                     if !keepalive.checked_read_permission {
                         keepalive.checked_read_permission = true;
                         if !keepalive.saw_own_login {
-                            self.warn_no_security_events();
+                            return Some(
+                                SessionError::NoSecurityEvents {
+                                    manager: self.manager.clone(),
+                                    username: self.config.username.clone(),
+                                }
+                                .into(),
+                            );
                         }
                     }
                 }
@@ -421,18 +462,6 @@ impl Input {
     fn is_own_login(&self, message: &Message) -> bool {
         message.get("Service") == Some(b"AMI")
             && message.get("AccountID") == Some(self.config.username.as_bytes())
-    }
-
-    /// Asterisk announces every AMI login as a `SuccessfulAuth` security
-    /// event, including astban's own. If it has not come by the first Pong,
-    /// the user cannot read the security class and astban is blind.
-    fn warn_no_security_events(&self) {
-        warn!(
-            "logged in to AMI at {} as {:?}, but Asterisk did not send this login's own SuccessfulAuth security event: \
-             the [{}] section of manager.conf probably lacks `read = security` (or `read = all`), \
-             so no attack will be seen over AMI",
-            self.manager, self.config.username, self.config.username
-        );
     }
 
     async fn next_frame(&mut self, conn: &mut Connection) -> Result<Frame, SessionError> {

@@ -130,7 +130,7 @@ impl Tracked {
         self.times.retain(|&t| t > window_start);
         self.times.push(at);
         self.last_seen = now;
-        self.kinds |= kind_bit(failure.kind);
+        self.kinds |= failure.kind.bit();
         self.services |= service_bit(failure.service);
         if let Some(account) = &failure.account
             && self.accounts.len() < MAX_ACCOUNTS
@@ -526,7 +526,7 @@ impl Jail {
             manual,
             kinds: FailureKind::ALL
                 .into_iter()
-                .filter(|&k| tracked.kinds & kind_bit(k) != 0)
+                .filter(|&k| tracked.kinds & k.bit() != 0)
                 .collect(),
             services: SERVICES
                 .into_iter()
@@ -649,10 +649,6 @@ fn forgotten(offender: &Offender, now: Timestamp, history: i64) -> bool {
 }
 
 /// The kind's bit in [`Tracked::kinds`] (none for a kind past the 32nd).
-fn kind_bit(kind: FailureKind) -> u32 {
-    bit(FailureKind::ALL.iter().position(|&k| k == kind))
-}
-
 fn service_bit(service: Service) -> u8 {
     u8::try_from(bit(SERVICES.iter().position(|&s| s == service))).unwrap_or(0)
 }
