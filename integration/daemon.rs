@@ -6,6 +6,8 @@
 mod daemon;
 #[path = "support/fake_ami.rs"]
 mod fake_ami;
+#[path = "support/smtp.rs"]
+mod smtp;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -265,4 +267,41 @@ fn systemd_is_told_when_the_daemon_is_ready_and_stopping() {
     assert!(d.stop().success());
     let n = notify.recv(&mut buf).expect("STOPPING=1 from astban");
     assert_eq!(&buf[..n], b"STOPPING=1");
+}
+
+#[test]
+fn with_mail_enabled_start_bans_and_a_clean_stop_are_mailed() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut sink = smtp::SmtpSink::start();
+    let s = Setup::new();
+    let config = s.config(&format!(
+        "{DRY_RUN}\n[mail]\nenabled = true\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\n\
+         destemail = \"admin@pbx.example\"\nsender = \"astban@pbx.example\"\n",
+        sink.port
+    ));
+    let mut d = Daemon::start(&config, &s.socket());
+    let mut next = || runtime.block_on(sink.next(SOON)).expect("a mail");
+    assert!(next().subject().starts_with("[astban] started on "));
+    log_attempts(&s.path("messages"), "203.0.113.77", 5);
+    d.wait_for_log("banned host=203.0.113.77", SOON);
+    let ban = next();
+    assert!(
+        ban.subject()
+            .starts_with("[astban] 203.0.113.77 banned for 3days"),
+        "{}",
+        ban.data
+    );
+    // SIGTERM: the daemon stops (it once hung here, waiting for the mail
+    // forwarder) and says goodbye by mail.
+    assert!(d.stop().success());
+    let stopped = next();
+    assert!(stopped.subject().starts_with("[astban] stopped on "));
+    assert!(
+        stopped.data.contains("1 bans stay enforced"),
+        "{}",
+        stopped.data
+    );
 }

@@ -729,6 +729,16 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
         })
 }
 
+/// Formats a network the way [`parse_net`] reads it: `192.0.2.7` for a
+/// single host, `10.0.0.0/8` for a network.
+pub fn format_net(net: IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
 /// Parses `"90"`, `"10m"`, `"3d"`, `"1h 30m"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

@@ -12,11 +12,10 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ami::client::Health;
-use crate::config::{Backend, Config, InputMode, parse_duration, parse_net};
+use crate::config::{Backend, Config, InputMode, format_net, parse_duration, parse_net};
 use crate::control::{self, Handler, Request, Response};
 use crate::demo::Demo;
 use crate::engine::EngineStats;
@@ -58,18 +57,33 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// A task that should run until shutdown ended; astban stops so that
+    /// the service manager restarts it.
+    #[error("{0} stopped unexpectedly (see the log above)")]
+    TaskEnded(&'static str),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. `config_path` is re-read on
 /// SIGHUP; `demo` keeps the demo's files alive and replays its log.
+///
+/// Every task runs until shutdown. One that ends early (a panic, a dead
+/// input) stops the daemon with an error, so that the service manager
+/// restarts it instead of leaving astban running blind.
 pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
     demo: Option<Demo>,
 ) -> Result<(), DaemonError> {
-    let shutdown = CancellationToken::new();
     let mut signals = Signals::install().map_err(DaemonError::Signals)?;
     create_private_dir(&config.state.dir)?;
+    // The control socket is also the one-instance lock: take it before
+    // touching the firewall, and compile the rules before starting anything.
+    let server = control::Server::bind(&config.control.socket).await?;
+    let mode = config.input.mode;
+    let rules = mode
+        .uses_log()
+        .then(|| RuleSet::from_config(&config.log))
+        .transpose()?;
 
     let engine_stop = CancellationToken::new();
     let firewall = AnyFirewall::from_config(&config.firewall);
@@ -80,44 +94,33 @@ pub async fn run(
         engine_stop.clone(),
     )?;
 
-    let mode = config.input.mode;
+    let shutdown = CancellationToken::new();
     let (health_tx, health_rx) = watch::channel(Health::Connecting);
     let (ami_tx, ami_rx) = mpsc::channel(REPORT_QUEUE);
     let (log_tx, log_rx) = mpsc::channel(REPORT_QUEUE);
     let (log_stats_tx, log_stats) = watch::channel(LogStats::default());
     let (gate_stats_tx, gate_stats) = watch::channel(GateStats::default());
-    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    let mut tasks = Tasks::default();
 
     if mode.uses_ami() {
-        tasks.push(tokio::spawn(crate::ami::client::run(
-            config.ami.clone(),
-            ami_tx,
-            health_tx,
-            shutdown.clone(),
-        )));
-    } else {
-        drop((ami_tx, health_tx));
+        let run = crate::ami::client::run(config.ami.clone(), ami_tx, health_tx, shutdown.clone());
+        tasks.spawn("the AMI input", run);
     }
-
-    let rules_tx = if mode.uses_log() {
-        let rules = RuleSet::from_config(&config.log)?;
+    let rules_tx = rules.map(|rules| {
         let (rules_tx, rules_rx) = watch::channel(Arc::new(rules));
         let (log_cfg, state_dir, stop) = (
             config.log.clone(),
             config.state.dir.clone(),
             shutdown.clone(),
         );
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn("the log input", async move {
             let run = logwatch::run(log_cfg, rules_rx, state_dir, log_tx, log_stats_tx, stop);
             if let Err(e) = run.await {
-                tracing::error!(error = %e, "the log input stopped");
+                tracing::error!(error = %e, "the log input failed");
             }
-        }));
-        Some(rules_tx)
-    } else {
-        drop(log_tx);
-        None
-    };
+        });
+        rules_tx
+    });
 
     let inputs = Inputs {
         health: health_rx.clone(),
@@ -127,9 +130,8 @@ pub async fn run(
         stats: gate_stats_tx,
     };
     let gate = Gate::new(mode, &config.ami.events);
-    tasks.push(tokio::spawn(input::run(gate, inputs, shutdown.clone())));
+    tasks.spawn("the input gate", input::run(gate, inputs, shutdown.clone()));
 
-    let server = control::Server::bind(&config.control.socket).await?;
     let control = Arc::new(Control {
         engine: engine.clone(),
         health: health_rx,
@@ -139,26 +141,25 @@ pub async fn run(
         started: Timestamp::now(),
         config: watch::channel(Arc::new(config.clone())).0,
     });
-    tasks.push(tokio::spawn(
+    tasks.spawn(
+        "the control socket",
         server.serve(Arc::clone(&control), shutdown.clone()),
-    ));
+    );
 
     let mail = if config.mail.enabled {
         let (mailer, task) = notify::spawn(&config.mail, system_name())?;
         if config.mail.on_start_stop {
             mailer.notify(Notice::Started(describe(&config)));
         }
-        tasks.push(tokio::spawn(forward_bans(
-            engine.subscribe(),
-            mailer.clone(),
-        )));
+        let forward = forward_bans(engine.subscribe(), mailer.clone(), shutdown.clone());
+        tasks.spawn("mail notifications", forward);
         Some((mailer, task))
     } else {
         None
     };
 
     if let Some(demo) = &demo {
-        tasks.push(tokio::spawn(demo.clone().replay(shutdown.clone())));
+        tasks.spawn("the demo", demo.clone().replay(shutdown.clone()));
     }
 
     tracing::info!(
@@ -170,22 +171,31 @@ pub async fn run(
     sd_notify("READY=1");
 
     let mut config = config;
-    while let Signal::Reload = signals.next().await {
-        if demo.is_some() {
-            tracing::warn!("demo: SIGHUP ignored (the demo's settings are built in)");
-            continue;
+    let outcome = loop {
+        tokio::select! {
+            signal = signals.next() => match signal {
+                Signal::Stop => break Ok(()),
+                Signal::Reload if demo.is_some() => {
+                    tracing::warn!("demo: SIGHUP ignored (the demo's settings are built in)");
+                }
+                Signal::Reload => {
+                    sd_notify("RELOADING=1");
+                    let path = config_path.as_deref();
+                    config = reload(config, path, rules_tx.as_ref(), &control).await;
+                    sd_notify("READY=1");
+                }
+            },
+            ended = tasks.next_ended() => {
+                tracing::error!(task = ended, "stopped unexpectedly; shutting astban down so that it is restarted");
+                break Err(DaemonError::TaskEnded(ended));
+            }
         }
-        sd_notify("RELOADING=1");
-        config = reload(config, config_path.as_deref(), rules_tx.as_ref(), &control).await;
-        sd_notify("READY=1");
-    }
+    };
 
     tracing::info!("stopping");
     sd_notify("STOPPING=1");
     shutdown.cancel();
-    for task in tasks {
-        let _ = task.await;
-    }
+    tasks.finish().await;
     let active_bans = engine.stats().await.map(|s| s.active_bans).unwrap_or(0);
     engine_stop.cancel();
     let _ = engine_task.await;
@@ -203,7 +213,34 @@ pub async fn run(
         ),
         Backend::DryRun => tracing::info!(active_bans, "stopped (dry-run: nothing was enforced)"),
     }
-    Ok(())
+    outcome
+}
+
+/// The daemon's tasks, each named for the message when one ends early.
+#[derive(Default)]
+struct Tasks(tokio::task::JoinSet<&'static str>);
+
+impl Tasks {
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        self.0.spawn(async move {
+            task.await;
+            name
+        });
+    }
+
+    /// The name of the next task to end (or "a task that panicked").
+    async fn next_ended(&mut self) -> &'static str {
+        match self.0.join_next().await {
+            Some(Ok(name)) => name,
+            Some(Err(_)) => "a task that panicked",
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Waits for every task after shutdown was signalled.
+    async fn finish(mut self) {
+        while self.0.join_next().await.is_some() {}
+    }
 }
 
 /// Applies a reloaded config where that can be done live (log rules,
@@ -278,7 +315,7 @@ fn toml_eq<T: Serialize>(a: &T, b: &T) -> bool {
 /// What a mail says about a ban.
 fn ban_notice(ban: &engine::BanInfo) -> BanNotice {
     BanNotice {
-        host: ban.net.to_string(),
+        host: format_net(ban.net),
         failures: ban.failures,
         accounts: ban.accounts.iter().map(|a| a.to_string()).collect(),
         kinds: ban.kinds.iter().map(|k| k.to_string()).collect(),
@@ -289,10 +326,18 @@ fn ban_notice(ban: &engine::BanInfo) -> BanNotice {
     }
 }
 
-async fn forward_bans(mut events: tokio::sync::broadcast::Receiver<EngineEvent>, mailer: Mailer) {
+async fn forward_bans(
+    mut events: tokio::sync::broadcast::Receiver<EngineEvent>,
+    mailer: Mailer,
+    shutdown: CancellationToken,
+) {
     use tokio::sync::broadcast::error::RecvError;
     loop {
-        match events.recv().await {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
             Ok(EngineEvent::Banned(ban)) => {
                 mailer.notify(Notice::Banned(ban_notice(&ban)));
             }

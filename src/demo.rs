@@ -105,6 +105,7 @@ Stop with Ctrl-C.
             }
         }
         tracing::info!("demo: replay finished; astban keeps following the log (Ctrl-C to stop)");
+        shutdown.cancelled().await;
     }
 }
 

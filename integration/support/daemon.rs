@@ -143,15 +143,27 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM, then wait for a clean exit.
+    /// SIGTERM, then wait for the exit. A daemon that does not stop
+    /// within 30 s fails the test (and is killed), rather than hanging it.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         terminate(&child);
-        let status = child.wait().expect("wait");
-        for line in self.lines.try_iter() {
-            self.seen.push(line);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.seen.extend(self.lines.try_iter());
+                panic!(
+                    "astban did not stop within 30 s of SIGTERM; it said:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        status
     }
 }
 

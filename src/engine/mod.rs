@@ -25,7 +25,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::JailConfig;
+use crate::config::{JailConfig, format_net};
 use crate::failure::{AttackerText, FailureKind, Report, Service};
 use crate::firewall::{Applier, Firewall, FirewallStatus};
 
@@ -156,7 +156,8 @@ pub struct EngineGone;
 pub enum BanError {
     /// The network is or contains an address that is never banned.
     #[error(
-        "{net} is not banned: it covers an address that is {reason}; use --force to ban it anyway"
+        "{} is not banned: it covers an address that is {reason}; use --force to ban it anyway",
+        format_net(*net)
     )]
     Ignored {
         /// The network asked for.
@@ -165,7 +166,11 @@ pub enum BanError {
         reason: IgnoreReason,
     },
     /// A wider ban already covers it.
-    #[error("{net} is already banned as part of {by}; unban {by} first to ban {net} on its own")]
+    #[error(
+        "{} is already banned as part of {}; unban {1} first to ban {0} on its own",
+        format_net(*net),
+        format_net(*by)
+    )]
     Covered {
         /// The network asked for.
         net: IpNet,

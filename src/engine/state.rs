@@ -68,11 +68,7 @@ pub(crate) mod host_format {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub(crate) fn serialize<S: Serializer>(net: &IpNet, s: S) -> Result<S::Ok, S::Error> {
-        if net.prefix_len() == net.max_prefix_len() {
-            s.collect_str(&net.addr())
-        } else {
-            s.collect_str(net)
-        }
+        s.serialize_str(&crate::config::format_net(*net))
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {

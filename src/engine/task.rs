@@ -15,7 +15,7 @@ use super::ignore::own_addresses;
 use super::jail::{Effects, Jail, Verdict};
 use super::state::{self, Saved};
 use super::{BanError, BanInfo, EngineEvent, EngineStats};
-use crate::config::{JailConfig, format_duration};
+use crate::config::{JailConfig, format_duration, format_net};
 use crate::failure::Report;
 use crate::firewall::Applier;
 
@@ -243,14 +243,16 @@ fn trace(host: IpAddr, verdict: Verdict) {
 fn log(event: &EngineEvent) {
     match event {
         EngineEvent::Banned(ban) => tracing::info!(
-            host = %ban.net,
+            host = %format_net(ban.net),
             failures = ban.failures,
             offense = ban.offense,
             duration = %format_duration(ban.duration()),
             manual = ban.manual,
             "banned"
         ),
-        EngineEvent::Unbanned { net, reason } => tracing::info!(host = %net, %reason, "unbanned"),
+        EngineEvent::Unbanned { net, reason } => {
+            tracing::info!(host = %format_net(*net), %reason, "unbanned")
+        }
         EngineEvent::Ignored { host, reason } => tracing::debug!(%host, %reason, "failure ignored"),
     }
 }
