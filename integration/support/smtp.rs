@@ -1,6 +1,9 @@
 //! A real SMTP server on loopback (Python's aiosmtpd) that records what it
 //! receives. Killed when dropped.
 
+// Each test target uses a different part of this helper.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
