@@ -402,9 +402,28 @@ impl Default for StateConfig {
 }
 
 /// A secret that never shows up in `Debug`, logs or `check-config`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    /// Takes a string or a bare number (`secret = 123456`, or a numeric
+    /// `ASTBAN_AMI__SECRET`), so that a type error never quotes the secret.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Unsigned(u64),
+            Signed(i64),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Text(s)) => Ok(Secret(s)),
+            Ok(Raw::Unsigned(n)) => Ok(Secret(n.to_string())),
+            Ok(Raw::Signed(n)) => Ok(Secret(n.to_string())),
+            Err(_) => Err(serde::de::Error::custom("a secret must be a string")),
+        }
+    }
+}
 
 impl Secret {
     /// Wraps a secret value.
@@ -588,6 +607,12 @@ impl Config {
                 "must name the nft command, e.g. [\"nft\"]".into(),
             );
         }
+        if fw.retry_interval < Duration::from_millis(100) {
+            return invalid(
+                "firewall.retry_interval",
+                "must be at least 100ms (e.g. \"5s\")".into(),
+            );
+        }
         if fw.ports.contains(&0) {
             return invalid(
                 "firewall.ports",
@@ -608,6 +633,18 @@ impl Config {
                     "ping_interval and ping_timeout must be longer than 0s".into(),
                 );
             }
+            if ami.connect_timeout.is_zero() {
+                return invalid(
+                    "ami.connect_timeout",
+                    "must be longer than 0s (e.g. \"10s\")".into(),
+                );
+            }
+            if !ami.events.iter().any(|k| k.event_name().is_some()) {
+                return invalid(
+                    "ami.events",
+                    "must list at least one security event (e.g. [\"invalid_password\"]), or use input.mode = \"log\"".into(),
+                );
+            }
             if ami.reconnect_min.is_zero() {
                 return invalid(
                     "ami.reconnect_min",
@@ -621,19 +658,23 @@ impl Config {
                 );
             }
         }
-        if ami.max_message_size < 1024 {
-            return invalid("ami.max_message_size", "must be at least 1024 bytes".into());
+        if !(1024..=16 << 20).contains(&ami.max_message_size) {
+            return invalid(
+                "ami.max_message_size",
+                "must be between 1024 bytes and 16 MiB".into(),
+            );
         }
-        if self.log.max_line_length < 256 {
-            return invalid("log.max_line_length", "must be at least 256 bytes".into());
+        if !(256..=1 << 20).contains(&self.log.max_line_length) {
+            return invalid(
+                "log.max_line_length",
+                "must be between 256 bytes and 1 MiB".into(),
+            );
         }
-        for (i, re) in self.log.ignoreregex.iter().enumerate() {
-            if let Err(e) = regex::Regex::new(re) {
-                return invalid(
-                    &format!("log.ignoreregex[{i}]"),
-                    format!("not a valid regex: {e}"),
-                );
-            }
+        if self.log.poll_interval < Duration::from_millis(10) {
+            return invalid(
+                "log.poll_interval",
+                "must be at least 10ms (e.g. \"1s\")".into(),
+            );
         }
         let mail = &self.mail;
         if mail.enabled {
@@ -739,15 +780,31 @@ pub fn format_net(net: IpNet) -> String {
     }
 }
 
-/// Parses `"90"`, `"10m"`, `"3d"`, `"1h 30m"`.
+/// Longest duration accepted anywhere: ten years is "forever" for a ban,
+/// and keeps every deadline far from overflowing a clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses `"90"`, `"10m"`, `"3d"`, `"1h 30m"`, at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    let d = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s).map_err(|e| {
+            format!("{s:?} is not a duration ({e}); use seconds or e.g. \"90s\", \"10m\", \"3d\"")
+        })?,
+    };
+    check_duration(d)
+}
+
+fn check_duration(d: Duration) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{} is too long (at most {})",
+            format_duration(d),
+            format_duration(MAX_DURATION)
+        ));
     }
-    humantime::parse_duration(s).map_err(|e| {
-        format!("{s:?} is not a duration ({e}); use seconds or e.g. \"90s\", \"10m\", \"3d\"")
-    })
+    Ok(d)
 }
 
 /// Formats a duration the way the config accepts it (`3days 2h`).
@@ -768,9 +825,10 @@ pub mod duration {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(Duration::from_secs(s)),
-            Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+            Raw::Secs(s) => check_duration(Duration::from_secs(s)),
+            Raw::Text(t) => parse_duration(&t),
         }
+        .map_err(serde::de::Error::custom)
     }
 
     /// Writes the humantime form.
@@ -905,6 +963,34 @@ mod tests {
         );
         assert!(shown.contains("secret = \"********\""), "{shown}");
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn numeric_secrets_are_secrets_not_type_errors() {
+        let c = load("[ami]\nsecret = 987654321\n").expect("a number is a secret too");
+        assert_eq!(c.ami.secret.expose(), "987654321");
+        let msg = load("[ami]\nsecret = [1, 2]\n")
+            .expect_err("not a secret")
+            .to_string();
+        assert!(msg.contains("ami.secret") && !msg.contains('1'), "{msg}");
+    }
+
+    #[test]
+    fn values_that_would_stall_or_overflow_are_refused() {
+        for (toml, key) in [
+            ("[log]\npoll_interval = 0", "log.poll_interval"),
+            ("[firewall]\nretry_interval = 0", "firewall.retry_interval"),
+            ("[ami]\nconnect_timeout = 0", "ami.connect_timeout"),
+            ("[ami]\nevents = []", "ami.events"),
+            ("[log]\nmax_line_length = 100000000", "log.max_line_length"),
+            ("[jail]\nbantime_max = \"1000 years\"", "too long"),
+            ("[jail]\nbantime = 9223372036854775807", "too long"),
+        ] {
+            let msg = load(toml).expect_err(toml).to_string();
+            assert!(msg.contains(key), "{toml}: {msg}");
+        }
+        // The log-only mode does not need AMI events.
+        load("[input]\nmode = \"log\"\n[ami]\nevents = []").expect("log mode");
     }
 
     #[test]

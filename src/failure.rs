@@ -114,7 +114,7 @@ impl fmt::Display for Source {
 /// map one to one; log rules name one of these too. `ChallengeSent` and
 /// `SuccessfulAuth` are deliberately absent: they are normal traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum FailureKind {
     /// `FailedACL`: the address is not allowed by an ACL.
     FailedAcl,
@@ -236,8 +236,18 @@ impl fmt::Display for FailureKind {
 
 /// A name that is neither a kind's snake_case name nor its event name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown failure kind {0:?} (expected e.g. invalid_password or InvalidPassword)")]
+#[error(
+    "unknown failure kind {0:?} (one of invalid_password, failed_acl, invalid_account_id, challenge_response_failed, ...; or the event name, e.g. InvalidPassword)"
+)]
 pub struct UnknownKind(pub String);
+
+impl TryFrom<String> for FailureKind {
+    type Error = UnknownKind;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
 
 impl FromStr for FailureKind {
     type Err = UnknownKind;
@@ -312,7 +322,7 @@ impl AttackerText {
     pub fn new(raw: &str) -> AttackerText {
         let mut out = String::with_capacity(raw.len().min(MAX_ATTACKER_TEXT));
         for c in raw.chars() {
-            let c = if c.is_control() { '?' } else { c };
+            let c = if is_unsafe(c) { '?' } else { c };
             if out.len() + c.len_utf8() > MAX_ATTACKER_TEXT {
                 break;
             }
@@ -325,6 +335,17 @@ impl AttackerText {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Characters that could forge or disguise a line in a log, a terminal or
+/// a mail: control characters, line and paragraph separators, and the
+/// bidirectional overrides that reorder how text is shown.
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 impl fmt::Debug for AttackerText {
@@ -355,6 +376,21 @@ mod tests {
     }
 
     #[test]
+    fn config_and_rules_take_either_name() {
+        let kinds: Vec<FailureKind> =
+            serde_json::from_str(r#"["invalid_password", "FailedACL"]"#).expect("both forms");
+        assert_eq!(
+            kinds,
+            [FailureKind::InvalidPassword, FailureKind::FailedAcl]
+        );
+        assert_eq!(
+            serde_json::to_string(&FailureKind::FailedAcl).expect("json"),
+            r#""failed_acl""#
+        );
+        assert!(serde_json::from_str::<FailureKind>(r#""Bogus""#).is_err());
+    }
+
+    #[test]
     fn normal_traffic_is_not_a_failure() {
         assert_eq!(FailureKind::from_event_name("ChallengeSent"), None);
         assert_eq!(FailureKind::from_event_name("SuccessfulAuth"), None);
@@ -366,6 +402,9 @@ mod tests {
         let t = AttackerText::new("evil\n[2026-11-24 13:04:07] NOTICE fake");
         assert!(!t.as_str().contains('\n'));
         assert!(t.as_str().starts_with("evil?[2026"));
+
+        let t = AttackerText::new("admin\u{202E}nimda\u{2028}x");
+        assert_eq!(t.as_str(), "admin?nimda?x");
 
         let long = "é".repeat(100);
         let t = AttackerText::new(&long);

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use astban::config::{Config, DEFAULT_CONFIG_PATH};
 use astban::control::{self, Request};
+use astban::logwatch::filter::RuleSet;
 use astban::logwatch::testlog::{self, TestLogArgs};
 use astban::{daemon, demo};
 
@@ -115,7 +116,7 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("astban: {e:#}");
+            eprintln!("astban: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
@@ -144,13 +145,17 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         })),
         Command::CheckConfig { config } => {
             let cfg = Config::load(config.config.as_deref())?;
+            // The rules (built-in or a file, extra rules, ignoreregex) are
+            // part of the config: compile them exactly as the daemon will.
+            let rules = RuleSet::from_config(&cfg.log)?;
             let source = match &config.config {
                 Some(p) => p.display().to_string(),
                 None if Path::new(DEFAULT_CONFIG_PATH).exists() => DEFAULT_CONFIG_PATH.into(),
                 None => "built-in defaults".into(),
             };
             print!(
-                "# astban: config OK ({source}, plus ASTBAN_* environment)\n\n{}",
+                "# astban: config OK ({source}, plus ASTBAN_* environment); log rules: {}\n\n{}",
+                format!("{} ({} rules)", rules.origin(), rules.rules().len()),
                 cfg.to_masked_toml()?
             );
             Ok(ExitCode::SUCCESS)
@@ -196,6 +201,21 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The error and its causes, each once: astban's errors already quote
+/// their cause, which `{:#}` would print a second time.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// One request to the running daemon; its error becomes ours.

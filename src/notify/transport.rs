@@ -77,6 +77,12 @@ impl Transport {
             MailTransport::Smtp => {
                 let mut builder = smtp_builder(config)?.port(config.smtp_port);
                 if let Some(user) = &config.username {
+                    if !config.starttls && !is_loopback(&config.smtp_host) {
+                        tracing::warn!(
+                            host = %config.smtp_host,
+                            "mail: SMTP AUTH without STARTTLS sends the password in clear over the network; set mail.starttls = true"
+                        );
+                    }
                     builder = builder.credentials(Credentials::new(
                         user.clone(),
                         config.password.expose().to_owned(),
@@ -147,4 +153,11 @@ fn smtp_builder(
     Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
         &config.smtp_host,
     ))
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
