@@ -154,8 +154,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 None => "built-in defaults".into(),
             };
             print!(
-                "# astban: config OK ({source}, plus ASTBAN_* environment); log rules: {}\n\n{}",
-                format!("{} ({} rules)", rules.origin(), rules.rules().len()),
+                "# astban: config OK ({source}, plus ASTBAN_* environment); log rules: {} ({} rules)\n\n{}",
+                rules.origin(),
+                rules.rules().len(),
                 cfg.to_masked_toml()?
             );
             Ok(ExitCode::SUCCESS)
