@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,11 +151,7 @@ impl Server {
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(bind_err)?;
+                crate::persist::create_private_dir(dir).map_err(bind_err)?;
             }
         }
         match std::fs::symlink_metadata(path) {

@@ -3,7 +3,6 @@
 //! reload, SIGTERM/SIGINT shutdown, systemd readiness).
 
 use std::fmt::Write as _;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -643,14 +642,10 @@ fn system_name() -> String {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| DaemonError::StateDir {
-            path: dir.to_path_buf(),
-            source,
-        })
+    crate::persist::create_private_dir(dir).map_err(|source| DaemonError::StateDir {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// What a signal asks of the daemon.

@@ -320,21 +320,38 @@ impl AttackerText {
     /// Sanitises `raw`: control characters become `?`, and the result is
     /// cut at a character boundary so it fits [`MAX_ATTACKER_TEXT`] bytes.
     pub fn new(raw: &str) -> AttackerText {
-        let mut out = String::with_capacity(raw.len().min(MAX_ATTACKER_TEXT));
-        for c in raw.chars() {
-            let c = if is_unsafe(c) { '?' } else { c };
-            if out.len() + c.len_utf8() > MAX_ATTACKER_TEXT {
-                break;
-            }
-            out.push(c);
-        }
-        AttackerText(out.into_boxed_str())
+        AttackerText(sanitize(raw, MAX_ATTACKER_TEXT).into_boxed_str())
+    }
+
+    /// Like [`AttackerText::new`], for bytes that may not be UTF-8.
+    pub fn from_bytes(raw: &[u8]) -> AttackerText {
+        AttackerText(quote(raw, MAX_ATTACKER_TEXT).into_boxed_str())
     }
 
     /// The sanitised text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// `raw` made safe to print: unsafe characters (see [`is_unsafe`]) become
+/// `?`, and it is cut at a character boundary to at most `max` bytes.
+pub fn sanitize(raw: &str, max: usize) -> String {
+    let mut out = String::with_capacity(raw.len().min(max));
+    for c in raw.chars() {
+        let c = if is_unsafe(c) { '?' } else { c };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes from the network or a file, made safe to quote in a message:
+/// lossy UTF-8, then [`sanitize`]d to at most `max` bytes.
+pub fn quote(raw: &[u8], max: usize) -> String {
+    sanitize(&String::from_utf8_lossy(&raw[..raw.len().min(max)]), max)
 }
 
 /// Characters that could forge or disguise a line in a log, a terminal or

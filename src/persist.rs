@@ -12,6 +12,16 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// Creates `dir` and its parents, the last one private (0700): state and
+/// the control socket say who is banned and let one ban and unban.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Writes `data` to `path` so that a crash leaves either the old or the new
 /// content: write a temporary file beside it, fsync, rename, fsync the
 /// directory. The file is created mode 0600 (it lists who is banned and

@@ -525,10 +525,7 @@ struct Keepalive {
 
 /// Sanitised, bounded text from the server for an error message.
 fn quote(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&raw[..raw.len().min(QUOTE_MAX)]);
-    text.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    crate::failure::quote(raw, QUOTE_MAX)
 }
 
 /// Logs skipped events at `warn` at most once per [`SKIP_WARN_INTERVAL`],

@@ -106,10 +106,7 @@ fn banner_line(input: &[u8]) -> IResult<&[u8], (&[u8], bool)> {
 
 /// Sanitised, bounded text for error messages about unexpected input.
 fn quote(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(QUOTE_MAX)]);
-    text.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    crate::failure::quote(bytes, QUOTE_MAX)
 }
 
 /// One AMI message: its raw bytes and where each key and value lies in them.

@@ -125,8 +125,8 @@ impl SecurityEvents {
             host,
             kind,
             service: service(message),
-            account: message.get("AccountID").map(attacker_text),
-            session: session.map(attacker_text),
+            account: message.get("AccountID").map(AttackerText::from_bytes),
+            session: session.map(AttackerText::from_bytes),
             time,
             source: Source::Ami,
         })))
@@ -202,12 +202,8 @@ fn service(message: &Message) -> Service {
         .map_or(Service::Other, Service::from_ami)
 }
 
-fn attacker_text(raw: &[u8]) -> AttackerText {
-    AttackerText::new(&String::from_utf8_lossy(raw))
-}
-
 fn quote(raw: &[u8]) -> String {
-    attacker_text(&raw[..raw.len().min(QUOTE_MAX)]).to_string()
+    crate::failure::quote(raw, QUOTE_MAX)
 }
 
 /// Which attempt an event belongs to. The session id is kept as a keyed

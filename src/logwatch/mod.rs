@@ -305,13 +305,7 @@ fn watch_dir(path: &Path, wake: &Arc<Notify>) -> Option<notify::RecommendedWatch
 /// Creates the state directory (0700: it says who is banned) if needed;
 /// without it the cursor is not kept, which is worth a warning, not a stop.
 fn ensure_dir(dir: &Path) {
-    use std::os::unix::fs::DirBuilderExt;
-
-    if let Err(e) = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
+    if let Err(e) = persist::create_private_dir(dir) {
         tracing::warn!(
             "cannot create state directory {}: {e}; the log cursor will not be kept across restarts",
             dir.display()
