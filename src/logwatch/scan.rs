@@ -107,11 +107,6 @@ impl Scanner {
         }
     }
 
-    /// The rules in use.
-    pub fn rules(&self) -> &Arc<RuleSet> {
-        &self.rules
-    }
-
     /// Switches to new rules (a reload). Open attempts belong to the old
     /// rules' groups and are forgotten.
     pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
