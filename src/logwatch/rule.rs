@@ -625,6 +625,22 @@ impl<'a> Scanner<'a> {
                         && self.src[self.pos..].starts_with('{')
                     {
                         self.skip_past('}');
+                    } else {
+                        // \xNN, \uNNNN, \UNNNNNNNN: the digits belong to
+                        // the escape, not to the literal text after it.
+                        let digits = match e {
+                            'x' => 2,
+                            'u' => 4,
+                            'U' => 8,
+                            _ => 0,
+                        };
+                        let rest = &self.src[self.pos..];
+                        let hex = rest
+                            .bytes()
+                            .take(digits)
+                            .take_while(u8::is_ascii_hexdigit)
+                            .count();
+                        self.pos += hex;
                     }
                     Token::Other
                 }
@@ -743,6 +759,20 @@ mod tests {
         assert!(r.head.is_empty() && matches!(r.starts, Starts::Anywhere));
         let r = rule(r"[from ]<HOST>");
         assert!(r.head.is_empty() && matches!(r.starts, Starts::Anywhere));
+    }
+
+    #[test]
+    fn hex_escapes_are_not_literal_text() {
+        // \x27 is a quote: the rule must match the line Asterisk writes.
+        for re in [
+            r"Host <HOST> failed MD5 authentication for \x27.*\x27 \(.*\)$",
+            r"Host <HOST> failed MD5 authentication for \u0027.*\x{27} \(.*\)$",
+        ] {
+            let line = "Host 192.0.2.9 failed MD5 authentication for '100' (a != b)";
+            assert_eq!(read(re, line), host("192.0.2.9"), "{re}");
+        }
+        let r = rule(r"from \x27<HOST>\x27 done");
+        assert_eq!(&*r.head, b"from ");
     }
 
     #[test]
