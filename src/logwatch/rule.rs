@@ -771,8 +771,8 @@ mod tests {
             let line = "Host 192.0.2.9 failed MD5 authentication for '100' (a != b)";
             assert_eq!(read(re, line), host("192.0.2.9"), "{re}");
         }
-        let r = rule(r"from \x27<HOST>\x27 done");
-        assert_eq!(&*r.head, b"from ");
+        let re = r"from \x27<HOST>\x27 done$";
+        assert_eq!(read(re, "from '192.0.2.9' done"), host("192.0.2.9"));
     }
 
     #[test]
