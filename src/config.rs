@@ -494,27 +494,20 @@ impl Config {
     /// Without `path`, [`DEFAULT_CONFIG_PATH`] is used when it exists, so a
     /// fresh install runs on defaults.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let file = match path {
-            Some(p) => {
-                if !p.exists() {
-                    return Err(ConfigError::Invalid {
-                        key: "--config".into(),
-                        origin: String::new(),
-                        message: format!(
-                            "{} does not exist (copy conf/astban.toml there, or leave --config out to run on defaults)",
-                            p.display()
-                        ),
-                    });
-                }
-                Some(p.to_path_buf())
-            }
-            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
-        };
-        let mut figment = Figment::new();
-        if let Some(file) = &file {
-            figment = figment.merge(Toml::file_exact(file));
+        Config::from_figment(providers(path)?)
+    }
+
+    /// Just `[control] socket`, for the CLI: read on its own so that a
+    /// config broken elsewhere (a typo, an unreadable secret file) does not
+    /// keep `astban status` from reaching the running daemon.
+    pub fn control_socket(path: Option<&Path>) -> Result<PathBuf, ConfigError> {
+        let figment = providers(path)?;
+        if !figment.contains("control.socket") {
+            return Ok(ControlConfig::default().socket);
         }
-        Config::from_figment(figment.merge(env_provider()))
+        figment
+            .extract_inner("control.socket")
+            .map_err(|e| ConfigError::Parse(Box::new(e)))
     }
 
     /// Loads a config from TOML text (plus the environment), for the
@@ -740,6 +733,32 @@ fn describe_parse_errors(errors: &figment::Error) -> String {
     lines.join("\n")
 }
 
+/// The file (`path`, which must exist, or the default path if it exists)
+/// and the environment, in that order of precedence.
+fn providers(path: Option<&Path>) -> Result<Figment, ConfigError> {
+    let file = match path {
+        Some(p) => {
+            if !p.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config".into(),
+                    origin: String::new(),
+                    message: format!(
+                        "{} does not exist (copy conf/astban.toml there, or leave --config out to run on defaults)",
+                        p.display()
+                    ),
+                });
+            }
+            Some(p.to_path_buf())
+        }
+        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+    };
+    let mut figment = Figment::new();
+    if let Some(file) = &file {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    Ok(figment.merge(env_provider()))
+}
+
 fn env_provider() -> Env {
     // Only SECTION__KEY variables are config; ASTBAN_CONFIG and friends
     // belong to the command line.
@@ -932,6 +951,27 @@ mod tests {
             assert_eq!(c.firewall.backend, Backend::DryRun);
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_cli_finds_the_socket_in_a_config_broken_elsewhere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("astban.toml");
+        std::fs::write(
+            &path,
+            "[control]\nsocket = \"/run/x/a.sock\"\n[ami]\nsecret_file = \"/nonexistent\"\n[jail]\nmaxretry = 0\n",
+        )
+        .expect("write");
+        assert!(Config::load(Some(&path)).is_err());
+        assert_eq!(
+            Config::control_socket(Some(&path)).expect("socket"),
+            Path::new("/run/x/a.sock")
+        );
+        std::fs::write(&path, "[jail]\nmaxretry = 3\n").expect("write");
+        assert_eq!(
+            Config::control_socket(Some(&path)).expect("socket"),
+            ControlConfig::default().socket
+        );
     }
 
     #[test]

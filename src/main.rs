@@ -223,11 +223,7 @@ fn describe(error: &anyhow::Error) -> String {
 fn ask(socket: &SocketArg, request: Request) -> Result<Value> {
     let path = match &socket.socket {
         Some(p) => p.clone(),
-        None => {
-            Config::load(socket.config.config.as_deref())?
-                .control
-                .socket
-        }
+        None => Config::control_socket(socket.config.config.as_deref())?,
     };
     let response = runtime()?.block_on(control::request(&path, &request))?;
     match (response.ok, response.data, response.error) {
