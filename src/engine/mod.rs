@@ -375,8 +375,20 @@ mod tests {
             Ok(())
         }
 
+        async fn verify(
+            &mut self,
+            _bans: &[ActiveBan],
+            _now: Timestamp,
+        ) -> Result<(), FirewallError> {
+            Ok(())
+        }
+
         fn retry_interval(&self) -> Duration {
             Duration::from_millis(50)
+        }
+
+        fn check_interval(&self) -> Duration {
+            Duration::ZERO
         }
     }
 

@@ -28,6 +28,7 @@
 //! nft's stderr is the only useful part of a failure.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -60,6 +61,10 @@ const MAX_ELEMENTS_PER_TRANSACTION: usize = 30_000;
 /// How long one nft run may take before it is killed.
 const NFT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Seconds before its end within which a ban missing from the kernel is
+/// not missed.
+const EXPIRY_SLACK: i64 = 2;
+
 /// Longest part of nft's stderr kept in an error: nft echoes the failing
 /// input, which for JSON can be a multi-megabyte line.
 const MAX_STDERR: usize = 1024;
@@ -82,6 +87,7 @@ pub struct NftFirewall {
     ports: Vec<u16>,
     priority: i32,
     retry_interval: Duration,
+    check_interval: Duration,
 }
 
 impl NftFirewall {
@@ -99,6 +105,7 @@ impl NftFirewall {
             ports: config.ports.clone(),
             priority: config.priority,
             retry_interval: config.retry_interval,
+            check_interval: config.check_interval,
         }
     }
 
@@ -272,14 +279,29 @@ impl NftFirewall {
         any.then_some(batch)
     }
 
-    /// Runs `<program> <args...> -j -f -` with `batch` on stdin.
+    /// Runs `batch` as one transaction: `<program> <args...> -j -f -` with
+    /// the batch on stdin.
     async fn run(&self, batch: Batch<'_>) -> Result<(), FirewallError> {
         let payload = serde_json::to_vec(&batch.to_nftables())?;
+        self.nft(&["-j", "-f", "-"], payload).await.map(drop)
+    }
+
+    /// `<program> <args...> -j <command...>`, parsed.
+    async fn list(&self, command: &[&str]) -> Result<serde_json::Value, FirewallError> {
+        let mut args = vec!["-j"];
+        args.extend_from_slice(command);
+        let out = self.nft(&args, Vec::new()).await?;
+        serde_json::from_slice(&out).map_err(FirewallError::Listing)
+    }
+
+    /// Runs `<program> <args...> <nft_args...>` with `input` on stdin and
+    /// returns what it wrote to stdout.
+    async fn nft(&self, nft_args: &[&str], input: Vec<u8>) -> Result<Vec<u8>, FirewallError> {
         let mut child = Command::new(&self.program)
             .args(&self.args)
-            .args(["-j", "-f", "-"])
+            .args(nft_args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -297,7 +319,7 @@ impl NftFirewall {
         // stderr pipe while astban blocks on a full stdin pipe.
         let feed = async move {
             match stdin {
-                Some(mut stdin) => stdin.write_all(&payload).await,
+                Some(mut stdin) => stdin.write_all(&input).await,
                 None => Ok(()),
             }
         };
@@ -312,7 +334,7 @@ impl NftFirewall {
         };
         let output = output.map_err(spawn_error)?;
         if output.status.success() {
-            return fed.map_err(spawn_error);
+            return fed.map(|()| output.stdout).map_err(spawn_error);
         }
         let stderr = shorten(String::from_utf8_lossy(&output.stderr).trim());
         if stderr.contains("Operation not permitted") {
@@ -361,9 +383,118 @@ impl Firewall for NftFirewall {
         Ok(())
     }
 
+    /// Two listings: the ruleset without set elements first (cheap
+    /// whatever the sets hold, since nft 1.0.6 skips reading elements for
+    /// it), then, only if there are bans to look for, astban's table with
+    /// its elements (0.8 s and 130 MB for nft with 100,000 bans here).
+    async fn verify(&mut self, bans: &[ActiveBan], now: Timestamp) -> Result<(), FirewallError> {
+        let ruleset = self.list(&["-t", "list", "ruleset"]).await?;
+        if let Some(gap) = structure_gap(&ruleset, &self.table) {
+            return Err(FirewallError::Missing(gap));
+        }
+        // A ban about to end may already be gone: its timeout was rounded
+        // to whole seconds.
+        let soon = now.as_second().saturating_add(EXPIRY_SLACK);
+        let mut live = bans.iter().filter(|b| b.expires.as_second() > soon);
+        let Some(first) = live.next() else {
+            return Ok(());
+        };
+        let table = self.list(&["list", "table", "inet", &self.table]).await?;
+        let present = elements(&table, &self.table);
+        let missing: Vec<IpNet> = std::iter::once(first)
+            .chain(live)
+            .map(|b| b.net)
+            .filter(|net| !present.contains(net))
+            .collect();
+        match missing.as_slice() {
+            [] => Ok(()),
+            [net] => Err(FirewallError::Missing(format!(
+                "the ban of {net} is gone from table inet {}",
+                self.table
+            ))),
+            [net, ..] => Err(FirewallError::Missing(format!(
+                "{} bans ({net} and others) are gone from table inet {}",
+                missing.len(),
+                self.table
+            ))),
+        }
+    }
+
     fn retry_interval(&self) -> Duration {
         self.retry_interval
     }
+
+    fn check_interval(&self) -> Duration {
+        self.check_interval
+    }
+}
+
+/// What of astban's table, sets, chain and rules is missing from a
+/// listing of the ruleset, if anything.
+fn structure_gap(ruleset: &serde_json::Value, table: &str) -> Option<String> {
+    let objects = listed(ruleset, table);
+    let has = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .any(|(k, o)| *k == kind && o["name"].as_str() == Some(name))
+    };
+    if !objects.iter().any(|(kind, _)| *kind == "table") {
+        return Some(format!("table inet {table} is gone from the kernel"));
+    }
+    if let Some((set, ..)) = SETS.iter().find(|(set, ..)| !has("set", set)) {
+        return Some(format!("set {set} of table inet {table} is gone"));
+    }
+    let rules = objects
+        .iter()
+        .filter(|(k, o)| *k == "rule" && o["chain"] == CHAIN)
+        .count();
+    if !has("chain", CHAIN) || rules < SETS.len() {
+        return Some(format!("the rules of chain inet {table} {CHAIN} are gone"));
+    }
+    None
+}
+
+/// The elements of astban's sets in a listing of its table. Timeouts do
+/// not matter: astban only asks whether a ban is there.
+fn elements(listing: &serde_json::Value, table: &str) -> HashSet<IpNet> {
+    listed(listing, table)
+        .into_iter()
+        .filter(|(kind, set)| *kind == "set" && SETS.iter().any(|(name, ..)| set["name"] == *name))
+        .filter_map(|(_, set)| set["elem"].as_array())
+        .flatten()
+        .filter_map(element_net)
+        .collect()
+}
+
+/// The `(kind, object)` pairs of a `nft -j list` answer that belong to
+/// `inet <table>`.
+fn listed<'a>(
+    listing: &'a serde_json::Value,
+    table: &str,
+) -> Vec<(&'a str, &'a serde_json::Value)> {
+    listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.as_object()?.iter().next())
+        .filter(|(kind, o)| {
+            let owner = if *kind == "table" { "name" } else { "table" };
+            o["family"] == "inet" && o[owner] == table
+        })
+        .map(|(kind, o)| (kind.as_str(), o))
+        .collect()
+}
+
+/// A set element as nft lists it: `"192.0.2.7"`, `{"prefix": {...}}`, or
+/// either wrapped in `{"elem": {"val": ..., "timeout": ...}}`.
+fn element_net(elem: &serde_json::Value) -> Option<IpNet> {
+    let val = elem.get("elem").map_or(elem, |e| &e["val"]);
+    if let Some(addr) = val.as_str() {
+        return addr.parse::<IpAddr>().ok().map(IpNet::from);
+    }
+    let prefix = val.get("prefix")?;
+    let addr: IpAddr = prefix["addr"].as_str()?.parse().ok()?;
+    IpNet::new(addr, u8::try_from(prefix["len"].as_u64()?).ok()?).ok()
 }
 
 fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
@@ -593,6 +724,114 @@ mod tests {
             matches!(error, FirewallError::NotInstalled { .. }),
             "{error:?}"
         );
+    }
+
+    /// `nft -j -t list ruleset` as nft 1.0.6 writes it (handles left out),
+    /// with another table that has a chain of the same name.
+    fn ruleset(astban_sets: &[&str], astban_rules: usize) -> serde_json::Value {
+        let mut objects = vec![
+            serde_json::json!({"metainfo": {"version": "1.0.6", "json_schema_version": 1}}),
+            serde_json::json!({"table": {"family": "inet", "name": "other"}}),
+            serde_json::json!({"set": {"family": "inet", "table": "other", "name": "v4", "type": "ipv4_addr"}}),
+            serde_json::json!({"chain": {"family": "inet", "table": "other", "name": "input", "hook": "input"}}),
+            serde_json::json!({"table": {"family": "ip", "name": "t"}}),
+            serde_json::json!({"table": {"family": "inet", "name": "t"}}),
+        ];
+        for set in astban_sets {
+            objects.push(serde_json::json!({"set": {"family": "inet", "table": "t", "name": set, "flags": ["timeout"]}}));
+        }
+        objects.push(serde_json::json!({"chain": {"family": "inet", "table": "t", "name": "input", "type": "filter", "hook": "input", "prio": -10}}));
+        for set in SETS.iter().take(astban_rules).map(|(set, ..)| set) {
+            objects.push(serde_json::json!({"rule": {"family": "inet", "table": "t", "chain": "input", "expr": [
+                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": {"set": ["tcp", "udp"]}}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": format!("@{set}")}},
+                {"drop": null}
+            ]}}));
+        }
+        serde_json::json!({ "nftables": objects })
+    }
+
+    #[test]
+    fn a_complete_table_has_no_gap_and_losses_are_named() {
+        let all = ["v4", "v4net", "v6", "v6net"];
+        assert_eq!(structure_gap(&ruleset(&all, 4), "t"), None);
+        assert_eq!(
+            structure_gap(&ruleset(&all, 4), "astban").as_deref(),
+            Some("table inet astban is gone from the kernel")
+        );
+        assert_eq!(
+            structure_gap(&ruleset(&["v4", "v4net", "v6"], 4), "t").as_deref(),
+            Some("set v6net of table inet t is gone")
+        );
+        assert_eq!(
+            structure_gap(&ruleset(&all, 0), "t").as_deref(),
+            Some("the rules of chain inet t input are gone")
+        );
+        assert!(structure_gap(&serde_json::json!({"nftables": []}), "t").is_some());
+    }
+
+    #[test]
+    fn elements_are_read_as_nft_lists_them() {
+        // `nft -j list table inet t`, trimmed.
+        let listing = serde_json::json!({"nftables": [
+            {"table": {"family": "inet", "name": "t"}},
+            {"set": {"family": "inet", "table": "t", "name": "v4", "elem": [
+                {"elem": {"val": "192.0.2.7", "timeout": 3600, "expires": 3599}},
+                "192.0.2.8"
+            ]}},
+            {"set": {"family": "inet", "table": "t", "name": "v4net", "elem": [
+                {"elem": {"val": {"prefix": {"addr": "198.51.100.0", "len": 24}}, "timeout": 3600}},
+                {"elem": {"val": {"range": ["10.0.0.1", "10.0.0.9"]}}}
+            ]}},
+            {"set": {"family": "inet", "table": "t", "name": "v6net", "elem": [
+                {"elem": {"val": {"prefix": {"addr": "2001:db8:1:2::", "len": 64}}, "timeout": 60}}
+            ]}},
+            {"set": {"family": "inet", "table": "t", "name": "other", "elem": ["203.0.113.1"]}},
+            {"set": {"family": "inet", "table": "u", "name": "v4", "elem": ["203.0.113.2"]}}
+        ]});
+        let mut found: Vec<String> = elements(&listing, "t")
+            .into_iter()
+            .map(|n| n.to_string())
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                "192.0.2.7/32",
+                "192.0.2.8/32",
+                "198.51.100.0/24",
+                "2001:db8:1:2::/64"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn verify_reports_a_missing_table_and_lets_a_complete_one_pass() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listing = dir.path().join("ruleset.json");
+        let write = |value: serde_json::Value| {
+            std::fs::write(&listing, value.to_string()).expect("write listing")
+        };
+        let mut fw = NftFirewall::new(&FirewallConfig {
+            nft: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("cat '{}'", listing.display()),
+                "fake-nft".into(),
+            ],
+            table: "t".into(),
+            ..FirewallConfig::default()
+        });
+        write(ruleset(&["v4", "v4net", "v6", "v6net"], 4));
+        fw.verify(&[], Timestamp::now()).await.expect("complete");
+
+        write(ruleset(&[], 0));
+        let error = fw
+            .verify(&[], Timestamp::now())
+            .await
+            .expect_err("incomplete");
+        assert!(matches!(error, FirewallError::Missing(_)), "{error:?}");
+        assert!(error.to_string().contains("flush ruleset"), "{error}");
     }
 
     #[test]
