@@ -430,14 +430,17 @@ mod tests {
                     program: "nft".into(),
                 });
             }
-            let refused = nets.iter().any(|n| Some(*n) == self.refuse);
-            if !self.table || refused {
-                return Err(FirewallError::Rejected {
-                    status: std::process::ExitStatus::from_raw(256),
-                    stderr: "Error: Could not process rule: No such file or directory".into(),
-                });
-            }
-            Ok(())
+            let stderr = if !self.table {
+                "Error: Could not process rule: No such file or directory"
+            } else if nets.iter().any(|n| Some(*n) == self.refuse) {
+                "Error: interval overlaps with an existing one"
+            } else {
+                return Ok(());
+            };
+            Err(FirewallError::Rejected {
+                status: std::process::ExitStatus::from_raw(256),
+                stderr: stderr.into(),
+            })
         }
     }
 

@@ -1,5 +1,6 @@
 //! Where bans are enforced: a [`Firewall`] trait, the nftables backend and
-//! a dry-run backend, and the applier task that batches and retries.
+//! a dry-run backend, and the applier task that batches, retries, and puts
+//! back what someone else removed from the kernel.
 //!
 //! The firewall holds no policy. The engine decides who is banned until
 //! when and hands over [`Change`]s; a backend turns each batch of them into
@@ -182,7 +183,7 @@ pub enum FirewallError {
     Missing(String),
     /// nft's listing of the ruleset is not the JSON astban expects.
     #[error("cannot read nft's listing of the ruleset: {0}")]
-    Listing(serde_json::Error),
+    Listing(String),
 }
 
 /// What the firewall is doing, for `astban status`.
