@@ -293,6 +293,15 @@ async fn a_restart_keeps_bans_and_rules_and_leaves_other_tables_alone() {
         in_set(&pair, "v4", "10.77.0.99".into())(),
         "elements already in the kernel are kept"
     );
+    // ... and one astban does not know can still be lifted.
+    let unknown = running
+        .engine
+        .unban("10.77.0.99/32".parse().expect("net"))
+        .await
+        .expect("unban");
+    assert_eq!(unknown, None, "not a ban astban knows");
+    let mut kept = in_set(&pair, "v4", "10.77.0.99".into());
+    eventually("the unknown element is removed", move || !kept()).await;
     assert_eq!(
         rule_count(&pair),
         rules,
@@ -310,6 +319,158 @@ async fn a_restart_keeps_bans_and_rules_and_leaves_other_tables_alone() {
     p.nft(&["delete", "table", "inet", TABLE])
         .expect("one command removes astban");
     assert!(reaches(&pair, attacker, &sink, SOON).await);
+}
+
+#[tokio::test]
+async fn a_flushed_ruleset_is_put_back_without_waiting_for_a_new_ban() {
+    if !require_root("a_flushed_ruleset_is_put_back_without_waiting_for_a_new_ban") {
+        return;
+    }
+    let pair = Arc::new(NetnsPair::new().expect("namespaces"));
+    let state = tempfile::tempdir().expect("tempdir");
+    let sink = sink(&pair, netns::PROTECTED_V4.into(), 0);
+    let attacker = IpAddr::from(netns::ATTACKER_V4);
+    let firewall = FirewallConfig {
+        check_interval: Duration::from_millis(200),
+        ..firewall(&pair)
+    };
+    let running = Running::start(&jail(Duration::from_secs(3600)), &firewall, state.path());
+    running.fail(attacker, 5).await;
+    eventually(
+        "the ban is in the kernel",
+        in_set(&pair, "v4", attacker.to_string()),
+    )
+    .await;
+    let rules = rule_count(&pair);
+
+    // `systemctl restart nftables` with `flush ruleset` in its config.
+    pair.protected
+        .nft(&["flush", "ruleset"])
+        .expect("flush ruleset");
+    eventually(
+        "the ban is back in the kernel",
+        in_set(&pair, "v4", attacker.to_string()),
+    )
+    .await;
+    assert_eq!(rule_count(&pair), rules, "the rules are back too");
+    assert!(
+        !reaches(&pair, attacker, &sink, SILENCE).await,
+        "the attacker is dropped again"
+    );
+
+    // A ban deleted by hand comes back as well: `astban unban` lifts bans.
+    pair.protected
+        .nft(&[
+            "delete",
+            "element",
+            "inet",
+            TABLE,
+            "v4",
+            &format!("{{ {attacker} }}"),
+        ])
+        .expect("delete element");
+    eventually(
+        "the deleted ban is back",
+        in_set(&pair, "v4", attacker.to_string()),
+    )
+    .await;
+
+    let stats = running.engine.stats().await.expect("stats");
+    assert_eq!((stats.active_bans, stats.bans_total), (1, 1), "no new ban");
+    assert!(stats.firewall.healthy, "{:?}", stats.firewall);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_saved_ban_that_ignoreip_now_covers_leaves_the_kernel_at_restart() {
+    if !require_root("a_saved_ban_that_ignoreip_now_covers_leaves_the_kernel_at_restart") {
+        return;
+    }
+    let pair = Arc::new(NetnsPair::new().expect("namespaces"));
+    let state = tempfile::tempdir().expect("tempdir");
+    let sink = sink(&pair, netns::PROTECTED_V4.into(), 0);
+    let attacker = IpAddr::from(netns::ATTACKER_V4);
+    let firewall = firewall(&pair);
+    let running = Running::start(&jail(Duration::from_secs(3600)), &firewall, state.path());
+    running.fail(attacker, 5).await;
+    eventually(
+        "the ban is in the kernel",
+        in_set(&pair, "v4", attacker.to_string()),
+    )
+    .await;
+    running.stop().await;
+
+    // The address turns out to be a friend's: restarted with it ignored.
+    let friendly = JailConfig {
+        ignoreip: vec![attacker.into()],
+        ..jail(Duration::from_secs(3600))
+    };
+    let running = Running::start(&friendly, &firewall, state.path());
+    let mut banned = in_set(&pair, "v4", attacker.to_string());
+    eventually("the dropped ban leaves the kernel", move || !banned()).await;
+    assert!(running.engine.bans().await.expect("bans").is_empty());
+    assert!(
+        reaches(&pair, attacker, &sink, SOON).await,
+        "the address passes again"
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_ban_nft_refuses_does_not_hold_back_the_next() {
+    if !require_root("a_ban_nft_refuses_does_not_hold_back_the_next") {
+        return;
+    }
+    let pair = Arc::new(NetnsPair::new().expect("namespaces"));
+    let state = tempfile::tempdir().expect("tempdir");
+    let sink = sink(&pair, netns::PROTECTED_V4.into(), 0);
+    let attacker = IpAddr::from(netns::ATTACKER_V4);
+    let running = Running::start(
+        &jail(Duration::from_secs(3600)),
+        &firewall(&pair),
+        state.path(),
+    );
+    let engine = running.engine.clone();
+    let deadline = tokio::time::Instant::now() + SOON;
+    while !engine.stats().await.expect("stats").firewall.healthy {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the table is never set up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An element astban does not know, which nft will not let a wider
+    // ban overlap.
+    pair.protected
+        .nft(&[
+            "add",
+            "element",
+            "inet",
+            TABLE,
+            "v4net",
+            "{ 10.88.0.0/24 timeout 1h }",
+        ])
+        .expect("add element");
+    engine
+        .ban(
+            "10.88.0.0/16".parse().expect("net"),
+            Some(Duration::from_secs(3600)),
+            false,
+        )
+        .await
+        .expect("the engine takes the ban");
+    running.fail(attacker, 5).await;
+    eventually(
+        "the next ban reaches the kernel",
+        in_set(&pair, "v4", attacker.to_string()),
+    )
+    .await;
+    assert!(!reaches(&pair, attacker, &sink, SILENCE).await);
+    let elements = pair.protected.set_elements(TABLE, "v4net").expect("list");
+    assert_eq!(elements, ["10.88.0.0/24"], "the refused ban is not in");
+    let stats = engine.stats().await.expect("stats");
+    assert_eq!(stats.firewall.pending, 0, "{:?}", stats.firewall);
+    running.stop().await;
 }
 
 #[tokio::test]

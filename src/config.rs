@@ -274,6 +274,10 @@ pub struct FirewallConfig {
     /// Delay before a failed `nft` transaction is tried again.
     #[serde(with = "duration")]
     pub retry_interval: Duration,
+    /// How often astban checks that its table, rules and bans are still in
+    /// the kernel (restoring them if not); zero never checks.
+    #[serde(with = "duration")]
+    pub check_interval: Duration,
 }
 
 impl Default for FirewallConfig {
@@ -285,6 +289,7 @@ impl Default for FirewallConfig {
             priority: -10,
             nft: vec!["nft".into()],
             retry_interval: Duration::from_secs(5),
+            check_interval: Duration::from_secs(30),
         }
     }
 }

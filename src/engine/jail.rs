@@ -60,6 +60,10 @@ pub(crate) enum Verdict {
     Banned(IpNet),
     /// A success cleared the count of `key`.
     Reset(IpNet),
+    /// A success within `findtime` of the last one that cleared the count
+    /// of `key`: the count stands, or one known password would buy
+    /// unlimited guesses at others.
+    NotReset(IpNet),
     /// A success with nothing to clear.
     Unchanged,
 }
@@ -121,6 +125,8 @@ struct Tracked {
     accounts: Vec<AttackerText>,
     /// When the host last failed (by astban's clock), for eviction.
     last_seen: u32,
+    /// When a success last cleared the count (0: never).
+    reset_at: u32,
     kinds: u32,
     services: u8,
 }
@@ -144,8 +150,24 @@ impl Tracked {
         u32::try_from(self.times.len()).unwrap_or(u32::MAX)
     }
 
-    fn newest(&self) -> u32 {
-        self.times.iter().copied().max().unwrap_or(0)
+    /// Whether any failure is still in the window.
+    fn failing(&self, window_start: u32) -> bool {
+        self.times.iter().any(|&t| t > window_start)
+    }
+
+    /// Whether anything about the host still matters: failures in the
+    /// window, or a reset recent enough to refuse another.
+    fn live(&self, window_start: u32) -> bool {
+        self.reset_at > window_start || self.failing(window_start)
+    }
+
+    /// Starts the count over, remembering when.
+    fn reset(&mut self, now: u32) {
+        self.times.clear();
+        self.accounts.clear();
+        self.kinds = 0;
+        self.services = 0;
+        self.reset_at = now;
     }
 }
 
@@ -202,8 +224,14 @@ impl Jail {
     /// Applies a reloaded `[jail]`: new numbers count from now on, and
     /// `ignoreip` wins at once, lifting automatic bans it now covers (a
     /// forced manual ban stays). Returns how many bans were lifted.
+    ///
+    /// `ipv6_prefix` keeps its running value: every counting key and the
+    /// shape of every ban depend on it, so it changes with a restart only.
     pub(crate) fn reconfigure(&mut self, config: &JailConfig, fx: &mut Effects) -> usize {
-        self.settings = Settings::new(config);
+        self.settings = Settings {
+            ipv6_prefix: self.settings.ipv6_prefix,
+            ..Settings::new(config)
+        };
         self.ignore.set_listed(&config.ignoreip);
         let covered: Vec<IpNet> = self
             .bans
@@ -232,9 +260,18 @@ impl Jail {
                     return Verdict::Unchanged;
                 }
                 let key = self.key(host);
-                match self.tracked.remove(&key) {
-                    Some(_) => Verdict::Reset(key),
-                    None => Verdict::Unchanged,
+                let now_s = now.as_second();
+                let window_start = unix_u32(now_s - self.settings.findtime);
+                match self.tracked.get_mut(&key) {
+                    Some(t) if t.failing(window_start) => {
+                        // At most once per findtime.
+                        if t.reset_at > window_start {
+                            return Verdict::NotReset(key);
+                        }
+                        t.reset(unix_u32(now_s));
+                        Verdict::Reset(key)
+                    }
+                    _ => Verdict::Unchanged,
                 }
             }
         }
@@ -318,9 +355,16 @@ impl Jail {
         Ok(self.ban(ban, now, fx))
     }
 
-    /// Ends the ban of exactly `net`, if there is one.
+    /// Ends the ban of exactly `net`, if there is one. If there is not,
+    /// `net` still leaves the firewall: an element astban no longer knows
+    /// (its state file was corrupt, say) must not be beyond `astban unban`.
     pub(crate) fn unban(&mut self, net: IpNet, fx: &mut Effects) -> Option<BanInfo> {
-        self.remove_ban(canonical_net(net), UnbanReason::Manual, fx)
+        let net = canonical_net(net);
+        let info = self.remove_ban(net, UnbanReason::Manual, fx);
+        if info.is_none() && self.lift_unknown(net, fx) {
+            tracing::info!(host = %net, "not a ban astban knows; removed from its sets in case an earlier run left it there");
+        }
+        info
     }
 
     /// Ends every ban whose time is up at `now`.
@@ -343,7 +387,7 @@ impl Jail {
     /// flood.
     pub(crate) fn housekeep(&mut self, now: Timestamp) {
         let window_start = unix_u32(now.as_second() - self.settings.findtime);
-        self.tracked.retain(|_, t| t.newest() > window_start);
+        self.tracked.retain(|_, t| t.live(window_start));
         let history = self.settings.history;
         self.offenders.retain(|_, o| !forgotten(o, now, history));
         if self.tracked.capacity() > 4 * self.tracked.len() {
@@ -394,20 +438,36 @@ impl Jail {
     /// Loads saved state: bans still in force (with the time they have
     /// left) and history not yet forgotten. Returns the bans, for the
     /// firewall to reconcile with.
-    pub(crate) fn restore(&mut self, saved: Saved, now: Timestamp) -> Vec<ActiveBan> {
+    ///
+    /// A saved ban that is over, or that `ignoreip` or an own address now
+    /// covers, is lifted through `fx`: the kernel may still hold it (the
+    /// state file lags the kernel by a moment, and `ignoreip` may have
+    /// grown while astban was down), and nothing else would lift it.
+    pub(crate) fn restore(
+        &mut self,
+        saved: Saved,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> Vec<ActiveBan> {
         let mut bans = saved.bans;
         // Wider first, so that a narrower duplicate from a hand-edited file
         // is recognised as covered.
         bans.sort_by_key(|b| b.net.prefix_len());
+        let mut lifted = Vec::new();
         for mut ban in bans {
             ban.net = canonical_net(ban.net);
-            if ban.expires <= now || self.covering(ban.net).is_some() {
+            if self.covering(ban.net).is_some() {
+                continue;
+            }
+            if ban.expires <= now {
+                lifted.push(ban.net);
                 continue;
             }
             if !ban.manual
                 && let Some(reason) = self.ignore.overlap(ban.net)
             {
-                tracing::warn!(host = %ban.net, "saved ban dropped: the address is {reason}");
+                tracing::warn!(host = %ban.net, "saved ban lifted: the address is {reason}");
+                lifted.push(ban.net);
                 continue;
             }
             ban.accounts = ban
@@ -417,6 +477,9 @@ impl Jail {
                 .map(|a| AttackerText::new(a.as_str()))
                 .collect();
             self.insert_ban(ban);
+        }
+        for net in lifted {
+            self.lift_unknown(net, fx);
         }
         let history = self.settings.history;
         let mut offenders: Vec<SavedOffender> = saved.offenders;
@@ -556,6 +619,18 @@ impl Jail {
         self.bans.insert(net, info);
     }
 
+    /// Takes `net`, which is not a ban, out of the firewall, unless a ban
+    /// overlaps it: that one keeps the addresses banned, and nft would
+    /// refuse an element overlapping it in an interval set. Returns
+    /// whether it did.
+    fn lift_unknown(&mut self, net: IpNet, fx: &mut Effects) -> bool {
+        let lift = self.covering(net).is_none() && self.inside(net).is_empty();
+        if lift {
+            fx.changes.push(Change::Unban { net });
+        }
+        lift
+    }
+
     /// Removes a ban from every index, without telling anyone.
     fn take_ban(&mut self, net: IpNet) -> Option<BanInfo> {
         let info = self.bans.remove(&net)?;
@@ -609,7 +684,7 @@ impl Jail {
     /// sweep runs at most once per n/10 new hosts.
     fn make_room(&mut self, window_start: i64) {
         let window_start = unix_u32(window_start);
-        self.tracked.retain(|_, t| t.newest() > window_start);
+        self.tracked.retain(|_, t| t.live(window_start));
         let cap = self.settings.max_tracked;
         if self.tracked.len() >= cap {
             let count = (self.tracked.len() + 1 - cap).max(cap / 10);
@@ -766,10 +841,12 @@ mod tests {
             .expect("manual ban");
         assert_eq!(jail.bans().len(), 2);
 
+        fail(&mut jail, "2001:db8:1:2::1", 1, t(0));
         let mut fx = Effects::default();
         let reloaded = JailConfig {
             maxretry: 2,
             ignoreip: vec![net("192.0.2.0/24")],
+            ipv6_prefix: 48,
             ..config()
         };
         assert_eq!(jail.reconfigure(&reloaded, &mut fx), 1);
@@ -799,6 +876,16 @@ mod tests {
         assert_eq!(
             fail(&mut jail, "198.51.100.1", 2, t(1)).0,
             Verdict::Banned(net("198.51.100.1/32"))
+        );
+        // ipv6_prefix keys every index: it waits for a restart, and the
+        // /64 counted before the reload goes on counting.
+        assert_eq!(
+            fail(&mut jail, "2001:db8:1:2::9", 1, t(1)).0,
+            Verdict::Banned(net("2001:db8:1:2::/64"))
+        );
+        assert_eq!(
+            fail(&mut jail, "2001:db8:1:2::1", 1, t(2)).0,
+            Verdict::AlreadyBanned(net("2001:db8:1:2::/64"))
         );
     }
 
@@ -839,16 +926,61 @@ mod tests {
         assert_eq!(jail.stats(FirewallStatus::default()).failures_counted, 5);
     }
 
+    fn success(host: &str, at: Timestamp) -> Report {
+        Report::Success(Success {
+            host: host.parse().expect("ip"),
+            service: Service::Pjsip,
+            time: at,
+            source: Source::Ami,
+        })
+    }
+
+    #[test]
+    fn a_success_resets_the_count_at_most_once_per_findtime() {
+        let mut jail = Jail::new(&config());
+        let key = net("192.0.2.7/32");
+        let mut fx = Effects::default();
+        fail(&mut jail, "192.0.2.7", 4, t(0));
+        assert_eq!(
+            jail.report(&success("192.0.2.7", t(1)), t(1), &mut fx),
+            Verdict::Reset(key)
+        );
+        // One valid login between every maxretry-1 guesses buys nothing
+        // more: the next success within findtime leaves the count alone.
+        fail(&mut jail, "192.0.2.7", 4, t(2));
+        assert_eq!(
+            jail.report(&success("192.0.2.7", t(3)), t(3), &mut fx),
+            Verdict::NotReset(key)
+        );
+        // Housekeeping keeps the memory of the reset while it matters.
+        jail.housekeep(t(4));
+        assert_eq!(
+            fail(&mut jail, "192.0.2.7", 1, t(5)).0,
+            Verdict::Banned(key)
+        );
+
+        // Once findtime has passed, a success resets again.
+        let mut jail = Jail::new(&config());
+        fail(&mut jail, "192.0.2.7", 4, t(0));
+        jail.report(&success("192.0.2.7", t(1)), t(1), &mut fx);
+        // The reset alone is remembered, not forgotten by housekeeping.
+        jail.housekeep(t(599));
+        assert_eq!(jail.stats(FirewallStatus::default()).tracked_hosts, 1);
+        fail(&mut jail, "192.0.2.7", 4, t(602));
+        assert_eq!(
+            jail.report(&success("192.0.2.7", t(603)), t(603), &mut fx),
+            Verdict::Reset(key)
+        );
+        jail.housekeep(t(603 + 601));
+        assert_eq!(jail.stats(FirewallStatus::default()).tracked_hosts, 0);
+        assert!(fx.changes.is_empty());
+    }
+
     #[test]
     fn a_success_resets_the_count() {
         let mut jail = Jail::new(&config());
         fail(&mut jail, "192.0.2.7", 4, t(0));
-        let success = Report::Success(Success {
-            host: "192.0.2.7".parse().expect("ip"),
-            service: Service::Pjsip,
-            time: t(1),
-            source: Source::Ami,
-        });
+        let success = success("192.0.2.7", t(1));
         assert_eq!(
             jail.report(&success, t(1), &mut Effects::default()),
             Verdict::Reset(net("192.0.2.7/32"))
@@ -1237,7 +1369,14 @@ mod tests {
 
         // Restored 50 s later: the 10 s ban is over and dropped.
         let mut restored = Jail::new(&config());
-        let mut active = restored.restore(back, t(50));
+        let mut fx = Effects::default();
+        let mut active = restored.restore(back, t(50), &mut fx);
+        assert_eq!(
+            fx.changes,
+            [Change::Unban {
+                net: net("203.0.113.5/32")
+            }]
+        );
         active.sort_by_key(|b| b.net);
         let nets: Vec<IpNet> = active.iter().map(|b| b.net).collect();
         assert_eq!(
@@ -1292,9 +1431,96 @@ mod tests {
             ignoreip: vec![net("10.0.0.0/8")],
             ..config()
         });
-        let active = jail.restore(saved, t(1));
+        let mut fx = Effects::default();
+        let active = jail.restore(saved, t(1), &mut fx);
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].net, net("192.0.2.0/24"));
         assert_eq!(jail.bans()[0].accounts.len(), MAX_ACCOUNTS);
+        // The ignored ban leaves the kernel; the covered one is still
+        // banned by the wider ban.
+        assert_eq!(
+            fx.changes,
+            [Change::Unban {
+                net: net("10.0.0.1/32")
+            }]
+        );
+        assert!(fx.events.is_empty());
+    }
+
+    #[test]
+    fn restore_lifts_bans_that_are_over() {
+        let ban = |n: &str, expires: i64| BanInfo {
+            net: net(n),
+            banned_at: t(0),
+            expires: t(expires),
+            failures: 5,
+            offense: 1,
+            manual: false,
+            kinds: Vec::new(),
+            services: Vec::new(),
+            accounts: Vec::new(),
+        };
+        let saved = Saved {
+            bans: vec![
+                ban("192.0.2.1/32", 100),
+                ban("192.0.2.2/32", 1000),
+                ban("198.51.100.0/24", 100),
+                ban("203.0.113.0/24", 100),
+                ban("203.0.113.9/32", 1000),
+            ],
+            offenders: Vec::new(),
+        };
+        let mut jail = Jail::new(&config());
+        let mut fx = Effects::default();
+        let active = jail.restore(saved, t(500), &mut fx);
+        let nets: Vec<IpNet> = active.iter().map(|b| b.net).collect();
+        assert_eq!(nets.len(), 2);
+        assert!(nets.contains(&net("192.0.2.2/32")) && nets.contains(&net("203.0.113.9/32")));
+        // An over /24 around a live ban is left to the kernel's timeout:
+        // removing it means adding it for a second first.
+        assert_eq!(
+            fx.changes,
+            [
+                Change::Unban {
+                    net: net("198.51.100.0/24")
+                },
+                Change::Unban {
+                    net: net("192.0.2.1/32")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn unbanning_what_astban_does_not_know_still_clears_the_firewall() {
+        let mut jail = Jail::new(&config());
+        jail.manual_ban(
+            net("198.51.100.0/24"),
+            None,
+            false,
+            t(0),
+            &mut Effects::default(),
+        )
+        .expect("ban");
+        let mut fx = Effects::default();
+        assert_eq!(jail.unban(net("192.0.2.99/32"), &mut fx), None);
+        assert_eq!(jail.unban(net("::ffff:192.0.2.98/128"), &mut fx), None);
+        assert_eq!(
+            fx.changes,
+            [
+                Change::Unban {
+                    net: net("192.0.2.99/32")
+                },
+                Change::Unban {
+                    net: net("192.0.2.98/32")
+                }
+            ]
+        );
+        assert!(fx.events.is_empty() && !fx.persist);
+        // Inside or around a known ban: it keeps the addresses banned.
+        let mut fx = Effects::default();
+        assert_eq!(jail.unban(net("198.51.100.0/25"), &mut fx), None);
+        assert_eq!(jail.unban(net("198.51.0.0/16"), &mut fx), None);
+        assert!(fx.changes.is_empty(), "{:?}", fx.changes);
     }
 }

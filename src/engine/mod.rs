@@ -132,7 +132,8 @@ pub enum EngineEvent {
 /// Counters for `astban status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EngineStats {
-    /// Hosts with failures in their window (not banned).
+    /// Hosts with failures, or a reset by a success, within `findtime`
+    /// (not banned).
     pub tracked_hosts: usize,
     /// Bans in force.
     pub active_bans: usize,
@@ -245,7 +246,9 @@ impl EngineHandle {
         .await?
     }
 
-    /// Ends the ban of exactly `net`; `None` if it was not banned.
+    /// Ends the ban of exactly `net`; `None` if it was not banned (any
+    /// element of exactly `net` still leaves astban's sets, so that one
+    /// astban lost track of can be lifted).
     pub async fn unban(&self, net: IpNet) -> Result<Option<BanInfo>, EngineGone> {
         self.ask(|reply| Command::Unban { net, reply }).await
     }
@@ -261,7 +264,8 @@ impl EngineHandle {
     }
 
     /// Applies a reloaded `[jail]` (SIGHUP); returns how many bans the new
-    /// `ignoreip` lifted. `ignore_self` is read at start only.
+    /// `ignoreip` lifted. `ignore_self` and `ipv6_prefix` are read at start
+    /// only.
     pub async fn reconfigure(&self, jail: JailConfig) -> Result<usize, EngineGone> {
         self.ask(|reply| Command::Reconfigure {
             jail: Box::new(jail),
@@ -309,9 +313,18 @@ pub fn spawn<F: Firewall>(
         policy.set_own_addresses(ignore::own_addresses().map_err(EngineError::OwnAddresses)?);
     }
     let path = state_dir.join(STATE_FILE);
-    let restored = policy.restore(state::load(&path)?, Timestamp::now());
-    tracing::info!(bans = restored.len(), path = %path.display(), "ban state restored");
+    let mut lifted = jail::Effects::default();
+    let restored = policy.restore(state::load(&path)?, Timestamp::now(), &mut lifted);
+    tracing::info!(
+        bans = restored.len(),
+        lifted = lifted.changes.len(),
+        path = %path.display(),
+        "ban state restored"
+    );
     let firewall = Applier::spawn(firewall, restored);
+    if !lifted.changes.is_empty() {
+        firewall.send(lifted.changes);
+    }
     let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
     let (events, _) = broadcast::channel(EVENT_QUEUE);
     let engine = task::Engine::new(task::Parts {
@@ -380,8 +393,20 @@ mod tests {
             Ok(())
         }
 
+        async fn verify(
+            &mut self,
+            _bans: &[ActiveBan],
+            _now: Timestamp,
+        ) -> Result<(), FirewallError> {
+            Ok(())
+        }
+
         fn retry_interval(&self) -> Duration {
             Duration::from_millis(50)
+        }
+
+        fn check_interval(&self) -> Duration {
+            Duration::ZERO
         }
     }
 

@@ -235,6 +235,11 @@ fn trace(host: IpAddr, verdict: Verdict) {
         Verdict::Reset(key) => {
             tracing::debug!(%host, %key, "successful login, failure count reset")
         }
+        Verdict::NotReset(key) => tracing::debug!(
+            %host,
+            %key,
+            "successful login, failure count kept: it was reset less than findtime ago"
+        ),
         // Logged with their events.
         Verdict::Ignored(_) | Verdict::Banned(_) | Verdict::Unchanged => {}
     }

@@ -1,11 +1,19 @@
-//! The task that owns the firewall: it coalesces changes into batches and
-//! keeps retrying while the firewall fails.
+//! The task that owns the firewall: it coalesces changes into batches,
+//! keeps retrying while the firewall fails, and keeps the kernel in line
+//! with what it was told.
 //!
 //! The engine hands changes over without waiting, so an nft run (a few
 //! milliseconds, or seconds for a large restore, or forever while nft is
 //! missing) never stops it from counting failures. Changes that arrive
 //! while a transaction runs are merged per network, latest wins, and go out
 //! together in the next one; nothing is dropped while the firewall fails.
+//! A change nft itself refuses is dropped, alone, so that it cannot hold
+//! back the others.
+//!
+//! The task also keeps a mirror of what should be in the kernel (every ban
+//! it was given and not since told to lift). Whenever the table has to be
+//! rebuilt, after a failure or because a periodic check found it (or some
+//! bans) gone, the mirror is what goes back in.
 
 use std::collections::HashMap;
 
@@ -39,7 +47,7 @@ impl Applier {
             firewall,
             rx,
             status: status_tx,
-            restored,
+            mirror: restored.into_iter().map(|b| (b.net, b.expires)).collect(),
             synced: false,
             pending: HashMap::new(),
             last_error: None,
@@ -77,8 +85,9 @@ struct Worker<F> {
     firewall: F,
     rx: mpsc::UnboundedReceiver<Vec<Change>>,
     status: watch::Sender<FirewallStatus>,
-    /// Bans to reconcile with, until the first reconcile succeeds.
-    restored: Vec<ActiveBan>,
+    /// The bans that should be in the kernel, and when each ends: every
+    /// change given is folded in, so a rebuilt table gets all of them.
+    mirror: HashMap<IpNet, Timestamp>,
     /// The table and its rules are known to be in place.
     synced: bool,
     /// Changes not yet in the kernel, one per network.
@@ -89,11 +98,15 @@ struct Worker<F> {
 impl<F: Firewall> Worker<F> {
     async fn run(mut self) {
         let retry = self.firewall.retry_interval();
+        let every = self.firewall.check_interval();
+        let next_check = || (!every.is_zero()).then(|| Instant::now() + every);
+        let mut check_at = next_check();
         let mut retry_at: Option<Instant> = None;
         loop {
             if retry_at.is_none() && self.has_work() && !self.attempt().await {
                 retry_at = Some(Instant::now() + retry);
             }
+            let idle = !self.has_work();
             tokio::select! {
                 batch = self.rx.recv() => match batch {
                     Some(batch) => {
@@ -107,6 +120,11 @@ impl<F: Firewall> Worker<F> {
                 },
                 () = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                     retry_at = None;
+                }
+                // While there is work, attempts find out soon enough.
+                () = sleep_until(check_at.unwrap_or_else(Instant::now)), if idle && check_at.is_some() => {
+                    check_at = next_check();
+                    self.check().await;
                 }
             }
         }
@@ -124,6 +142,14 @@ impl<F: Firewall> Worker<F> {
     fn merge(&mut self, batch: Vec<Change>) {
         for change in batch {
             let net = change.net();
+            match change {
+                Change::Ban { expires, .. } | Change::Replace { expires, .. } => {
+                    self.mirror.insert(net, expires);
+                }
+                Change::Unban { .. } => {
+                    self.mirror.remove(&net);
+                }
+            }
             let merged = match self.pending.remove(&net) {
                 Some(earlier) => earlier.then(change),
                 None => change,
@@ -132,31 +158,152 @@ impl<F: Firewall> Worker<F> {
         }
     }
 
+    /// Asks the firewall whether the kernel still holds what it should;
+    /// if not, the next attempt rebuilds it.
+    async fn check(&mut self) {
+        let now = Timestamp::now();
+        let bans = self.wanted(now);
+        match self.firewall.verify(&bans, now).await {
+            Ok(()) => {}
+            Err(e @ FirewallError::Missing(_)) => {
+                tracing::warn!("firewall: {e}");
+                self.synced = false;
+            }
+            Err(e) => {
+                self.synced = false;
+                self.failed(e);
+            }
+        }
+    }
+
     /// One try at bringing the kernel up to date; `false` if it failed.
     async fn attempt(&mut self) -> bool {
         let now = Timestamp::now();
-        if !self.synced {
-            if let Err(e) = self.firewall.reconcile(&self.restored, now).await {
-                return self.failed(e);
-            }
-            self.synced = true;
-            self.restored = Vec::new();
+        let resynced = !self.synced;
+        if resynced && let Err(e) = self.resync(now).await {
+            return self.failed(e);
         }
         let mut changes: Vec<Change> = self.pending.values().cloned().collect();
-        changes.sort_by_key(Change::net);
-        if !changes.is_empty()
-            && let Err(e) = self.firewall.apply(&changes, now).await
-        {
+        changes.sort_by_key(apply_order);
+        let count = changes.len();
+        if let Err(e) = self.apply(changes, resynced, now).await {
             // Rebuild the table on the next try, in case it was deleted.
             self.synced = false;
             return self.failed(e);
         }
         self.pending.clear();
         if self.last_error.take().is_some() {
-            tracing::info!(applied = changes.len(), "firewall recovered");
+            tracing::info!(applied = count, "firewall recovered");
         }
         self.publish();
         true
+    }
+
+    /// Applies `changes`. When nft rejects them, the changes it refuses on
+    /// their own are found and dropped, and the others applied.
+    async fn apply(
+        &mut self,
+        changes: Vec<Change>,
+        resynced: bool,
+        now: Timestamp,
+    ) -> Result<(), FirewallError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        match self.firewall.apply(&changes, now).await {
+            Err(FirewallError::Rejected { .. }) => {}
+            done => return done,
+        }
+        // nft rejects every change while the table is gone: rebuild it
+        // before blaming a change.
+        if !resynced {
+            self.resync(now).await?;
+        }
+        let refused = self.bisect(changes, !resynced, now).await?;
+        self.drop_refused(refused);
+        Ok(())
+    }
+
+    /// (Re)creates the table and puts every ban of the mirror in it.
+    async fn resync(&mut self, now: Timestamp) -> Result<(), FirewallError> {
+        let bans = self.wanted(now);
+        match self.firewall.reconcile(&bans, now).await {
+            Ok(()) => {}
+            Err(FirewallError::Rejected { .. }) if !bans.is_empty() => {
+                // A ban nft refuses must not keep the others out: the
+                // table on its own, then the bans in parts.
+                self.firewall.reconcile(&[], now).await?;
+                let bans = bans
+                    .iter()
+                    .map(|b| Change::Ban {
+                        net: b.net,
+                        expires: b.expires,
+                    })
+                    .collect();
+                let refused = self.bisect(bans, false, now).await?;
+                self.drop_refused(refused);
+            }
+            Err(e) => return Err(e),
+        }
+        self.synced = true;
+        Ok(())
+    }
+
+    /// Applies `changes`, splitting in halves whatever nft rejects (`whole`
+    /// tries them all at once first), down to the single changes it
+    /// refuses; those are returned with nft's reason, all others are
+    /// applied. Any other error stops it: applying again is harmless.
+    async fn bisect(
+        &mut self,
+        changes: Vec<Change>,
+        whole: bool,
+        now: Timestamp,
+    ) -> Result<Vec<(Change, String)>, FirewallError> {
+        let mut refused = Vec::new();
+        let mut todo: Vec<Vec<Change>> = match whole || changes.len() < 2 {
+            true => vec![changes],
+            false => halves(changes).into(),
+        };
+        while let Some(part) = todo.pop() {
+            match self.firewall.apply(&part, now).await {
+                Ok(()) => {}
+                Err(FirewallError::Rejected { stderr, .. }) => {
+                    match <[Change; 1]>::try_from(part) {
+                        Ok([change]) => refused.push((change, stderr)),
+                        Err(part) => todo.extend(halves(part)),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(refused)
+    }
+
+    fn drop_refused(&mut self, refused: Vec<(Change, String)>) {
+        for (change, reason) in refused {
+            let net = change.net();
+            self.mirror.remove(&net);
+            let what = match change {
+                Change::Ban { .. } | Change::Replace { .. } => "ban",
+                Change::Unban { .. } => "unban",
+            };
+            tracing::error!(
+                host = %net,
+                "nft refused the {what} of {net}, which is dropped (the other changes were applied): {reason}"
+            );
+        }
+    }
+
+    /// The mirror's bans that have not ended by `now`.
+    fn wanted(&mut self, now: Timestamp) -> Vec<ActiveBan> {
+        self.mirror.retain(|_, expires| *expires > now);
+        let mut bans: Vec<ActiveBan> = self
+            .mirror
+            .iter()
+            .map(|(&net, &expires)| ActiveBan { net, expires })
+            .collect();
+        bans.sort_by_key(|b| b.net);
+        bans
     }
 
     fn failed(&mut self, error: FirewallError) -> bool {
@@ -178,49 +325,140 @@ impl<F: Firewall> Worker<F> {
         false
     }
 
+    /// Changes waiting for the kernel: the queued ones, and while the table
+    /// needs rebuilding every ban of the mirror (queued bans are among
+    /// them, queued unbans are not).
+    fn waiting(&self) -> usize {
+        if self.synced {
+            return self.pending.len();
+        }
+        let unbans = self
+            .pending
+            .keys()
+            .filter(|net| !self.mirror.contains_key(net))
+            .count();
+        self.mirror.len() + unbans
+    }
+
     fn publish(&self) {
         self.status.send_replace(FirewallStatus {
             healthy: self.synced && self.last_error.is_none(),
-            pending: self.pending.len() + self.restored.len(),
+            pending: self.waiting(),
             last_error: self.last_error.clone(),
         });
     }
 }
 
+/// Removals before additions, so that split parts of a batch never add an
+/// element that overlaps one the same batch removes.
+fn apply_order(change: &Change) -> (u8, IpNet) {
+    let rank = match change {
+        Change::Unban { .. } => 0,
+        Change::Replace { .. } => 1,
+        Change::Ban { .. } => 2,
+    };
+    (rank, change.net())
+}
+
+/// `changes` cut in two, the first half on top of a stack.
+fn halves(mut changes: Vec<Change>) -> [Vec<Change>; 2] {
+    let second = changes.split_off(changes.len() / 2);
+    [second, changes]
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::collections::BTreeSet;
+    use std::os::unix::process::ExitStatusExt;
+    use std::sync::{Arc, Mutex, MutexGuard};
     use std::time::Duration;
 
     use super::*;
 
-    /// Records every call; fails while `failing` is set.
+    /// A kernel in memory: whether astban's table exists and what its sets
+    /// hold. Records every call; every call fails while `failing` is set,
+    /// and nft-like rejections come from a missing table or `refuse`.
     #[derive(Clone, Default)]
-    struct Recorder {
-        calls: Arc<Mutex<Vec<String>>>,
-        failing: Arc<Mutex<bool>>,
+    struct FakeKernel {
+        state: Arc<Mutex<Kernel>>,
+        check_every: Duration,
     }
 
-    impl Recorder {
-        fn result(&self, call: String) -> Result<(), FirewallError> {
-            self.calls.lock().expect("lock").push(call);
-            if *self.failing.lock().expect("lock") {
-                Err(FirewallError::NotInstalled {
-                    program: "nft".into(),
-                })
-            } else {
-                Ok(())
+    #[derive(Default)]
+    struct Kernel {
+        calls: Vec<String>,
+        failing: bool,
+        table: bool,
+        elements: BTreeSet<IpNet>,
+        /// A network nft refuses to add or remove.
+        refuse: Option<IpNet>,
+    }
+
+    impl FakeKernel {
+        fn checking(every: Duration) -> FakeKernel {
+            FakeKernel {
+                check_every: every,
+                ..FakeKernel::default()
             }
+        }
+
+        fn state(&self) -> MutexGuard<'_, Kernel> {
+            self.state.lock().expect("lock")
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.state().calls.clone()
+        }
+
+        fn elements(&self) -> Vec<String> {
+            self.state().elements.iter().map(IpNet::to_string).collect()
+        }
+
+        /// `nft flush ruleset`.
+        fn flush(&self) {
+            let mut state = self.state();
+            state.table = false;
+            state.elements.clear();
         }
     }
 
-    impl Firewall for Recorder {
+    impl Kernel {
+        fn call(&mut self, call: String, nets: &[IpNet]) -> Result<(), FirewallError> {
+            self.calls.push(call);
+            if self.failing {
+                return Err(FirewallError::NotInstalled {
+                    program: "nft".into(),
+                });
+            }
+            let stderr = if !self.table {
+                "Error: Could not process rule: No such file or directory"
+            } else if nets.iter().any(|n| Some(*n) == self.refuse) {
+                "Error: interval overlaps with an existing one"
+            } else {
+                return Ok(());
+            };
+            Err(FirewallError::Rejected {
+                status: std::process::ExitStatus::from_raw(256),
+                stderr: stderr.into(),
+            })
+        }
+    }
+
+    impl Firewall for FakeKernel {
         async fn reconcile(
             &mut self,
             bans: &[ActiveBan],
             _now: Timestamp,
         ) -> Result<(), FirewallError> {
-            self.result(format!("reconcile {}", bans.len()))
+            let nets: Vec<IpNet> = bans.iter().map(|b| b.net).collect();
+            let mut state = self.state();
+            let call = format!("reconcile {}", join(&nets));
+            if !state.failing {
+                state.table = true;
+            }
+            state.call(call, &nets)?;
+            state.elements.extend(nets);
+            Ok(())
         }
 
         async fn apply(
@@ -228,19 +466,70 @@ mod tests {
             changes: &[Change],
             _now: Timestamp,
         ) -> Result<(), FirewallError> {
-            let nets: Vec<String> = changes.iter().map(Change::to_string).collect();
-            self.result(format!("apply {}", nets.join(" ")))
+            let nets: Vec<IpNet> = changes.iter().map(Change::net).collect();
+            let shown: Vec<String> = changes.iter().map(Change::to_string).collect();
+            let mut state = self.state();
+            state.call(format!("apply {}", shown.join(" ")), &nets)?;
+            for change in changes {
+                match change {
+                    Change::Ban { net, .. } | Change::Replace { net, .. } => {
+                        state.elements.insert(*net)
+                    }
+                    Change::Unban { net } => state.elements.remove(net),
+                };
+            }
+            Ok(())
+        }
+
+        async fn verify(
+            &mut self,
+            bans: &[ActiveBan],
+            _now: Timestamp,
+        ) -> Result<(), FirewallError> {
+            let mut state = self.state();
+            state.calls.push("verify".into());
+            if !state.table {
+                return Err(FirewallError::Missing("the table is gone".into()));
+            }
+            match bans.iter().find(|b| !state.elements.contains(&b.net)) {
+                Some(ban) => Err(FirewallError::Missing(format!("{} is gone", ban.net))),
+                None => Ok(()),
+            }
         }
 
         fn retry_interval(&self) -> Duration {
             Duration::from_millis(10)
         }
+
+        fn check_interval(&self) -> Duration {
+            self.check_every
+        }
     }
 
-    fn ban(net: &str) -> Change {
+    fn join(nets: &[IpNet]) -> String {
+        let nets: Vec<String> = nets.iter().map(IpNet::to_string).collect();
+        format!("[{}]", nets.join(" "))
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("net")
+    }
+
+    fn in_a_minute() -> Timestamp {
+        Timestamp::now() + jiff::SignedDuration::from_secs(60)
+    }
+
+    fn ban(s: &str) -> Change {
         Change::Ban {
-            net: net.parse().expect("net"),
-            expires: Timestamp::now() + jiff::SignedDuration::from_secs(60),
+            net: net(s),
+            expires: in_a_minute(),
+        }
+    }
+
+    fn restored(s: &str) -> ActiveBan {
+        ActiveBan {
+            net: net(s),
+            expires: in_a_minute(),
         }
     }
 
@@ -253,10 +542,27 @@ mod tests {
             .clone()
     }
 
+    /// Waits until the fake kernel holds exactly `expected`, re-checking
+    /// whenever the applier publishes its status (after every attempt).
+    async fn wait_for_kernel(applier: &Applier, fw: &FakeKernel, expected: &[&str]) {
+        let mut status = applier.status.clone();
+        let reached = tokio::time::timeout(
+            Duration::from_secs(5),
+            status.wait_for(|s| s.healthy && fw.elements() == expected),
+        )
+        .await;
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "kernel holds {:?}, not {expected:?}; calls: {:?}",
+            fw.elements(),
+            fw.calls()
+        );
+    }
+
     #[tokio::test]
     async fn failures_keep_changes_and_retry_until_they_succeed() {
-        let fw = Recorder::default();
-        *fw.failing.lock().expect("lock") = true;
+        let fw = FakeKernel::default();
+        fw.state().failing = true;
         let applier = Applier::spawn(fw.clone(), Vec::new());
         applier.send(vec![ban("192.0.2.1/32")]);
         applier.send(vec![ban("192.0.2.2/32")]);
@@ -269,11 +575,11 @@ mod tests {
                 .contains("install nftables")
         );
 
-        *fw.failing.lock().expect("lock") = false;
+        fw.state().failing = false;
         let status = wait_for(&applier, |s| s.healthy).await;
         assert_eq!(status.pending, 0);
         applier.finish().await;
-        let calls = fw.calls.lock().expect("lock");
+        let calls = fw.calls();
         assert_eq!(
             calls.last().map(String::as_str),
             Some("apply +192.0.2.1/32 +192.0.2.2/32")
@@ -283,34 +589,133 @@ mod tests {
 
     #[tokio::test]
     async fn the_latest_change_of_a_network_wins() {
-        let fw = Recorder::default();
-        *fw.failing.lock().expect("lock") = true;
+        let fw = FakeKernel::default();
+        fw.state().failing = true;
         let applier = Applier::spawn(fw.clone(), vec![]);
         applier.send(vec![ban("192.0.2.1/32")]);
         applier.send(vec![Change::Unban {
-            net: "192.0.2.1/32".parse().expect("net"),
+            net: net("192.0.2.1/32"),
         }]);
         wait_for(&applier, |s| s.last_error.is_some() && s.pending == 1).await;
-        *fw.failing.lock().expect("lock") = false;
+        fw.state().failing = false;
         wait_for(&applier, |s| s.healthy).await;
         applier.finish().await;
         assert_eq!(
-            fw.calls.lock().expect("lock").last().map(String::as_str),
+            fw.calls().last().map(String::as_str),
             Some("apply -192.0.2.1/32")
         );
     }
 
     #[tokio::test]
     async fn finishing_flushes_what_is_queued() {
-        let fw = Recorder::default();
+        let fw = FakeKernel::default();
         let applier = Applier::spawn(fw.clone(), Vec::new());
         applier.send(vec![ban("192.0.2.9/32")]);
         applier.finish().await;
-        let calls = fw.calls.lock().expect("lock");
-        assert_eq!(calls.first().map(String::as_str), Some("reconcile 0"));
+        let calls = fw.calls();
+        assert_eq!(calls.first().map(String::as_str), Some("reconcile []"));
         assert_eq!(
             calls.last().map(String::as_str),
             Some("apply +192.0.2.9/32")
         );
+    }
+
+    #[tokio::test]
+    async fn a_rebuilt_table_gets_every_ban_given_not_only_the_restored() {
+        let fw = FakeKernel::default();
+        let applier = Applier::spawn(fw.clone(), vec![restored("192.0.2.1/32")]);
+        applier.send(vec![ban("192.0.2.2/32")]);
+        applier.send(vec![Change::Unban {
+            net: net("192.0.2.1/32"),
+        }]);
+        wait_for_kernel(&applier, &fw, &["192.0.2.2/32"]).await;
+
+        // The ruleset is flushed; the next ban finds no table.
+        fw.flush();
+        applier.send(vec![ban("192.0.2.3/32")]);
+        wait_for_kernel(&applier, &fw, &["192.0.2.2/32", "192.0.2.3/32"]).await;
+        applier.finish().await;
+        assert!(
+            fw.calls()
+                .contains(&"reconcile [192.0.2.2/32 192.0.2.3/32]".to_owned()),
+            "{:?}",
+            fw.calls()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_periodic_check_puts_back_a_flushed_table_and_lost_bans() {
+        let fw = FakeKernel::checking(Duration::from_millis(10));
+        let applier = Applier::spawn(fw.clone(), vec![restored("192.0.2.1/32")]);
+        applier.send(vec![ban("2001:db8::/64")]);
+        wait_for_kernel(&applier, &fw, &["192.0.2.1/32", "2001:db8::/64"]).await;
+
+        // No change arrives: the check alone notices.
+        fw.flush();
+        wait_for_kernel(&applier, &fw, &["192.0.2.1/32", "2001:db8::/64"]).await;
+        assert!(fw.state().table);
+
+        fw.state().elements.remove(&net("2001:db8::/64"));
+        wait_for_kernel(&applier, &fw, &["192.0.2.1/32", "2001:db8::/64"]).await;
+        applier.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_change_nft_refuses_is_dropped_and_the_rest_applied() {
+        let fw = FakeKernel::default();
+        fw.state().refuse = Some(net("192.0.2.66/32"));
+        let applier = Applier::spawn(
+            fw.clone(),
+            vec![restored("192.0.2.1/32"), restored("192.0.2.66/32")],
+        );
+        wait_for_kernel(&applier, &fw, &["192.0.2.1/32"]).await;
+
+        applier.send(vec![
+            ban("192.0.2.2/32"),
+            ban("192.0.2.66/32"),
+            ban("192.0.2.3/32"),
+            ban("192.0.2.4/32"),
+        ]);
+        wait_for_kernel(
+            &applier,
+            &fw,
+            &[
+                "192.0.2.1/32",
+                "192.0.2.2/32",
+                "192.0.2.3/32",
+                "192.0.2.4/32",
+            ],
+        )
+        .await;
+        let status = wait_for(&applier, |s| s.pending == 0).await;
+        assert!(status.healthy && status.last_error.is_none(), "{status:?}");
+
+        // Later bans are not held back, and a rebuilt table does not try
+        // the refused one again.
+        applier.send(vec![ban("192.0.2.5/32")]);
+        wait_for_kernel(
+            &applier,
+            &fw,
+            &[
+                "192.0.2.1/32",
+                "192.0.2.2/32",
+                "192.0.2.3/32",
+                "192.0.2.4/32",
+                "192.0.2.5/32",
+            ],
+        )
+        .await;
+        fw.flush();
+        applier.send(vec![ban("192.0.2.6/32")]);
+        wait_for(&applier, |s| s.healthy && s.pending == 0).await;
+        applier.finish().await;
+        let calls = fw.calls();
+        let last_reconcile = calls
+            .iter()
+            .rev()
+            .find(|c| c.starts_with("reconcile"))
+            .expect("reconciled");
+        assert!(!last_reconcile.contains("192.0.2.66"), "{calls:?}");
+        assert_eq!(fw.elements().len(), 6, "{calls:?}");
     }
 }

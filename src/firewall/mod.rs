@@ -1,5 +1,6 @@
 //! Where bans are enforced: a [`Firewall`] trait, the nftables backend and
-//! a dry-run backend, and the applier task that batches and retries.
+//! a dry-run backend, and the applier task that batches, retries, and puts
+//! back what someone else removed from the kernel.
 //!
 //! The firewall holds no policy. The engine decides who is banned until
 //! when and hands over [`Change`]s; a backend turns each batch of them into
@@ -93,8 +94,8 @@ pub struct ActiveBan {
 /// A backend that enforces bans.
 ///
 /// Methods take `&mut self` and return `Send` futures so a backend can be
-/// owned by the applier task on any tokio runtime. Both methods must be
-/// idempotent: after a failure the same call is simply made again.
+/// owned by the applier task on any tokio runtime. `reconcile` and `apply`
+/// must be idempotent: after a failure the same call is simply made again.
 pub trait Firewall: Send + 'static {
     /// Creates whatever of astban's table is missing, (re)installs its
     /// rules without duplicating them, and makes sure every ban in `bans`
@@ -114,8 +115,21 @@ pub trait Firewall: Send + 'static {
         now: Timestamp,
     ) -> impl Future<Output = Result<(), FirewallError>> + Send;
 
+    /// Checks, without changing anything, that astban's table and rules
+    /// are in place and every ban in `bans` still is: someone else may
+    /// have flushed the ruleset. [`FirewallError::Missing`] says what is
+    /// gone; elements the kernel holds beyond `bans` are no concern.
+    fn verify(
+        &mut self,
+        bans: &[ActiveBan],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<(), FirewallError>> + Send;
+
     /// How long to wait before trying again after a failure.
     fn retry_interval(&self) -> Duration;
+
+    /// How often to [`verify`](Firewall::verify); zero never does.
+    fn check_interval(&self) -> Duration;
 }
 
 /// Why the firewall could not do what was asked. Each message says what to
@@ -160,6 +174,16 @@ pub enum FirewallError {
     /// nft did not finish in time and was killed.
     #[error("nft did not finish within {0:?} and was killed")]
     Timeout(Duration),
+    /// Part of what astban put in the kernel is gone (the message says
+    /// what).
+    #[error(
+        "{0}; astban puts it back. If this repeats, something flushes the whole ruleset \
+         (e.g. `flush ruleset` in /etc/nftables.conf on `systemctl restart nftables`): make it flush only its own tables"
+    )]
+    Missing(String),
+    /// nft's listing of the ruleset is not the JSON astban expects.
+    #[error("cannot read nft's listing of the ruleset: {0}")]
+    Listing(String),
 }
 
 /// What the firewall is doing, for `astban status`.
@@ -208,10 +232,24 @@ impl Firewall for AnyFirewall {
         }
     }
 
+    async fn verify(&mut self, bans: &[ActiveBan], now: Timestamp) -> Result<(), FirewallError> {
+        match self {
+            AnyFirewall::Nft(f) => f.verify(bans, now).await,
+            AnyFirewall::DryRun(f) => f.verify(bans, now).await,
+        }
+    }
+
     fn retry_interval(&self) -> Duration {
         match self {
             AnyFirewall::Nft(f) => f.retry_interval(),
             AnyFirewall::DryRun(f) => f.retry_interval(),
+        }
+    }
+
+    fn check_interval(&self) -> Duration {
+        match self {
+            AnyFirewall::Nft(f) => f.check_interval(),
+            AnyFirewall::DryRun(f) => f.check_interval(),
         }
     }
 }
