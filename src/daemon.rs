@@ -283,6 +283,10 @@ async fn reload(
             "jail.ignore_self",
             old.jail.ignore_self == new.jail.ignore_self,
         ),
+        (
+            "jail.ipv6_prefix",
+            old.jail.ipv6_prefix == new.jail.ipv6_prefix,
+        ),
         ("firewall", toml_eq(&old.firewall, &new.firewall)),
         ("mail", toml_eq(&old.mail, &new.mail)),
         ("control", toml_eq(&old.control, &new.control)),
@@ -496,7 +500,10 @@ impl Handler for Control {
                 };
                 match self.engine.unban(net).await {
                     Ok(Some(ban)) => to_response(&ban),
-                    Ok(None) => Response::error(format!("{} is not banned", host.trim())),
+                    Ok(None) => Response::error(format!(
+                        "{} is not banned by astban (any element of it was removed from astban's sets)",
+                        host.trim()
+                    )),
                     Err(e) => gone(e),
                 }
             }

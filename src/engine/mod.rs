@@ -304,7 +304,7 @@ pub fn spawn<F: Firewall>(
     firewall: F,
     shutdown: CancellationToken,
 ) -> Result<(EngineHandle, JoinHandle<()>), EngineError> {
-    create_private_dir(state_dir).map_err(|source| EngineError::StateDir {
+    crate::persist::create_private_dir(state_dir).map_err(|source| EngineError::StateDir {
         path: state_dir.to_path_buf(),
         source,
     })?;
@@ -338,14 +338,6 @@ pub fn spawn<F: Firewall>(
     });
     let handle = EngineHandle { commands, events };
     Ok((handle, tokio::spawn(engine.run())))
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }
 
 #[cfg(test)]
