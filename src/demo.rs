@@ -81,7 +81,7 @@ astban demo: the real daemon on a built-in setup. Nothing on this machine is cha
 In another terminal, try:
   astban status --socket {socket}
   astban bans --socket {socket}
-  astban unban 192.0.2.2 --socket {socket}
+  astban unban 198.51.100.10 --socket {socket}
 (with cargo: cargo run --release -- status --socket {socket})
 Stop with Ctrl-C.
 ",
