@@ -104,17 +104,7 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn civil(year: i16, month: i8, day: i8, hour: i8, minute: i8, second: i8) -> Civil {
-        Civil {
-            year,
-            month,
-            day,
-            hour,
-            minute,
-            second,
-        }
-    }
+    use crate::logwatch::prefix::tests_support::civil;
 
     fn utc_clock(now: &str) -> Clock {
         Clock::new(TimeZone::UTC, now.parse().expect("timestamp"))

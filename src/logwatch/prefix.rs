@@ -291,11 +291,13 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// Builds a [`Civil`] in one line, for the tests of this module and of
+/// `clock`.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod tests_support {
+    use super::Civil;
 
-    fn civil(year: i16, month: i8, day: i8, hour: i8, minute: i8, second: i8) -> Civil {
+    pub(crate) fn civil(year: i16, month: i8, day: i8, hour: i8, minute: i8, second: i8) -> Civil {
         Civil {
             year,
             month,
@@ -305,6 +307,12 @@ mod tests {
             second,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::civil;
+    use super::*;
 
     fn message(line: &str) -> Option<(&str, &str, Option<u64>)> {
         let p = parse(line.as_bytes())?;
