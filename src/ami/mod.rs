@@ -4,6 +4,7 @@
 //! The daemon starts [`client::run`]; [`codec`] and [`security`] are pure
 //! and are what the tests and the `ami_decode` benchmark drive directly.
 
+pub mod attempt;
 pub mod client;
 pub mod codec;
 pub mod security;
@@ -21,4 +22,53 @@ pub(crate) mod fixtures {
         include_bytes!("../../integration/fixtures/ami-login-variants-sent.txt");
     pub(crate) const DIALOGUE: &[u8] =
         include_bytes!("../../integration/fixtures/ami-login-variants-dialogue.txt");
+
+    /// The PJSIP captures (Asterisk 20.20.1, pjproject 2.17), by name, with
+    /// the attempts per host each must count (see `pjsip/CAPTURES.md`).
+    pub(crate) const PJSIP: [(&str, &[u8], &[(&str, usize)]); 7] = [
+        (
+            "ami-pjsip-security-events.txt",
+            include_bytes!("../../integration/fixtures/pjsip/ami-pjsip-security-events.txt"),
+            &[
+                ("127.0.2.2", 3),
+                ("127.0.2.3", 2),
+                ("127.0.2.4", 1),
+                ("127.0.2.5", 2),
+            ],
+        ),
+        (
+            "ami-pjsip-options-tcp.txt",
+            include_bytes!("../../integration/fixtures/pjsip/ami-pjsip-options-tcp.txt"),
+            &[("127.0.2.6", 2), ("127.0.2.8", 2)],
+        ),
+        (
+            "ami-pjsip-auth-username-order.txt",
+            include_bytes!("../../integration/fixtures/pjsip/ami-pjsip-auth-username-order.txt"),
+            &[("127.0.2.9", 4)],
+        ),
+        (
+            "ami-pjsip-anonymous-invite.txt",
+            include_bytes!("../../integration/fixtures/pjsip/ami-pjsip-anonymous-invite.txt"),
+            &[],
+        ),
+        (
+            "ami-svcrack-pjsip.txt",
+            include_bytes!("../../integration/fixtures/pjsip/ami-svcrack-pjsip.txt"),
+            &[("10.203.1.2", 31)],
+        ),
+        (
+            "ami-svcrack-chansip.txt",
+            include_bytes!("../../integration/fixtures/pjsip/ami-svcrack-chansip.txt"),
+            &[("10.203.1.2", 31)],
+        ),
+        (
+            "ami-chansip-recheck.txt",
+            include_bytes!("../../integration/fixtures/pjsip/ami-chansip-recheck.txt"),
+            &[("127.0.1.77", 5)],
+        ),
+    ];
+
+    /// The IPv6 capture, kept apart: its host is banned as a /64.
+    pub(crate) const PJSIP_IPV6: &[u8] =
+        include_bytes!("../../integration/fixtures/pjsip/ami-pjsip-ipv6.txt");
 }

@@ -2,32 +2,16 @@
 //!
 //! Only Asterisk's own structured `RemoteAddress` decides the host; the
 //! account, session id and challenge fields are attacker text, kept for
-//! humans only. Pure apart from a small bounded cache that collapses the
-//! repeated events Asterisk emits for one attempt.
+//! humans only. Pure apart from [`Attempts`], the small bounded table that
+//! folds the several events Asterisk raises for one attempt into one.
 
-use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 
+use super::attempt::{Attempts, Step};
 use super::codec::{Message, MessageKind};
 use crate::failure::{AttackerText, Failure, FailureKind, Report, Service, Source, Success};
-
-/// Events of one (host, kind, session) this close together are one attempt.
-///
-/// chan_sip emits two `FailedACL` events a millisecond apart for one
-/// ACL-rejected REGISTER. The window is short because `SessionID` is a
-/// reused heap address in chan_sip and the attacker's Call-ID in PJSIP: a
-/// key repeating later is a new attempt, and at worst an attacker who
-/// reuses one Call-ID is counted once per window instead of once per try.
-pub const DUPLICATE_WINDOW: SignedDuration = SignedDuration::from_secs(2);
-
-/// Most recent attempts remembered for [`DUPLICATE_WINDOW`]; past it the
-/// oldest are forgotten, so a flood of distinct sessions costs fixed memory
-/// (at worst a duplicate then counts twice).
-pub const RECENT_ATTEMPTS_CAP: usize = 4096;
 
 /// Longest piece of an unparsable address quoted in a [`Skip`].
 const QUOTE_MAX: usize = 64;
@@ -69,7 +53,7 @@ pub enum Skip {
 pub struct SecurityEvents {
     /// Bit `kind as u32` is set for each kind configured in `ami.events`.
     enabled: u32,
-    recent: RecentAttempts,
+    attempts: Attempts,
 }
 
 impl SecurityEvents {
@@ -78,14 +62,15 @@ impl SecurityEvents {
     pub fn new(kinds: &[FailureKind]) -> SecurityEvents {
         SecurityEvents {
             enabled: kinds.iter().fold(0, |bits, &k| bits | 1 << k as u32),
-            recent: RecentAttempts::default(),
+            attempts: Attempts::default(),
         }
     }
 
     /// The report for `message`, if it is a counted failure or a successful
-    /// login. Responses, `ChallengeSent`, disabled kinds and repeats of an
-    /// attempt give `Ok(None)`. `now` stands in for a missing or
-    /// unparsable `EventTV`.
+    /// login. Responses, `ChallengeSent`, disabled kinds and the further
+    /// events of an attempt already counted give `Ok(None)` (see
+    /// [`super::attempt`] for what one attempt is). `now` stands in for a
+    /// missing or unparsable `EventTV`.
     pub fn interpret(&mut self, message: &Message, now: Timestamp) -> Result<Option<Report>, Skip> {
         let MessageKind::Event { name } = message.kind() else {
             return Ok(None);
@@ -93,38 +78,53 @@ impl SecurityEvents {
         let Ok(name) = std::str::from_utf8(name) else {
             return Ok(None);
         };
-        if name == "SuccessfulAuth" {
-            let host = remote_host(message, "SuccessfulAuth")?;
-            return Ok(Some(Report::Success(Success {
-                host,
-                service: service(message),
-                time: event_time(message, now),
-                source: Source::Ami,
-            })));
-        }
-        let Some(kind) = FailureKind::from_event_name(name) else {
-            return Ok(None);
+        let (step, kind) = match name {
+            "SuccessfulAuth" => (Step::Succeeded, None),
+            "ChallengeSent" => (Step::Challenged, None),
+            _ => match FailureKind::from_event_name(name) {
+                Some(kind) if self.enabled & kind.bit() != 0 => {
+                    (Step::of_failure(kind), Some(kind))
+                }
+                _ => return Ok(None),
+            },
         };
-        if self.enabled & (1 << kind as u32) == 0 {
-            return Ok(None);
-        }
-        let event = kind.event_name().unwrap_or("security");
-        let host = remote_host(message, event)?;
+        let event = kind
+            .and_then(FailureKind::event_name)
+            .unwrap_or(match step {
+                Step::Succeeded => "SuccessfulAuth",
+                _ => "ChallengeSent",
+            });
+        let host = match remote_host(message, event) {
+            Ok(host) => host,
+            // Normal traffic that cannot be placed only loses its hint.
+            Err(_) if step == Step::Challenged => return Ok(None),
+            Err(skip) => return Err(skip),
+        };
         let time = event_time(message, now);
+        let service = service(message);
         let mut sessions = message.get_all("SessionID").filter(|s| !s.is_empty());
         let session = sessions.next();
-        // A second SessionID was planted through attacker text; collapsing
-        // on it would let the attacker choose which attempts count.
-        let planted = sessions.next().is_some();
-        if let Some(session) = session.filter(|_| !planted) {
-            if !self.recent.first_sighting(host, kind, session, time) {
-                return Ok(None);
-            }
+        // A second SessionID was planted through attacker text; merging on
+        // it would let the attacker choose which events are one attempt.
+        let merge_key = session.filter(|_| sessions.next().is_none());
+        let counts = self.attempts.counts(host, service, merge_key, step, time);
+        let Some(kind) = kind else {
+            return Ok(
+                (step == Step::Succeeded).then_some(Report::Success(Success {
+                    host,
+                    service,
+                    time,
+                    source: Source::Ami,
+                })),
+            );
+        };
+        if !counts {
+            return Ok(None);
         }
         Ok(Some(Report::Failure(Failure {
             host,
             kind,
-            service: service(message),
+            service,
             account: message.get("AccountID").map(AttackerText::from_bytes),
             session: session.map(AttackerText::from_bytes),
             time,
@@ -206,64 +206,9 @@ fn quote(raw: &[u8]) -> String {
     crate::failure::quote(raw, QUOTE_MAX)
 }
 
-/// Which attempt an event belongs to. The session id is kept as a keyed
-/// hash, so an entry has a fixed size whatever the attacker sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct AttemptKey {
-    host: IpAddr,
-    kind: FailureKind,
-    session: u64,
-}
-
-/// The attempts seen within the last [`DUPLICATE_WINDOW`], at most
-/// [`RECENT_ATTEMPTS_CAP`] of them.
-#[derive(Debug, Default)]
-struct RecentAttempts {
-    hasher: RandomState,
-    seen: HashMap<AttemptKey, Timestamp>,
-    /// Insertion order, for eviction.
-    order: VecDeque<(AttemptKey, Timestamp)>,
-}
-
-impl RecentAttempts {
-    /// Whether this is the first event of its attempt; records it if so.
-    fn first_sighting(
-        &mut self,
-        host: IpAddr,
-        kind: FailureKind,
-        session: &[u8],
-        time: Timestamp,
-    ) -> bool {
-        let key = AttemptKey {
-            host,
-            kind,
-            session: self.hasher.hash_one(session),
-        };
-        if let Some(&first) = self.seen.get(&key) {
-            if time.duration_since(first).abs() < DUPLICATE_WINDOW {
-                return false;
-            }
-        }
-        while let Some(&(old, at)) = self.order.front() {
-            if self.order.len() < RECENT_ATTEMPTS_CAP && time.duration_since(at) < DUPLICATE_WINDOW
-            {
-                break;
-            }
-            self.order.pop_front();
-            // A later sighting of the same key replaced this one; keep it.
-            if self.seen.get(&old) == Some(&at) {
-                self.seen.remove(&old);
-            }
-        }
-        self.seen.insert(key, time);
-        self.order.push_back((key, time));
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use crate::ami::fixtures::{FLOOD, RECEIVED, SECURITY};
+    use crate::ami::fixtures::{FLOOD, PJSIP, PJSIP_IPV6, RECEIVED, SECURITY};
     use std::collections::BTreeMap;
 
     use tokio_util::bytes::{Bytes, BytesMut};
@@ -549,6 +494,43 @@ mod tests {
     }
 
     #[test]
+    fn the_pjsip_captures_count_one_failure_per_attempt() {
+        for (name, capture, expected) in PJSIP {
+            let expected: BTreeMap<String, usize> =
+                expected.iter().map(|&(h, n)| (h.to_owned(), n)).collect();
+            assert_eq!(failures_per_host(&reports(capture)), expected, "{name}");
+        }
+        let v6 = failures_per_host(&reports(PJSIP_IPV6));
+        assert_eq!(v6, [("2001:db8:203::2".to_owned(), 3)].into());
+    }
+
+    #[test]
+    fn pjsip_failures_carry_the_kind_of_the_attempts_first_event() {
+        let (_, capture, _) = PJSIP[0];
+        let kinds: Vec<(String, FailureKind, Service)> = reports(capture)
+            .iter()
+            .filter_map(|r| match r {
+                Report::Failure(f) => Some((f.host.to_string(), f.kind, f.service)),
+                Report::Success(_) => None,
+            })
+            .collect();
+        let k = |h: &str, kind| (h.to_owned(), kind, Service::Pjsip);
+        assert_eq!(
+            kinds,
+            [
+                k("127.0.2.2", FailureKind::ChallengeResponseFailed),
+                k("127.0.2.2", FailureKind::ChallengeResponseFailed),
+                k("127.0.2.2", FailureKind::ChallengeResponseFailed),
+                k("127.0.2.3", FailureKind::InvalidAccountId),
+                k("127.0.2.3", FailureKind::InvalidAccountId),
+                k("127.0.2.4", FailureKind::FailedAcl),
+                k("127.0.2.5", FailureKind::InvalidAccountId),
+                k("127.0.2.5", FailureKind::InvalidAccountId),
+            ]
+        );
+    }
+
+    #[test]
     fn a_session_repeating_after_the_window_is_a_new_attempt() {
         let mut events = all_kinds();
         let at = |secs: i64| {
@@ -564,7 +546,6 @@ mod tests {
                 .is_some()
         };
         assert!(counted(&mut events, &at(0)));
-        assert!(!counted(&mut events, &at(0)));
         assert!(!counted(&mut events, &at(1)));
         assert!(counted(&mut events, &at(10)));
         // Another host with the same (reused) session id is another attempt.
@@ -572,6 +553,29 @@ mod tests {
             "Event: FailedACL\nSessionID: 0x7fcb4c00fdd0\nRemoteAddress: IPV4/UDP/192.0.2.2/5060",
         );
         assert!(counted(&mut events, &other));
+    }
+
+    #[test]
+    fn a_reused_session_id_never_merges_two_guesses() {
+        let mut events = all_kinds();
+        let guess = event(
+            "Event: ChallengeResponseFailed\nEventTV: 2026-12-01T07:47:41.877+0000\nService: PJSIP\n\
+             AccountID: 300\nSessionID: 101386309\nRemoteAddress: IPV4/UDP/192.0.2.1/5060",
+        );
+        let refused = event(
+            "Event: InvalidAccountID\nEventTV: 2026-12-01T07:47:41.877+0000\nService: PJSIP\n\
+             AccountID: 999\nSessionID: 101386309\nRemoteAddress: IPV4/UDP/192.0.2.1/5060",
+        );
+        let mut counted = 0;
+        for m in [&refused, &guess, &guess, &refused, &guess, &guess] {
+            counted += usize::from(
+                events
+                    .interpret(m, Timestamp::UNIX_EPOCH)
+                    .expect("maps")
+                    .is_some(),
+            );
+        }
+        assert_eq!(counted, 4);
     }
 
     #[test]
@@ -589,28 +593,5 @@ mod tests {
                     .is_some()
             );
         }
-    }
-
-    #[test]
-    fn the_attempt_cache_is_bounded() {
-        let mut recent = RecentAttempts::default();
-        let host = IpAddr::from([192, 0, 2, 1]);
-        for i in 0..(3 * RECENT_ATTEMPTS_CAP) {
-            let session = i.to_string();
-            assert!(recent.first_sighting(
-                host,
-                FailureKind::FailedAcl,
-                session.as_bytes(),
-                Timestamp::UNIX_EPOCH
-            ));
-            assert!(
-                recent.order.len() <= RECENT_ATTEMPTS_CAP
-                    && recent.seen.len() <= RECENT_ATTEMPTS_CAP
-            );
-        }
-        // Old entries expire by time too.
-        let later = Timestamp::from_second(60).expect("in range");
-        assert!(recent.first_sighting(host, FailureKind::FailedAcl, b"x", later));
-        assert_eq!((recent.order.len(), recent.seen.len()), (1, 1));
     }
 }
