@@ -20,8 +20,9 @@ use std::net::IpAddr;
 use regex::bytes::{RegexSet, RegexSetBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::host;
 use super::prefix::{self, Prefix};
-use super::rule::{self, Reading, Rule};
+use super::rule::{self, Reading, Rule, Step};
 use crate::config::LogConfig;
 use crate::failure::{FailureKind, Service};
 
@@ -57,11 +58,24 @@ pub struct RuleDef {
     #[serde(default, skip_serializing_if = "Anchor::is_message")]
     pub anchor: Anchor,
     /// Rules naming the same attempt describe lines Asterisk writes for
-    /// one attempt (an ACL rejection logged by acl.c and by chan_sip): of
-    /// such lines from one host and thread within a second, only the first
-    /// counts.
+    /// one attempt (an ACL rejection logged by acl.c and by chan_sip, a
+    /// PJSIP request and its authenticated retry): such lines count once
+    /// per attempt (see [`super::scan`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<String>,
+    /// Within its attempt group: a refusal (the default), or the guess
+    /// that ends the attempt.
+    #[serde(default, skip_serializing_if = "is_refusal")]
+    pub step: Step,
+    /// Asterisk writes the address before any text the sender chose: a
+    /// line cut short by a newline in that text still counts for the
+    /// address (and what follows it never does).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_first: bool,
+}
+
+fn is_refusal(step: &Step) -> bool {
+    *step == Step::Refusal
 }
 
 /// Where a rule's regex is anchored.
@@ -154,14 +168,24 @@ pub enum LineMatch<'l> {
     /// The line has no log prefix: garbage, or the continuation of a
     /// message that contained a newline.
     NoPrefix,
-    /// A log line no rule matched. `cut` says that it began a rule's
-    /// shape up to the address but did not finish it: a newline in
-    /// attacker text cut it short, so the next line is its continuation.
+    /// A log line no rule matched.
     Missed {
         /// The line's prefix.
         prefix: Prefix<'l>,
-        /// Whether it looks cut short.
-        cut: bool,
+    },
+    /// A log line that began a rule's shape up to the address and did not
+    /// finish it: a newline in attacker text cut it short, and the lines
+    /// after it are the rest of the message (see [`super::scan`]).
+    Cut {
+        /// The line's prefix.
+        prefix: Prefix<'l>,
+        /// Index of the rule whose shape it began.
+        rule: usize,
+        /// The address, when the rule writes it before any attacker text
+        /// ([`Rule::host_first`]): the cut line then still names it.
+        host: Option<IpAddr>,
+        /// Whether an ignoreregex matched the line.
+        ignored: bool,
     },
     /// A rule matched but its readings disagree about the host.
     Ambiguous {
@@ -187,6 +211,8 @@ pub enum LineMatch<'l> {
         rule: usize,
         /// The host Asterisk wrote.
         host: IpAddr,
+        /// The attempt's session text, if the rule marks one.
+        session: Option<&'l [u8]>,
     },
 }
 
@@ -354,14 +380,13 @@ impl RuleSet {
             .map_or(&*self.any_module, |(_, ids)| &**ids);
         let mut partials = [(0usize, 0usize); MAX_PARTIALS];
         let mut n_partials = 0;
-        let mut cut = false;
+        let mut cut = None;
         for &id in ids {
             let rule = &self.rules[id];
             let target = target(line, &prefix, rule);
             match rule.read(target) {
-                Reading::Host(host) => {
-                    let ignored = self.ignore.as_ref().is_some_and(|set| set.is_match(line));
-                    return if ignored {
+                Reading::Host { addr: host, span } => {
+                    return if self.ignored(line) {
                         LineMatch::Ignored {
                             prefix,
                             rule: id,
@@ -372,16 +397,17 @@ impl RuleSet {
                             prefix,
                             rule: id,
                             host,
+                            session: rule.session(target, span),
                         }
                     };
                 }
                 Reading::Ambiguous => return LineMatch::Ambiguous { prefix, rule: id },
-                Reading::Nothing { partial: Some(at) } if !cut => {
+                Reading::Nothing { partial: Some(at) } if cut.is_none() => {
                     if n_partials < MAX_PARTIALS {
                         partials[n_partials] = (id, at);
                         n_partials += 1;
-                    } else {
-                        cut = rule.started_at(target, at);
+                    } else if rule.started_at(target, at) {
+                        cut = Some((id, at));
                     }
                 }
                 Reading::Nothing { .. } => {}
@@ -389,12 +415,49 @@ impl RuleSet {
         }
         // Only now, with no rule matching, is it worth asking whether the
         // line began a rule's shape.
-        cut = cut
-            || partials[..n_partials].iter().any(|&(id, at)| {
+        let cut = cut.or_else(|| {
+            partials[..n_partials].iter().copied().find(|&(id, at)| {
                 let rule = &self.rules[id];
                 rule.started_at(target(line, &prefix, rule), at)
-            });
-        LineMatch::Missed { prefix, cut }
+            })
+        });
+        let Some((id, at)) = cut else {
+            return LineMatch::Missed { prefix };
+        };
+        let rule = &self.rules[id];
+        let host = rule
+            .host_first()
+            .then(|| host::parse_at(target(line, &prefix, rule), at))
+            .flatten()
+            .map(|t| t.addr);
+        LineMatch::Cut {
+            prefix,
+            rule: id,
+            host,
+            ignored: host.is_some() && self.ignored(line),
+        }
+    }
+
+    /// The text rule `id` is matched against in `line`.
+    pub fn target_of<'l>(&self, id: usize, line: &'l [u8], prefix: &Prefix<'_>) -> &'l [u8] {
+        match self.rules.get(id) {
+            Some(rule) => target(line, prefix, rule),
+            None => &line[prefix.message_start..],
+        }
+    }
+
+    /// Whether an ignoreregex matches the line.
+    fn ignored(&self, line: &[u8]) -> bool {
+        self.ignore.as_ref().is_some_and(|set| set.is_match(line))
+    }
+
+    /// Whether `text` (a cut message's target with what followed it
+    /// joined on) reads as a complete message of rule `id`: then the cut
+    /// message has ended.
+    pub fn completes(&self, id: usize, text: &[u8]) -> bool {
+        self.rules
+            .get(id)
+            .is_some_and(|r| !matches!(r.read(text), Reading::Nothing { .. }))
     }
 }
 
@@ -455,8 +518,9 @@ mod tests {
             LineMatch::Failure { rule, host, .. } => format!("{} {host}", set.rules()[rule].name()),
             LineMatch::Ambiguous { .. } => "ambiguous".into(),
             LineMatch::Ignored { .. } => "ignored".into(),
-            LineMatch::Missed { cut: true, .. } => "cut".into(),
-            LineMatch::Missed { cut: false, .. } => "missed".into(),
+            LineMatch::Cut { host: Some(h), .. } => format!("cut {h}"),
+            LineMatch::Cut { host: None, .. } => "cut".into(),
+            LineMatch::Missed { .. } => "missed".into(),
             LineMatch::NoPrefix => "no prefix".into(),
         }
     }
@@ -634,14 +698,27 @@ mod tests {
             // chan_sip calls: in the caller name, or in the extension.
             "chan_sip.c: Call from 'x' (10.0.0.1:5060) to extension '1' rejected because extension not found in context 'default'.' (203.0.113.5:5060) to extension '2' rejected because extension not found in context 'default'.",
             "chan_sip.c: Call from '' (203.0.113.5:5060) to extension '1' (10.0.0.1:5060) to extension '2' rejected because extension not found in context 'default'.",
-            // res_security_log: a RemoteAddress planted in AccountID,
-            // SessionID or ReceivedHash.
-            "res_security_log.c: SecurityEvent=\"InvalidPassword\",EventTV=\"x\",Severity=\"Error\",Service=\"SIP\",EventVersion=\"2\",AccountID=\"a\",RemoteAddress=\"IPV4/UDP/10.0.0.1/5060\",SessionID=\"0x1\",LocalAddress=\"IPV4/UDP/127.0.0.1/5060\",RemoteAddress=\"IPV4/UDP/203.0.113.5/5060\",Challenge=\"1\",ReceivedChallenge=\"1\",ReceivedHash=\"2\"",
-            "res_security_log.c: SecurityEvent=\"InvalidAccountID\",EventTV=\"x\",Severity=\"Error\",Service=\"PJSIP\",EventVersion=\"1\",AccountID=\"1\",SessionID=\"x\",RemoteAddress=\"IPV4/UDP/10.0.0.1/1111\",y=\"z\",LocalAddress=\"IPV4/UDP/1.2.3.4/5060\",RemoteAddress=\"IPV4/UDP/203.0.113.5/5061\"",
+            // res_security_log: a RemoteAddress planted (with a SessionID
+            // before it) in AccountID, in SessionID or in ReceivedHash.
+            "res_security_log.c: SecurityEvent=\"InvalidPassword\",EventTV=\"x\",Severity=\"Error\",Service=\"SIP\",EventVersion=\"2\",AccountID=\"a\",SessionID=\"0x1\",LocalAddress=\"x\",RemoteAddress=\"IPV4/UDP/10.0.0.1/5060\",SessionID=\"0x1\",LocalAddress=\"IPV4/UDP/127.0.0.1/5060\",RemoteAddress=\"IPV4/UDP/203.0.113.5/5060\",Challenge=\"1\",ReceivedChallenge=\"1\",ReceivedHash=\"2\"",
+            "res_security_log.c: SecurityEvent=\"InvalidAccountID\",EventTV=\"x\",Severity=\"Error\",Service=\"PJSIP\",EventVersion=\"1\",AccountID=\"1\",SessionID=\"x\",a=\"b\",RemoteAddress=\"IPV4/UDP/10.0.0.1/1111\",y=\"z\",LocalAddress=\"IPV4/UDP/1.2.3.4/5060\",RemoteAddress=\"IPV4/UDP/203.0.113.5/5061\"",
             "res_security_log.c: SecurityEvent=\"InvalidPassword\",EventTV=\"x\",Severity=\"Error\",Service=\"SIP\",EventVersion=\"2\",AccountID=\"a\",SessionID=\"0x1\",LocalAddress=\"IPV4/UDP/127.0.0.1/5060\",RemoteAddress=\"IPV4/UDP/203.0.113.5/5060\",Challenge=\"1\",ReceivedChallenge=\"1\",ReceivedHash=\"2\",RemoteAddress=\"IPV4/UDP/10.0.0.1/5060\"",
         ] {
             assert_eq!(judge(&set, &format!("{P}{rest}")), "ambiguous", "{rest}");
         }
+    }
+
+    #[test]
+    fn a_remote_address_planted_before_the_session_id_is_not_a_reading() {
+        // Asterisk writes SessionID, LocalAddress, then RemoteAddress: an
+        // address in the AccountID, before them, cannot be the real one.
+        let line = format!(
+            "{P}res_security_log.c: SecurityEvent=\"InvalidAccountID\",EventTV=\"x\",Severity=\"Error\",Service=\"PJSIP\",EventVersion=\"1\",AccountID=\"a\",RemoteAddress=\"IPV4/UDP/10.0.0.1/5060\",SessionID=\"c\",LocalAddress=\"IPV4/UDP/127.0.0.1/5060\",RemoteAddress=\"IPV4/UDP/203.0.113.5/5060\""
+        );
+        assert_eq!(
+            judge(&asterisk(), &line),
+            "security_invalid_account_id 203.0.113.5"
+        );
     }
 
     #[test]
@@ -657,7 +734,7 @@ mod tests {
                 "ami_unknown_user 203.0.113.5",
             ),
             (
-                "chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'Host 10.0.0.1 failed MD5 authentication for 'a' (x != y)' (b != c)",
+                "chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'peer' (e7df7cd2ca07f4f1ab415d457a6e1c13 != x' (from 10.0.0.1)' (b != c))",
                 "iax2_wrong_password 203.0.113.5",
             ),
             (
@@ -695,9 +772,18 @@ mod tests {
     #[test]
     fn a_message_cut_after_the_host_is_reported_as_cut() {
         let set = asterisk();
+        // Asterisk writes these addresses before any attacker text: the
+        // cut line still names its sender.
         let line = format!("{P}chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'abc");
-        assert_eq!(judge(&set, &line), "cut");
+        assert_eq!(judge(&set, &line), "cut 203.0.113.5");
         let line = format!("{P}manager.c: 203.0.113.5 failed to authenticate as 'abc");
+        assert_eq!(judge(&set, &line), "cut 203.0.113.5");
+        let line = format!(
+            "{P}res_pjsip_session.c:  anonymous: Call (UDP:203.0.113.5:5060) to extension '1"
+        );
+        assert_eq!(judge(&set, &line), "cut 203.0.113.5");
+        // Here the address follows the sender's From header: nobody.
+        let line = format!("{P}chan_sip.c: Call from 'x' (203.0.113.5:5060) to extension '1");
         assert_eq!(judge(&set, &line), "cut");
         let line = format!("{P}chan_iax2.c: Peer 'x' is now REACHABLE!");
         assert_eq!(judge(&set, &line), "missed");
@@ -737,6 +823,8 @@ mod tests {
                 module: None,
                 anchor: Anchor::Message,
                 attempt: None,
+                step: Default::default(),
+                host_first: false,
             }],
             ignoreregex: vec!["<sip:trusted@".into()],
             ..LogConfig::default()
@@ -766,6 +854,8 @@ mod tests {
                 module: None,
                 anchor: Anchor::Message,
                 attempt: None,
+                step: Default::default(),
+                host_first: false,
             }],
             ..LogConfig::default()
         };

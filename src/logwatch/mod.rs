@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 use self::clock::Clock;
 use self::filter::RuleSet;
-use self::lines::Line;
 use self::scan::{Event, Scanner};
 use self::tail::{Cursor, Follower, Notice, Poll, SavedCursor};
 use crate::config::LogConfig;
@@ -207,22 +206,21 @@ impl Reader {
             |line, cursor| {
                 end = Some(cursor);
                 lines += 1;
-                match line {
-                    Line::Text(text) => {
-                        if let Event::Attempt(a) = scanner.scan(text) {
-                            let failure = Failure {
-                                host: a.host,
-                                kind: a.rule.kind(),
-                                service: a.rule.service(),
-                                account: None,
-                                session: None,
-                                time: a.time.unwrap_or(now),
-                                source: Source::Log,
-                            };
-                            reports.push((Report::Failure(failure), cursor));
-                        }
+                match scanner.scan(line) {
+                    Event::Attempt(a) => {
+                        let failure = Failure {
+                            host: a.host,
+                            kind: a.rule.kind(),
+                            service: a.rule.service(),
+                            account: None,
+                            session: None,
+                            time: a.time.unwrap_or(now),
+                            source: Source::Log,
+                        };
+                        reports.push((Report::Failure(failure), cursor));
                     }
-                    Line::TooLong => too_long += 1,
+                    Event::TooLong => too_long += 1,
+                    _ => {}
                 }
             },
             |notice| {

@@ -9,6 +9,13 @@
 //! address Asterisk wrote. So every reading is looked for, and a line
 //! whose readings disagree about the host counts for nobody.
 //!
+//! A rule may also mark where Asterisk writes the attempt's session (pjsip's
+//! callid, res_security_log's SessionID) with `<SESSION>`: it matches like
+//! `.*`, and the text it covers lets lines of one attempt be recognised as
+//! one (see [`super::scan`]). It is the sender's text, so it never decides
+//! who is banned, and where it stands is decided by Asterisk's literal text
+//! around it, not by a regex an attacker could steer.
+//!
 //! Finding readings is cheap because of literals: a line must start with
 //! the literal text P starts with, and readings can only begin right after
 //! an occurrence of the literal text P ends with (`' failed for '`), found
@@ -27,6 +34,9 @@ use crate::failure::{FailureKind, Service};
 
 /// The placeholder for the address in a rule.
 pub const HOST: &str = "<HOST>";
+
+/// The placeholder for the session id (a callid) in a rule.
+pub const SESSION: &str = "<SESSION>";
 
 /// Above this many addresses where a reading may start, a line is judged
 /// ambiguous without looking further. Decoys that S rejects cost little
@@ -53,6 +63,9 @@ pub struct Rule {
     module: Option<Box<[u8]>>,
     anchor: Anchor,
     attempt: Option<usize>,
+    step: Step,
+    host_first: bool,
+    session: Option<SessionSpan>,
     /// Literal text every matching target starts with.
     head: Box<[u8]>,
     starts: Starts,
@@ -64,6 +77,34 @@ pub struct Rule {
     /// Literal text S starts with: a line that has it after the address
     /// (or ends within it) went on with this rule's shape.
     after_head: Box<[u8]>,
+}
+
+/// Where `<SESSION>` stands: after the literal text `before` and up to the
+/// literal text `after`.
+///
+/// After the address, `before` must follow the address directly and the
+/// session ends at the last `after` (as the greedy `.*` it stands for
+/// does). Before the address, the session starts after the first `before`
+/// and ends at the next `after`.
+#[derive(Debug, Clone)]
+struct SessionSpan {
+    before: Box<[u8]>,
+    after: Box<[u8]>,
+    after_host: bool,
+}
+
+/// The part a line plays in an attempt of its rule's group (see
+/// [`super::scan`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    /// A request refused before any password was checked (no such
+    /// account, an ACL): one attempt may log it for the request and again
+    /// for its retry.
+    #[default]
+    Refusal,
+    /// The password check that failed: it ends its attempt.
+    Guess,
 }
 
 /// How P or S is checked, cheapest shape first.
@@ -234,7 +275,13 @@ pub enum Reading {
         partial: Option<usize>,
     },
     /// Every reading names this host.
-    Host(IpAddr),
+    Host {
+        /// The address.
+        addr: IpAddr,
+        /// Where the first reading's address starts and ends (for
+        /// [`Rule::session`]).
+        span: (usize, usize),
+    },
     /// Readings name different hosts (or too many to check).
     Ambiguous,
 }
@@ -247,7 +294,9 @@ impl Rule {
         // not hide the leading literal.
         let source = def.failregex.strip_prefix('^').unwrap_or(&def.failregex);
         let split = split_at_host(source)?;
-        let (p, s) = (&source[..split], &source[split + HOST.len()..]);
+        let (p_source, s_source) = (&source[..split], &source[split + HOST.len()..]);
+        let (p_owned, s_owned, session) = session_span(p_source, s_source)?;
+        let (p, s) = (p_owned.as_str(), s_owned.as_str());
         let p_items = literal_items(p)?;
         let s_items = literal_items(s)?;
         let head = leading_literal(&p_items);
@@ -275,6 +324,9 @@ impl Rule {
             module: def.module.as_ref().map(|m| m.as_bytes().into()),
             anchor: def.anchor,
             attempt,
+            step: def.step,
+            host_first: def.host_first,
+            session,
             head: head.into(),
             starts,
             before,
@@ -316,6 +368,35 @@ impl Rule {
     /// The attempt group the rule belongs to, as an index.
     pub fn attempt(&self) -> Option<usize> {
         self.attempt
+    }
+
+    /// Whether the line is a refusal or a guess within its attempt group.
+    pub fn step(&self) -> Step {
+        self.step
+    }
+
+    /// Whether Asterisk writes the address before any text the sender
+    /// chose, so that a line cut short after the address still names the
+    /// sender.
+    pub fn host_first(&self) -> bool {
+        self.host_first
+    }
+
+    /// The session text of a line this rule read, given where the
+    /// reading's address stands ([`Reading::Host`]); `None` if the rule
+    /// has no `<SESSION>`.
+    pub fn session<'t>(&self, target: &'t [u8], (start, end): (usize, usize)) -> Option<&'t [u8]> {
+        let span = self.session.as_ref()?;
+        if span.after_host {
+            let rest = target.get(end..)?.strip_prefix(&*span.before)?;
+            let len = memmem::rfind(rest, &span.after)?;
+            Some(&rest[..len])
+        } else {
+            let head = target.get(..start)?;
+            let from = memmem::find(head, &span.before)? + span.before.len();
+            let len = memmem::find(&head[from..], &span.after)?;
+            Some(&head[from..from + len])
+        }
     }
 
     /// All readings of `target` (the message, or the line from the level
@@ -390,7 +471,10 @@ impl Rule {
             return false;
         }
         match verdict.host {
-            None => verdict.host = Some(token.addr),
+            None => {
+                verdict.host = Some(token.addr);
+                verdict.span = (at, token.end);
+            }
             Some(h) if h == token.addr => {}
             Some(_) => {
                 verdict.ambiguous = true;
@@ -425,6 +509,7 @@ impl Rule {
 #[derive(Default)]
 struct Verdict {
     host: Option<IpAddr>,
+    span: (usize, usize),
     ambiguous: bool,
     candidates: usize,
     readings: usize,
@@ -435,7 +520,10 @@ impl Verdict {
     fn into_reading(self) -> Reading {
         match (self.ambiguous, self.host) {
             (true, _) => Reading::Ambiguous,
-            (false, Some(h)) => Reading::Host(h),
+            (false, Some(addr)) => Reading::Host {
+                addr,
+                span: self.span,
+            },
             (false, None) => Reading::Nothing {
                 partial: self.partial,
             },
@@ -455,6 +543,50 @@ pub fn build(source: &str) -> Result<Regex, String> {
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map_err(|e| format!("not a valid regex: {e}"))
+}
+
+/// P and S with `<SESSION>` replaced by `.*`, and where the session
+/// stands.
+fn session_span(p: &str, s: &str) -> Result<(String, String, Option<SessionSpan>), String> {
+    let (in_p, in_s) = (p.matches(SESSION).count(), s.matches(SESSION).count());
+    if in_p + in_s == 0 {
+        return Ok((p.to_owned(), s.to_owned(), None));
+    }
+    if in_p + in_s > 1 {
+        return Err(format!("{SESSION} appears more than once"));
+    }
+    let after_host = in_s == 1;
+    let part = if after_host { s } else { p };
+    let at = part.find(SESSION).unwrap_or_default();
+    let (before, after) = (&part[..at], &part[at + SESSION.len()..]);
+    let before_items = literal_items(before)?;
+    let before_lit = if after_host {
+        if !before_items.iter().all(|i| matches!(i, Item::Literal(_))) {
+            return Err(format!(
+                "between {HOST} and {SESSION} only literal text may stand (e.g. `' \\(callid: `)"
+            ));
+        }
+        leading_literal(&before_items)
+    } else {
+        trailing_literal(&before_items)
+    };
+    let after_lit = leading_literal(&literal_items(after)?);
+    if before_lit.is_empty() || after_lit.is_empty() {
+        return Err(format!(
+            "{SESSION} must stand between literal text that Asterisk writes around it (e.g. `\\(callid: {SESSION}\\) - `)"
+        ));
+    }
+    let span = SessionSpan {
+        before: before_lit.into(),
+        after: after_lit.into(),
+        after_host,
+    };
+    let replaced = format!("{before}.*{after}");
+    Ok(if after_host {
+        (p.to_owned(), replaced, Some(span))
+    } else {
+        (replaced, s.to_owned(), Some(span))
+    })
 }
 
 /// Where `<HOST>` is; it must appear once, outside any group or class.
@@ -732,16 +864,25 @@ mod tests {
             module: None,
             anchor: Anchor::Message,
             attempt: None,
+            step: Default::default(),
+            host_first: false,
         };
         Rule::compile(&def, 0, None).expect("compiles")
     }
 
+    /// The verdict, with the reading's end left out (see `host`).
     fn read(failregex: &str, target: &str) -> Reading {
-        rule(failregex).read(target.as_bytes())
+        match rule(failregex).read(target.as_bytes()) {
+            Reading::Host { addr, .. } => Reading::Host { addr, span: (0, 0) },
+            other => other,
+        }
     }
 
     fn host(s: &str) -> Reading {
-        Reading::Host(s.parse().expect("ip"))
+        Reading::Host {
+            addr: s.parse().expect("ip"),
+            span: (0, 0),
+        }
     }
 
     #[test]
@@ -785,6 +926,8 @@ mod tests {
             module: None,
             anchor: Anchor::Message,
             attempt: None,
+            step: Default::default(),
+            host_first: false,
         };
         for (re, why) in [
             ("no host here", "has no <HOST>"),

@@ -3,27 +3,54 @@
 //! [`RuleSet::match_line`] judges one line alone. Two things need the lines
 //! around it:
 //!
-//! * **Attempts, not lines.** Rules that share an `attempt` group describe
-//!   lines Asterisk writes for one attempt. Of such lines from one host and
-//!   one Asterisk thread, only the first counts; the others within the next
-//!   second are its companions.
-//! * **Forged continuation lines.** Asterisk does not escape newlines in
-//!   what it logs, and a few fields (IAX2 usernames, for one) can carry
-//!   them. An attacker can then end a message early and make the rest look
-//!   like a perfectly shaped log line of its own, naming any address. When
-//!   a line begins a rule's shape up to the address and stops short of the
-//!   rule's end, it was cut by such a newline: the physical lines that
-//!   follow, up to and including the next one with a log prefix, are its
-//!   continuation and never count.
+//! * **Attempts, not lines.** One attempt can write several lines. Read
+//!   from a real Asterisk 20 (`integration/fixtures/pjsip/`):
 //!
-//!   This does not catch an attacker who finishes the first line's shape
-//!   *and* then adds a forged line; nothing in a plain-text log tells those
-//!   apart. That is why rules keep attacker text before Asterisk's fixed
-//!   endings wherever Asterisk allows it, why the AMI security events
-//!   (structured, one field per value) are astban's primary input, and why
-//!   `ignoreip` protects the addresses that matter most.
+//!   | attempt | lines |
+//!   |---|---|
+//!   | PJSIP, wrong password | `Failed to authenticate` |
+//!   | PJSIP, no such endpoint | `No matching endpoint found` (request), the same (its authenticated retry), `Failed to authenticate` |
+//!   | PJSIP, endpoint ACL | acl.c `SIP ACL: Rejecting` + `Not match Endpoint ACL`, both again for the retry, `Failed to authenticate` |
+//!   | chan_sip, peer ACL | acl.c `SIP Peer ACL: Rejecting` + `Device does not match ACL`, both twice |
+//!   | AMI login, unknown user or ACL | `nonexistent user` or acl.c + `failed to pass IP ACL`, then `failed to authenticate` |
+//!
+//!   Rules that share an `attempt` group describe such lines. Within a
+//!   group, per host, an attempt is: a *refusal* (one line per rule, for
+//!   the request), the same again (its retry), and at most one *guess* (a
+//!   rule with `step = "guess"`), which ends it. A line that does not fit
+//!   the attempt open for its host (a third request, a second guess, a
+//!   different session or thread, a later second) starts a new one, so a
+//!   guess is never folded into another guess: every password tried
+//!   counts. Lines of one attempt share pjsip's callid (`<SESSION>`) or,
+//!   without one, Asterisk's thread; the callid is the attacker's text, so
+//!   it only ever joins lines the state machine allows to be one attempt.
+//!
+//! * **Newlines in attacker text.** Asterisk does not escape newlines in
+//!   what it logs: a real Asterisk writes a SIP extension's percent-decoded
+//!   `%0A` raw (`messages-pjsip-newline-injection.log`), and IAX2 usernames
+//!   carry raw bytes. An attacker can then end a message early and make
+//!   the rest look like a log line of its own, naming any address. A line
+//!   that begins a rule's shape up to the address and stops short of the
+//!   rule's end was cut by such a newline: the physical lines after it, up
+//!   to and including the first one that completes the cut message (the
+//!   cut line's text joined with them matches the rule), are the rest of
+//!   the message, and never count. The cut line itself counts for its
+//!   address only when Asterisk writes the address before any attacker
+//!   text (`host_first`). The continuation is bounded
+//!   ([`MAX_CONTINUATION_BYTES`]): a genuine line after a cut message is
+//!   never swallowed once the message has ended.
+//!
+//!   This cannot catch an attacker whose field is long enough to hold a
+//!   complete forged ending *and* a forged line after it; nothing in a
+//!   plain-text log tells those apart. That is why rules keep the address
+//!   before attacker text or before Asterisk's fixed endings wherever
+//!   Asterisk allows it, why the AMI security events (structured, one field
+//!   per value) are astban's primary input, and why `ignoreip` protects the
+//!   addresses that matter most.
 
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -31,26 +58,46 @@ use jiff::Timestamp;
 
 use super::clock::Clock;
 use super::filter::{LineMatch, RuleSet};
-use super::rule::Rule;
+use super::lines::Line;
+use super::rule::{Rule, Step};
 
-/// Attempt-group entries kept at most; under a flood of distinct hosts the
-/// table is emptied rather than grown (at worst a companion line counts).
+/// Open attempts kept at most; at the cap, those past the window are
+/// dropped, and all if that frees less than half (at worst a line of an
+/// attempt then counts again, never less).
 const MAX_OPEN_ATTEMPTS: usize = 4096;
 
-/// Companion lines are written within this many seconds of the first.
-const COMPANION_WINDOW_SECS: i64 = 1;
+/// The lines of one attempt are written within this many seconds of the
+/// one before.
+const ATTEMPT_WINDOW_SECS: i64 = 1;
+
+/// Bytes after a cut line that may still be the rest of its message. The
+/// longest attacker fields Asterisk writes (an IAX2 username, a SIP
+/// extension or From header) are a few hundred bytes.
+pub const MAX_CONTINUATION_BYTES: usize = 4096;
 
 /// What one line meant.
 #[derive(Debug, Clone, Copy)]
 pub enum Event<'r> {
     /// Not a log line (no prefix).
     NoPrefix,
+    /// Longer than `log.max_line_length`; skipped.
+    TooLong,
     /// A log line no rule matched.
     Missed,
-    /// A log line that began a rule's shape and was cut short.
-    Cut,
-    /// A line after a cut one: not counted, whatever it says.
-    Continuation,
+    /// A log line that began a rule's shape and was cut short, and cannot
+    /// be attributed (the rule has attacker text before the address) or
+    /// was ignored.
+    Cut {
+        /// The rule whose shape it began.
+        rule: &'r Rule,
+    },
+    /// The rest of a cut message: not counted, whatever it says.
+    Continuation {
+        /// The rule whose message was cut.
+        rule: &'r Rule,
+        /// How many lines before this one the cut line is.
+        back: u64,
+    },
     /// A rule matched, but the line can be read as naming several hosts.
     Ambiguous {
         /// The rule.
@@ -64,11 +111,15 @@ pub enum Event<'r> {
         host: IpAddr,
     },
     /// Another line of an attempt already counted.
-    Companion {
+    Folded {
         /// The rule.
         rule: &'r Rule,
         /// The host.
         host: IpAddr,
+        /// The line's time.
+        time: Option<Timestamp>,
+        /// How many lines before this one the attempt was counted.
+        back: u64,
     },
     /// A failed attempt.
     Attempt(Attempt<'r>),
@@ -83,6 +134,45 @@ pub struct Attempt<'r> {
     pub host: IpAddr,
     /// The line's time, or `None` if its date is impossible.
     pub time: Option<Timestamp>,
+    /// Whether the line was cut short (it still names its sender, see
+    /// [`Rule::host_first`]).
+    pub cut: bool,
+}
+
+/// A cut message whose rest is still to come.
+#[derive(Debug)]
+struct Pending {
+    rule: usize,
+    /// The scanner's line number of the cut line.
+    line: u64,
+    /// The cut line's target, then each line after it, joined by spaces.
+    text: Vec<u8>,
+    cut_len: usize,
+}
+
+/// An attempt that further lines may still belong to.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    session: Option<u64>,
+    thread: Option<u64>,
+    /// Requests seen (1, or 2 once the retry was refused too).
+    requests: u8,
+    /// Rules seen in the current request, one bit per rule index mod 64.
+    seen: u64,
+    second: i64,
+    /// The scanner's line number of the line that counted.
+    counted: u64,
+}
+
+/// One line's place in the attempts of its group.
+struct Place {
+    group: usize,
+    host: IpAddr,
+    rule: usize,
+    step: Step,
+    session: Option<u64>,
+    thread: Option<u64>,
+    second: i64,
 }
 
 /// Judges lines in order. One per log being read.
@@ -90,9 +180,11 @@ pub struct Attempt<'r> {
 pub struct Scanner {
     rules: Arc<RuleSet>,
     clock: Clock,
-    continuation: bool,
-    open: HashMap<(usize, IpAddr, Option<u64>), i64>,
-    latest_second: i64,
+    pending: Option<Pending>,
+    open: HashMap<(usize, IpAddr), Open>,
+    hasher: RandomState,
+    /// Lines judged so far.
+    line: u64,
 }
 
 impl Scanner {
@@ -101,17 +193,19 @@ impl Scanner {
         Scanner {
             rules,
             clock,
-            continuation: false,
+            pending: None,
             open: HashMap::new(),
-            latest_second: i64::MIN,
+            hasher: RandomState::new(),
+            line: 0,
         }
     }
 
-    /// Switches to new rules (a reload). Open attempts belong to the old
-    /// rules' groups and are forgotten.
+    /// Switches to new rules (a reload). Open attempts and a pending cut
+    /// message belong to the old rules and are forgotten.
     pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
         self.rules = rules;
         self.open.clear();
+        self.pending = None;
     }
 
     /// The clock, e.g. to move "now" forward.
@@ -119,20 +213,54 @@ impl Scanner {
         &mut self.clock
     }
 
-    /// Judges the next line (without its newline).
-    pub fn scan<'s>(&'s mut self, line: &[u8]) -> Event<'s> {
-        let matched = self.rules.match_line(line);
-        if self.continuation {
-            // Text after a cut line is attacker text up to and including
-            // the first line that looks like a log line again.
-            self.continuation = matches!(matched, LineMatch::NoPrefix);
-            return Event::Continuation;
+    /// Judges the next physical line.
+    pub fn scan(&mut self, line: Line<'_>) -> Event<'_> {
+        self.line += 1;
+        let text = match line {
+            Line::Text(text) => text,
+            Line::TooLong => {
+                // Its bytes are unknown: a pending message may have ended
+                // in it, so the lines after it are judged afresh.
+                self.pending = None;
+                return Event::TooLong;
+            }
+        };
+        if let Some((rule, cut_line)) = self.continues(text) {
+            return Event::Continuation {
+                rule: &self.rules.rules()[rule],
+                back: self.line - cut_line,
+            };
         }
-        let (prefix, id, host) = match matched {
+        let rules = Arc::clone(&self.rules);
+        let (prefix, id, host, session, cut) = match rules.match_line(text) {
             LineMatch::NoPrefix => return Event::NoPrefix,
-            LineMatch::Missed { cut, .. } => {
-                self.continuation = cut;
-                return if cut { Event::Cut } else { Event::Missed };
+            LineMatch::Missed { .. } => return Event::Missed,
+            LineMatch::Cut {
+                prefix,
+                rule,
+                host,
+                ignored,
+            } => {
+                let target = rules.target_of(rule, text, &prefix);
+                let mut pending = Pending {
+                    rule,
+                    line: self.line,
+                    text: Vec::with_capacity(target.len() + 256),
+                    cut_len: target.len(),
+                };
+                pending.text.extend_from_slice(target);
+                self.pending = Some(pending);
+                let rule_ref = &self.rules.rules()[rule];
+                match (host, ignored) {
+                    (Some(host), true) => {
+                        return Event::Ignored {
+                            rule: rule_ref,
+                            host,
+                        };
+                    }
+                    (Some(host), false) => (prefix, rule, host, None, true),
+                    (None, _) => return Event::Cut { rule: rule_ref },
+                }
             }
             LineMatch::Ambiguous { rule, .. } => {
                 return Event::Ambiguous {
@@ -145,46 +273,131 @@ impl Scanner {
                     host,
                 };
             }
-            LineMatch::Failure { prefix, rule, host } => (prefix, rule, host),
+            LineMatch::Failure {
+                prefix,
+                rule,
+                host,
+                session,
+            } => (prefix, rule, host, session, false),
         };
         let time = self.clock.timestamp(prefix.stamp);
+        let session = session.map(|s| self.hasher.hash_one(s));
         let rule = &self.rules.rules()[id];
         if let (Some(group), Some(t)) = (rule.attempt(), time) {
-            if is_companion(
-                &mut self.open,
-                &mut self.latest_second,
-                (group, host, prefix.thread),
-                t.as_second(),
-            ) {
-                return Event::Companion { rule, host };
+            let place = Place {
+                group,
+                host,
+                rule: id,
+                step: rule.step(),
+                session,
+                thread: prefix.thread,
+                second: t.as_second(),
+            };
+            if let Some(counted) = fold(&mut self.open, &place, self.line) {
+                return Event::Folded {
+                    rule,
+                    host,
+                    time,
+                    back: self.line - counted,
+                };
             }
         }
-        Event::Attempt(Attempt { rule, host, time })
+        Event::Attempt(Attempt {
+            rule,
+            host,
+            time,
+            cut,
+        })
+    }
+
+    /// If `text` is the rest of a pending cut message, the cut line's rule
+    /// and line number. Ends the continuation at the line that completes
+    /// the message, or once it is longer than any attacker field.
+    fn continues(&mut self, text: &[u8]) -> Option<(usize, u64)> {
+        let pending = self.pending.as_mut()?;
+        pending.text.push(b' ');
+        pending.text.extend_from_slice(text);
+        let found = (pending.rule, pending.line);
+        let done = pending.text.len() - pending.cut_len > MAX_CONTINUATION_BYTES
+            || self.rules.completes(pending.rule, &pending.text);
+        if done {
+            self.pending = None;
+        }
+        Some(found)
     }
 }
 
-/// Records a line of an attempt group; true if an earlier line of the same
-/// attempt was counted within the window.
-fn is_companion(
-    open: &mut HashMap<(usize, IpAddr, Option<u64>), i64>,
-    latest: &mut i64,
-    key: (usize, IpAddr, Option<u64>),
-    second: i64,
-) -> bool {
-    if second > *latest {
-        *latest = second;
-        open.retain(|_, first| *first >= second - COMPANION_WINDOW_SECS);
-    }
-    if let Some(&first) = open.get(&key) {
-        if (first..=first + COMPANION_WINDOW_SECS).contains(&second) {
-            return true;
+/// Records a line of an attempt group; returns the line number of the line
+/// that counted the attempt this line belongs to, or `None` if it opens a
+/// new attempt (and so counts).
+fn fold(open: &mut HashMap<(usize, IpAddr), Open>, place: &Place, line: u64) -> Option<u64> {
+    let key = (place.group, place.host);
+    let bit = 1u64 << (place.rule % 64);
+    let current = open.get(&key).copied().filter(|o| {
+        let same_session = match (o.session, place.session) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        let same_thread = match (o.session.or(place.session), o.thread, place.thread) {
+            (None, Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        (o.second..=o.second + ATTEMPT_WINDOW_SECS).contains(&place.second)
+            && same_session
+            && same_thread
+    });
+    let next = match (current, place.step) {
+        (Some(o), Step::Guess) => {
+            open.remove(&key);
+            return Some(o.counted);
+        }
+        (None, Step::Guess) => {
+            open.remove(&key);
+            return None;
+        }
+        // Another module's line of the same request.
+        (Some(o), Step::Refusal) if o.seen & bit == 0 => Some(Open {
+            seen: o.seen | bit,
+            ..o
+        }),
+        // The same line again: the authenticated retry of the request.
+        (Some(o), Step::Refusal) if o.requests == 1 => Some(Open {
+            requests: 2,
+            seen: bit,
+            ..o
+        }),
+        _ => None,
+    };
+    let (entry, counted) = match next {
+        Some(o) => (o, Some(o.counted)),
+        None => (
+            Open {
+                session: place.session,
+                thread: place.thread,
+                requests: 1,
+                seen: bit,
+                second: place.second,
+                counted: line,
+            },
+            None,
+        ),
+    };
+    if open.len() >= MAX_OPEN_ATTEMPTS && !open.contains_key(&key) {
+        open.retain(|_, o| o.second + ATTEMPT_WINDOW_SECS >= place.second);
+        if open.len() > MAX_OPEN_ATTEMPTS / 2 {
+            open.clear();
         }
     }
-    if open.len() >= MAX_OPEN_ATTEMPTS {
-        open.clear();
-    }
-    open.insert(key, second);
-    false
+    open.insert(
+        key,
+        Open {
+            session: entry.session.or(place.session),
+            thread: place.thread.or(entry.thread),
+            second: place.second,
+            ..entry
+        },
+    );
+    counted
 }
 
 #[cfg(test)]
@@ -202,14 +415,20 @@ mod tests {
         let mut s = scanner();
         lines
             .iter()
-            .map(|line| match s.scan(line.as_bytes()) {
+            .map(|line| match s.scan(Line::Text(line.as_bytes())) {
                 Event::NoPrefix => "no prefix".into(),
+                Event::TooLong => "too long".into(),
                 Event::Missed => "missed".into(),
-                Event::Cut => "cut".into(),
-                Event::Continuation => "continuation".into(),
+                Event::Cut { .. } => "cut".into(),
+                Event::Continuation { .. } => "continuation".into(),
                 Event::Ambiguous { .. } => "ambiguous".into(),
                 Event::Ignored { .. } => "ignored".into(),
-                Event::Companion { rule, host } => format!("companion {} {host}", rule.name()),
+                Event::Folded {
+                    rule, host, back, ..
+                } => {
+                    format!("folded {} {host} -{back}", rule.name())
+                }
+                Event::Attempt(a) if a.cut => format!("cut {} {}", a.rule.name(), a.host),
                 Event::Attempt(a) => format!("{} {}", a.rule.name(), a.host),
             })
             .collect()
@@ -222,15 +441,37 @@ mod tests {
         // Asterisk's own " (x != y)" ending.
         let lines = [
             "[2026-11-24 16:03:18] NOTICE[5] chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'abc",
-            "[2026-11-24 16:03:18] NOTICE[5] chan_iax2.c: Host 10.0.0.1 failed MD5 authentication for 'x' (e7df != 53ac)",
-            "[2026-11-24 16:03:19] NOTICE[5] chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'y' (e7df != 53ac)",
+            "[2026-11-24 16:03:18] NOTICE[5] chan_iax2.c: Host 10.0.0.1 failed MD5 authentication for 'x' (e7df7cd2ca07f4f1ab415d457a6e1c13 != 53ac4bc41ee4ec77888ed4aa50677247)",
+            "[2026-11-24 16:03:19] NOTICE[5] chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'y' (e7df7cd2ca07f4f1ab415d457a6e1c13 != 53ac4bc41ee4ec77888ed4aa50677247)",
         ];
         assert_eq!(
             judge(&lines),
-            ["cut", "continuation", "iax2_wrong_password 203.0.113.5"]
+            [
+                "cut iax2_wrong_password 203.0.113.5",
+                "continuation",
+                "iax2_wrong_password 203.0.113.5"
+            ]
         );
-        // Filler lines first do not help: the continuation lasts up to and
-        // including the next line that looks like a log line.
+    }
+
+    #[test]
+    fn a_cut_line_never_swallows_the_next_genuine_line() {
+        // The rest of the username carries no prefix and completes the
+        // message: the genuine line after it is judged as usual.
+        let lines = [
+            "[2026-11-24 16:03:18] NOTICE[5] manager.c: 203.0.113.5 failed to authenticate as 'abc",
+            "def'",
+            "[2026-11-24 16:03:18] NOTICE[6] manager.c: 198.51.100.7 failed to authenticate as 'x'",
+        ];
+        assert_eq!(
+            judge(&lines),
+            [
+                "cut ami_failed_auth 203.0.113.5",
+                "continuation",
+                "ami_failed_auth 198.51.100.7"
+            ]
+        );
+        // Filler lines inside the field do not end the message early.
         let lines = [
             "[2026-11-24 16:03:18] NOTICE[5] manager.c: 203.0.113.5 failed to authenticate as 'abc",
             "filler",
@@ -241,13 +482,31 @@ mod tests {
         assert_eq!(
             judge(&lines),
             [
-                "cut",
+                "cut ami_failed_auth 203.0.113.5",
                 "continuation",
                 "continuation",
                 "continuation",
                 "ami_failed_auth 203.0.113.5"
             ]
         );
+    }
+
+    #[test]
+    fn the_continuation_is_bounded() {
+        let cut =
+            "[2026-11-24 16:03:18] NOTICE[5] manager.c: 203.0.113.5 failed to authenticate as 'abc";
+        let filler = "x".repeat(1000);
+        let genuine =
+            "[2026-11-24 16:03:19] NOTICE[6] manager.c: 198.51.100.7 failed to authenticate as 'y'";
+        let mut lines = vec![cut];
+        lines.extend([filler.as_str(); 5]);
+        lines.push(genuine);
+        let judged = judge(&lines);
+        assert!(
+            judged[1..=5].iter().all(|j| j == "continuation"),
+            "{judged:?}"
+        );
+        assert_eq!(judged[6], "ami_failed_auth 198.51.100.7");
     }
 
     #[test]
@@ -264,6 +523,8 @@ mod tests {
             "[2026-11-24 16:03:21] NOTICE[3102] manager.c: 127.0.0.4 tried to authenticate with nonexistent user 'nosuchuser'",
             "[2026-11-24 16:03:21] NOTICE[3102] manager.c: 127.0.0.4 failed to authenticate as 'nosuchuser'",
             "[2026-11-24 16:03:21] NOTICE[3103] manager.c: 127.0.0.4 failed to authenticate as 'astban'",
+            // Two wrong secrets on one connection are two guesses.
+            "[2026-11-24 16:03:21] NOTICE[3103] manager.c: 127.0.0.4 failed to authenticate as 'astban'",
             // Rules without an attempt group count every line.
             "[2026-11-24 16:03:21] NOTICE[2766] chan_sip.c: Registration from '<sip:100@x>' failed for '127.0.0.2:5060' - Wrong password",
             "[2026-11-24 16:03:21] NOTICE[2766] chan_sip.c: Registration from '<sip:100@x>' failed for '127.0.0.2:5060' - Wrong password",
@@ -272,16 +533,30 @@ mod tests {
             judge(&lines),
             [
                 "sip_acl_rejecting 127.0.0.3",
-                "companion sip_acl 127.0.0.3",
-                "companion sip_acl_rejecting 127.0.0.3",
-                "companion sip_acl 127.0.0.3",
+                "folded sip_acl 127.0.0.3 -1",
+                "folded sip_acl_rejecting 127.0.0.3 -2",
+                "folded sip_acl 127.0.0.3 -3",
                 "sip_acl_rejecting 127.0.0.3",
                 "ami_unknown_user 127.0.0.4",
-                "companion ami_failed_auth 127.0.0.4",
+                "folded ami_failed_auth 127.0.0.4 -1",
+                "ami_failed_auth 127.0.0.4",
                 "ami_failed_auth 127.0.0.4",
                 "sip_wrong_password 127.0.0.2",
                 "sip_wrong_password 127.0.0.2",
             ]
         );
+    }
+
+    #[test]
+    fn a_reused_callid_never_folds_two_guesses() {
+        let guess = "[2026-12-01 07:47:41] NOTICE[1] res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:300@x>' failed for '10.203.1.2:5060' (callid: 2262848910) - Failed to authenticate";
+        let refused = "[2026-12-01 07:47:41] NOTICE[1] res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:999@x>' failed for '10.203.1.2:5060' (callid: 2262848910) - No matching endpoint found";
+        // Four guesses, four refusals: the first refusal and the third
+        // (a third request) open attempts that the next guess ends.
+        let judged = judge(&[
+            refused, guess, guess, refused, refused, refused, guess, guess,
+        ]);
+        let counted = judged.iter().filter(|j| !j.starts_with("folded")).count();
+        assert_eq!(counted, 5, "{judged:?}");
     }
 }

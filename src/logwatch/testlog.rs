@@ -21,6 +21,7 @@ use jiff::Timestamp;
 use super::clock::Clock;
 use super::filter::{FilterError, RuleSet};
 use super::lines::{Line, LineReader};
+use super::rule::Rule;
 use super::scan::{Attempt, Event, Scanner};
 use crate::config::{Config, ConfigError, LogConfig};
 
@@ -39,8 +40,8 @@ pub struct TestLogArgs {
     /// Replaces the config's `log.rules`; its extra rules still apply.
     #[arg(long, value_name = "SET")]
     pub rules: Option<String>,
-    /// Print one JSON object per counted attempt on stdout, and the
-    /// summary on stderr.
+    /// Print one JSON object per line a rule matched on stdout (counted
+    /// or not, and why), and the summary on stderr.
     #[arg(long)]
     pub json: bool,
 }
@@ -148,8 +149,8 @@ pub enum ScanError {
 pub struct RuleCount {
     /// Lines counted as attempts.
     pub attempts: u64,
-    /// Lines that were companions of a counted attempt.
-    pub companions: u64,
+    /// Lines folded into an attempt counted at another line.
+    pub folded: u64,
     /// Lines whose readings disagreed.
     pub ambiguous: u64,
     /// Lines dropped by ignoreregex.
@@ -186,7 +187,7 @@ impl Summary {
         self.lines += other.lines;
         for (mine, theirs) in self.rules.iter_mut().zip(&other.rules) {
             mine.attempts += theirs.attempts;
-            mine.companions += theirs.companions;
+            mine.folded += theirs.folded;
             mine.ambiguous += theirs.ambiguous;
             mine.ignored += theirs.ignored;
         }
@@ -231,8 +232,8 @@ impl Summary {
         for (label, n) in [
             ("attempts counted", self.attempts()),
             (
-                "companion lines (same attempt, not counted again)",
-                total(|r| r.companions),
+                "folded lines (same attempt, not counted again)",
+                total(|r| r.folded),
             ),
             ("ignored (ignoreregex)", total(|r| r.ignored)),
             (
@@ -250,7 +251,7 @@ impl Summary {
         ] {
             let _ = writeln!(out, "  {n:>10}  {label}");
         }
-        let _ = writeln!(out, "\nRules (attempts, companions, ambiguous, ignored):");
+        let _ = writeln!(out, "\nRules (attempts, folded, ambiguous, ignored):");
         let width = rules
             .rules()
             .iter()
@@ -264,7 +265,7 @@ impl Summary {
                 rule.name(),
                 rule.kind().as_str(),
                 c.attempts,
-                c.companions,
+                c.folded,
                 c.ambiguous,
                 c.ignored
             );
@@ -279,21 +280,57 @@ impl Summary {
     }
 }
 
-/// A counted attempt, as test-log reports it.
+/// A line a rule matched, as test-log reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
     /// 1-based line number in the file.
     pub line: u64,
-    /// The host.
-    pub host: IpAddr,
+    /// The host, when the line names one certainly.
+    pub host: Option<IpAddr>,
     /// The line's time.
     pub time: Option<Timestamp>,
     /// Index of the rule in its set.
     pub rule: usize,
+    /// Whether it counted, and if not, why.
+    pub outcome: Outcome,
 }
 
-/// Scans the file at `path`, calling `on_attempt` for each counted
-/// attempt in file order.
+/// What became of a matched line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Counted as an attempt; `cut` if the line was cut short by a newline
+    /// in attacker text (it still names its sender).
+    Counted {
+        /// Whether the line was cut short.
+        cut: bool,
+    },
+    /// Another line of the attempt counted at line `counted_line`.
+    Folded {
+        /// The line that counted.
+        counted_line: u64,
+    },
+    /// An ignoreregex matched.
+    Ignored,
+    /// The line reads as naming more than one host.
+    Ambiguous,
+    /// Cut short with attacker text before the address: nobody is named.
+    Cut,
+    /// The rest of the message cut short at line `cut_line`.
+    Continuation {
+        /// The cut line.
+        cut_line: u64,
+    },
+}
+
+impl Record {
+    /// Whether the line counted as an attempt.
+    pub fn counted(&self) -> bool {
+        matches!(self.outcome, Outcome::Counted { .. })
+    }
+}
+
+/// Scans the file at `path`, calling `on_record` for each line a rule
+/// matched (counted or not), in file order.
 ///
 /// A large file is cut into equal newline-aligned chunks scanned by up to
 /// `workers` threads, two rounds of chunks in flight at most, so memory
@@ -308,7 +345,7 @@ pub fn scan_file(
     clock: &Clock,
     max_line: usize,
     workers: usize,
-    mut on_attempt: impl FnMut(&Record) -> io::Result<()>,
+    mut on_record: impl FnMut(&Record) -> io::Result<()>,
 ) -> Result<Summary, ScanError> {
     let started = Instant::now();
     let size = std::fs::metadata(path).map_err(ScanError::Read)?.len();
@@ -331,11 +368,23 @@ pub fn scan_file(
     let mut lines_before = 0u64;
     let mut write = |result: ChunkResult, summary: &mut Summary| -> Result<(), ScanError> {
         for record in &result.records {
+            // Lines a record points back to may lie in an earlier chunk.
+            let absolute = |back: u64| (lines_before + record.line).saturating_sub(back);
+            let outcome = match record.outcome {
+                Outcome::Folded { counted_line } => Outcome::Folded {
+                    counted_line: absolute(counted_line),
+                },
+                Outcome::Continuation { cut_line } => Outcome::Continuation {
+                    cut_line: absolute(cut_line),
+                },
+                other => other,
+            };
             let record = Record {
                 line: lines_before + record.line,
+                outcome,
                 ..*record
             };
-            on_attempt(&record).map_err(ScanError::Write)?;
+            on_record(&record).map_err(ScanError::Write)?;
         }
         lines_before += result.summary.lines;
         summary.merge(result.summary);
@@ -398,7 +447,8 @@ struct Chunk {
 
 struct ChunkResult {
     summary: Summary,
-    /// Line numbers relative to the chunk.
+    /// Line numbers relative to the chunk; `Folded` and `Continuation`
+    /// hold how many lines back the line they name is.
     records: Vec<Record>,
 }
 
@@ -435,32 +485,65 @@ fn scan_chunk(
         if start >= chunk.end {
             return;
         }
-        let event = match line {
-            Line::Text(text) => Some(scanner.scan(text)),
-            Line::TooLong => None,
-        };
+        let event = scanner.scan(line);
         if !counted {
             return;
         }
         summary.lines += 1;
+        let line = summary.lines;
+        let mut record = |rule: &Rule, host, time, outcome| {
+            records.push(Record {
+                line,
+                host,
+                time,
+                rule: rule.index(),
+                outcome,
+            })
+        };
         match event {
-            None => summary.too_long += 1,
-            Some(Event::NoPrefix) => summary.no_prefix += 1,
-            Some(Event::Missed) => summary.missed += 1,
-            Some(Event::Cut) => summary.cut += 1,
-            Some(Event::Continuation) => summary.continuation += 1,
-            Some(Event::Ambiguous { rule }) => summary.rules[rule.index()].ambiguous += 1,
-            Some(Event::Ignored { rule, .. }) => summary.rules[rule.index()].ignored += 1,
-            Some(Event::Companion { rule, .. }) => summary.rules[rule.index()].companions += 1,
-            Some(Event::Attempt(Attempt { rule, host, time })) => {
-                summary.rules[rule.index()].attempts += 1;
-                *summary.hosts.entry(host).or_default() += 1;
-                records.push(Record {
-                    line: summary.lines,
-                    host,
+            Event::TooLong => summary.too_long += 1,
+            Event::NoPrefix => summary.no_prefix += 1,
+            Event::Missed => summary.missed += 1,
+            Event::Cut { rule } => {
+                summary.cut += 1;
+                record(rule, None, None, Outcome::Cut);
+            }
+            Event::Continuation { rule, back } => {
+                summary.continuation += 1;
+                record(rule, None, None, Outcome::Continuation { cut_line: back });
+            }
+            Event::Ambiguous { rule } => {
+                summary.rules[rule.index()].ambiguous += 1;
+                record(rule, None, None, Outcome::Ambiguous);
+            }
+            Event::Ignored { rule, host } => {
+                summary.rules[rule.index()].ignored += 1;
+                record(rule, Some(host), None, Outcome::Ignored);
+            }
+            Event::Folded {
+                rule,
+                host,
+                time,
+                back,
+            } => {
+                summary.rules[rule.index()].folded += 1;
+                record(
+                    rule,
+                    Some(host),
                     time,
-                    rule: rule.index(),
-                });
+                    Outcome::Folded { counted_line: back },
+                );
+            }
+            Event::Attempt(Attempt {
+                rule,
+                host,
+                time,
+                cut,
+            }) => {
+                summary.rules[rule.index()].attempts += 1;
+                summary.cut += u64::from(cut);
+                *summary.hosts.entry(host).or_default() += 1;
+                record(rule, Some(host), time, Outcome::Counted { cut });
             }
         }
     };
@@ -474,11 +557,14 @@ fn scan_chunk(
     Ok(ChunkResult { summary, records })
 }
 
-/// Writes `{"line":N,"host":"...","time":"...","rule":"...","kind":"..."}`
-/// lines without allocating per line.
+/// Writes one JSON object per record:
+/// `{"line":N,"host":"...","time":"...","rule":"...","kind":"...","counted":true}`,
+/// and for a line that did not count `"counted":false`, `"why"` and the
+/// line it refers to (`"counted_line"` of a folded line, `"cut_line"` of a
+/// continuation), without allocating per counted line.
 struct JsonLines<W> {
     out: W,
-    /// `,"rule":"name","kind":"kind"}` per rule index, JSON-escaped once.
+    /// `,"rule":"name","kind":"kind"` per rule index, JSON-escaped once.
     tails: Vec<String>,
     last_time: Option<(Timestamp, String)>,
 }
@@ -490,7 +576,7 @@ impl<W: Write> JsonLines<W> {
             .iter()
             .map(|r| {
                 let name = serde_json::to_string(r.name()).unwrap_or_else(|_| "\"?\"".into());
-                format!(",\"rule\":{name},\"kind\":\"{}\"}}\n", r.kind().as_str())
+                format!(",\"rule\":{name},\"kind\":\"{}\"", r.kind().as_str())
             })
             .collect();
         JsonLines {
@@ -503,20 +589,22 @@ impl<W: Write> JsonLines<W> {
     fn write(&mut self, record: &Record) -> io::Result<()> {
         self.out.write_all(b"{\"line\":")?;
         write_decimal(&mut self.out, record.line)?;
-        self.out.write_all(b",\"host\":\"")?;
+        self.out.write_all(b",\"host\":")?;
         match record.host {
-            IpAddr::V4(v4) => {
-                let [a, b, c, d] = v4.octets();
-                for (i, octet) in [a, b, c, d].into_iter().enumerate() {
+            None => self.out.write_all(b"null")?,
+            Some(IpAddr::V4(v4)) => {
+                self.out.write_all(b"\"")?;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
                     if i > 0 {
                         self.out.write_all(b".")?;
                     }
                     write_decimal(&mut self.out, u64::from(octet))?;
                 }
+                self.out.write_all(b"\"")?;
             }
-            IpAddr::V6(v6) => write!(self.out, "{v6}")?,
+            Some(IpAddr::V6(v6)) => write!(self.out, "\"{v6}\"")?,
         }
-        self.out.write_all(b"\",\"time\":")?;
+        self.out.write_all(b",\"time\":")?;
         match record.time {
             None => self.out.write_all(b"null")?,
             Some(t) => {
@@ -528,10 +616,27 @@ impl<W: Write> JsonLines<W> {
                 }
             }
         }
-        match self.tails.get(record.rule) {
-            Some(tail) => self.out.write_all(tail.as_bytes()),
-            None => self.out.write_all(b"}\n"),
+        if let Some(tail) = self.tails.get(record.rule) {
+            self.out.write_all(tail.as_bytes())?;
         }
+        let (why, refers) = match record.outcome {
+            Outcome::Counted { cut: false } => return self.out.write_all(b",\"counted\":true}\n"),
+            Outcome::Counted { cut: true } => {
+                return self.out.write_all(b",\"counted\":true,\"cut\":true}\n");
+            }
+            Outcome::Folded { counted_line } => {
+                ("same attempt", Some(("counted_line", counted_line)))
+            }
+            Outcome::Ignored => ("ignoreregex", None),
+            Outcome::Ambiguous => ("ambiguous", None),
+            Outcome::Cut => ("cut", None),
+            Outcome::Continuation { cut_line } => ("continuation", Some(("cut_line", cut_line))),
+        };
+        write!(self.out, ",\"counted\":false,\"why\":\"{why}\"")?;
+        if let Some((key, line)) = refers {
+            write!(self.out, ",\"{key}\":{line}")?;
+        }
+        self.out.write_all(b"}\n")
     }
 
     fn flush(&mut self) -> io::Result<()> {
