@@ -198,3 +198,149 @@ fn unreadable_input_is_a_clear_error_with_exit_2() {
     let out = astban(&["test-log", "/dev/null"]);
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// The attempts per host each log of a real Asterisk 20.20.1 must count
+/// (integration/fixtures/pjsip/CAPTURES.md).
+const PJSIP_LOGS: &[(&str, &[(&str, u64)])] = &[
+    (
+        "messages-pjsip.log",
+        &[
+            ("127.0.2.2", 3),
+            ("127.0.2.3", 2),
+            ("127.0.2.4", 1),
+            ("127.0.2.5", 2),
+        ],
+    ),
+    (
+        "security-pjsip.log",
+        &[
+            ("127.0.2.2", 3),
+            ("127.0.2.3", 2),
+            ("127.0.2.4", 1),
+            ("127.0.2.5", 2),
+        ],
+    ),
+    (
+        "messages-pjsip-options-tcp.log",
+        &[("127.0.2.6", 2), ("127.0.2.8", 2)],
+    ),
+    (
+        "security-pjsip-options-tcp.log",
+        &[("127.0.2.6", 2), ("127.0.2.8", 2)],
+    ),
+    (
+        "messages-pjsip-auth-username-order.log",
+        &[("127.0.2.9", 4)],
+    ),
+    (
+        "security-pjsip-auth-username-order.log",
+        &[("127.0.2.9", 4)],
+    ),
+    ("messages-pjsip-anonymous-invite.log", &[("127.0.2.7", 2)]),
+    ("security-pjsip-anonymous-invite.log", &[]),
+    ("messages-svcrack-pjsip.log", &[("10.203.1.2", 31)]),
+    ("security-svcrack-pjsip.log", &[("10.203.1.2", 31)]),
+    ("messages-svcrack-chansip.log", &[("10.203.1.2", 31)]),
+    ("security-svcrack-chansip.log", &[("10.203.1.2", 31)]),
+    ("messages-chansip-recheck.log", &[("127.0.1.77", 5)]),
+    ("security-chansip-recheck.log", &[("127.0.1.77", 5)]),
+    ("messages-pjsip-newline-injection.log", &[("10.203.1.2", 3)]),
+    // One extension scan has no security event.
+    ("messages-pjsip-ipv6.log", &[("2001:db8:203::2", 4)]),
+    ("security-pjsip-ipv6.log", &[("2001:db8:203::2", 3)]),
+];
+
+#[test]
+fn every_pjsip_capture_counts_its_attempts() {
+    for (name, expected) in PJSIP_LOGS {
+        let path = fixture(&format!("pjsip/{name}"));
+        let out = astban(&["test-log", "--json", path.to_str().expect("utf8")]);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let (hosts, records) = json_records(&out);
+        let expected: BTreeMap<String, u64> =
+            expected.iter().map(|&(h, n)| (h.to_owned(), n)).collect();
+        assert_eq!(hosts, expected, "{name}");
+        // A line that did not count names the line that did, and that
+        // line counted the same host.
+        for r in records.iter().filter(|r| r["why"] == "same attempt") {
+            let at = r["counted_line"].as_u64().expect("counted_line");
+            let first = records
+                .iter()
+                .find(|c| c["line"] == at)
+                .unwrap_or_else(|| panic!("{name}: no record for line {at}"));
+            assert_eq!(first["counted"], true, "{name}: {r}");
+            assert_eq!(first["host"], r["host"], "{name}: {r}");
+            assert!(at < r["line"].as_u64().expect("line"), "{name}: {r}");
+        }
+    }
+}
+
+#[test]
+fn a_mistyped_username_is_one_attempt_and_each_line_says_why() {
+    let path = fixture("pjsip/messages-pjsip.log");
+    let out = astban(&["test-log", "--json", path.to_str().expect("utf8")]);
+    let (_, records) = json_records(&out);
+    // 127.0.2.3's first attempt: lines 4-6 (request, retry, guess).
+    let lines: Vec<_> = records
+        .iter()
+        .filter(|r| r["host"] == "127.0.2.3")
+        .map(|r| (r["line"].clone(), r["rule"].clone(), r["counted"].clone()))
+        .take(3)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (4.into(), "pjsip_no_endpoint".into(), true.into()),
+            (5.into(), "pjsip_no_endpoint".into(), false.into()),
+            (6.into(), "pjsip_failed_auth".into(), false.into()),
+        ]
+    );
+    assert_eq!(records[4]["counted_line"], 4);
+    assert_eq!(records[5]["why"], "same attempt");
+}
+
+#[test]
+fn a_newline_in_an_extension_counts_for_the_sender_and_nobody_else() {
+    let path = fixture("pjsip/messages-pjsip-newline-injection.log");
+    let out = astban(&["test-log", "--json", path.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (hosts, records) = json_records(&out);
+    assert_eq!(hosts, [("10.203.1.2".to_owned(), 3)].into());
+    // Each cut line counts (with "cut"), the forged line after it is its
+    // continuation.
+    for pair in records.chunks(2) {
+        assert_eq!(pair[0]["cut"], true, "{}", pair[0]);
+        assert_eq!(pair[1]["why"], "continuation", "{}", pair[1]);
+        assert_eq!(pair[1]["cut_line"], pair[0]["line"]);
+    }
+    assert_eq!(records.len(), 6);
+    let summary = text(&out.stderr);
+    assert!(summary.contains("3  cut short"), "{summary}");
+    assert!(summary.contains("3  continuation"), "{summary}");
+}
+
+#[test]
+fn forged_lines_after_cut_ones_never_count() {
+    // The issue's shape: five IAX2 lines whose MD5 field holds a newline
+    // and a complete, well-formed line naming another address.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("messages");
+    let mut log = String::new();
+    for i in 0..5 {
+        log.push_str(&format!(
+            "[2026-12-01 10:00:0{i}] NOTICE[1638] chan_iax2.c: Host 203.0.113.40 failed MD5 authentication for 'x' (0123 != 4567)\n\
+             [2026-12-01 10:00:0{i}] NOTICE[1638] chan_iax2.c: Host 10.66.66.40 failed MD5 authentication for 'y' (e7d1 != 9a2b)\n"
+        ));
+    }
+    // A genuine line after the forged ones still counts.
+    log.push_str("[2026-12-01 10:00:09] NOTICE[1639] manager.c: 198.51.100.9 failed to authenticate as 'admin'\n");
+    std::fs::write(&path, log).expect("write");
+    let out = astban(&["test-log", "--json", path.to_str().expect("utf8")]);
+    let (hosts, _) = json_records(&out);
+    assert_eq!(hosts.get("10.66.66.40"), None, "{hosts:?}");
+    // The cut lines still name their sender: the address comes first.
+    assert_eq!(hosts.get("203.0.113.40"), Some(&5), "{hosts:?}");
+    assert!(hosts.contains_key("198.51.100.9"), "{hosts:?}");
+    let summary = text(&out.stderr);
+    assert!(summary.contains("5  cut short"), "{summary}");
+}

@@ -451,13 +451,14 @@ impl RuleSet {
         self.ignore.as_ref().is_some_and(|set| set.is_match(line))
     }
 
-    /// Whether `text` (a cut message's target with what followed it
-    /// joined on) reads as a complete message of rule `id`: then the cut
-    /// message has ended.
-    pub fn completes(&self, id: usize, text: &[u8]) -> bool {
-        self.rules
-            .get(id)
-            .is_some_and(|r| !matches!(r.read(text), Reading::Nothing { .. }))
+    /// Whether the cut message of rule `id` ends with `line`: `joined` (the
+    /// cut line's target with the lines after it, `line` last) reads as a
+    /// complete message of the rule, or `line` ends with the rule's own
+    /// ending text. Past the ending, lines are Asterisk's again.
+    pub fn completes(&self, id: usize, joined: &[u8], line: &[u8]) -> bool {
+        self.rules.get(id).is_some_and(|r| {
+            r.ends_like_it(line) || !matches!(r.read(joined), Reading::Nothing { .. })
+        })
     }
 }
 

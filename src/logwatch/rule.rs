@@ -77,6 +77,8 @@ pub struct Rule {
     /// Literal text S starts with: a line that has it after the address
     /// (or ends within it) went on with this rule's shape.
     after_head: Box<[u8]>,
+    /// Literal text S ends with before its `$`: Asterisk's own ending.
+    tail: Box<[u8]>,
 }
 
 /// Where `<SESSION>` stands: after the literal text `before` and up to the
@@ -316,6 +318,10 @@ impl Rule {
         };
         let after = Matcher::prefix(&s_items, s)?;
         let after_head = leading_literal(&s_items).into_boxed_slice();
+        let tail = match s_items.split_last() {
+            Some((Item::End, rest)) => trailing_literal(rest),
+            _ => Vec::new(),
+        };
         Ok(Rule {
             index,
             name: def.name.clone(),
@@ -332,6 +338,7 @@ impl Rule {
             before,
             after,
             after_head,
+            tail: tail.into(),
         })
     }
 
@@ -436,6 +443,12 @@ impl Rule {
             }
         }
         verdict.into_reading()
+    }
+
+    /// Whether a physical line ends with the literal text this rule's
+    /// message ends with (`'.`, `)`): the end of a cut message may be there.
+    pub fn ends_like_it(&self, line: &[u8]) -> bool {
+        !self.tail.is_empty() && line.ends_with(&self.tail)
     }
 
     /// Whether P matches everything before `at`: the line began this

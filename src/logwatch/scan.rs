@@ -32,9 +32,10 @@
 //!   the rest look like a log line of its own, naming any address. A line
 //!   that begins a rule's shape up to the address and stops short of the
 //!   rule's end was cut by such a newline: the physical lines after it, up
-//!   to and including the first one that completes the cut message (the
-//!   cut line's text joined with them matches the rule), are the rest of
-//!   the message, and never count. The cut line itself counts for its
+//!   to and including the first one that completes the cut message (it
+//!   ends with the rule's own ending text, or the cut line's text joined
+//!   with them matches the rule), are the rest of the message, and never
+//!   count. The cut line itself counts for its
 //!   address only when Asterisk writes the address before any attacker
 //!   text (`host_first`). The continuation is bounded
 //!   ([`MAX_CONTINUATION_BYTES`]): a genuine line after a cut message is
@@ -319,7 +320,7 @@ impl Scanner {
         pending.text.extend_from_slice(text);
         let found = (pending.rule, pending.line);
         let done = pending.text.len() - pending.cut_len > MAX_CONTINUATION_BYTES
-            || self.rules.completes(pending.rule, &pending.text);
+            || self.rules.completes(pending.rule, &pending.text, text);
         if done {
             self.pending = None;
         }
