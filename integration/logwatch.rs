@@ -182,7 +182,7 @@ impl Follow {
 
     fn start_in(dir: tempfile::TempDir, path: PathBuf, start: StartAt) -> Follow {
         let config = LogConfig {
-            path: path.clone(),
+            path: Some(path.clone()),
             start,
             max_line_length: 512,
             poll_interval: Duration::from_millis(200),

@@ -156,8 +156,10 @@ impl InputMode {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// The log file to follow.
-    pub path: PathBuf,
+    /// The log file to follow; unset, whichever of Asterisk's two default
+    /// names exists (see [`crate::logwatch::DEFAULT_PATHS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
     /// A built-in rule set (`asterisk`, `book`) or the path of a rules
     /// TOML file.
     pub rules: String,
@@ -178,7 +180,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            path: PathBuf::from("/var/log/asterisk/messages"),
+            path: None,
             rules: "asterisk".into(),
             extra_rules: Vec::new(),
             ignoreregex: Vec::new(),

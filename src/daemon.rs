@@ -409,7 +409,6 @@ pub struct InputStatus {
 impl Control {
     fn status(&self, engine: EngineStats) -> Status {
         let health = self.health.borrow().clone();
-        let config = self.config.borrow().clone();
         let ami_up = matches!(health, Health::Up { .. });
         let ami = if !self.mode.uses_ami() {
             InputStatus {
@@ -445,10 +444,7 @@ impl Control {
                 InputMode::Auto => !ami_up,
             },
             since: None,
-            detail: self
-                .mode
-                .uses_log()
-                .then(|| config.log.path.display().to_string()),
+            detail: log_read.path.as_ref().map(|p| p.display().to_string()),
         };
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -552,10 +548,19 @@ pub fn render_status(data: &Value) -> String {
     let (read, counted) = (&data["log_read"], &data["counted"]);
     let _ = writeln!(
         out,
-        "log read: {} lines, {} failures found, {} too long",
+        "log read: {} lines, {} failures found, {} folded into an attempt, {} too long",
         text(&read["lines"]),
         text(&read["failures"]),
+        text(&read["folded"]),
         text(&read["too_long"])
+    );
+    let _ = writeln!(
+        out,
+        "log lines not attributed: {} ambiguous, {} cut short, {} continuation, {} unparsable",
+        text(&read["ambiguous"]),
+        text(&read["cut"]),
+        text(&read["continuation"]),
+        text(&read["unparsable"])
     );
     let _ = writeln!(
         out,

@@ -48,7 +48,7 @@ impl Demo {
     pub fn config(&self) -> Config {
         let mut c = Config::default();
         c.input.mode = InputMode::Log;
-        c.log.path = self.log_path();
+        c.log.path = Some(self.log_path());
         c.log.start = StartAt::Beginning;
         c.firewall.backend = Backend::DryRun;
         c.control.socket = self.socket_path();

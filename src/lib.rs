@@ -18,3 +18,4 @@ pub mod input;
 pub mod logwatch;
 pub mod notify;
 pub mod persist;
+pub mod throttle;

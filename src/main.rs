@@ -153,8 +153,14 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 None if Path::new(DEFAULT_CONFIG_PATH).exists() => DEFAULT_CONFIG_PATH.into(),
                 None => "built-in defaults".into(),
             };
+            let (log_path, chosen) = astban::logwatch::choose_path(cfg.log.path.as_deref());
+            let log_file = match (cfg.input.mode.uses_log(), chosen) {
+                (false, _) => String::new(),
+                (true, None) => format!("# log file: {}\n", log_path.display()),
+                (true, Some(why)) => format!("# log file: {} ({why})\n", log_path.display()),
+            };
             print!(
-                "# astban: config OK ({source}, plus ASTBAN_* environment); log rules: {} ({} rules)\n\n{}",
+                "# astban: config OK ({source}, plus ASTBAN_* environment); log rules: {} ({} rules)\n{log_file}\n{}",
                 rules.origin(),
                 rules.rules().len(),
                 cfg.to_masked_toml()?

@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::codec::{Action, AmiCodec, CodecError, Frame, Message, MessageKind};
-use super::security::{SecurityEvents, Skip};
+use super::security::SecurityEvents;
 use crate::config::{AmiAuth, AmiConfig};
 use crate::failure::Report;
+use crate::throttle::Throttle;
 
 /// The AMI session's health, published on a `tokio::sync::watch` channel.
 ///
@@ -179,7 +180,7 @@ pub async fn run(
         last_frame: Timestamp::now(),
         session_up: None,
         last_down: None,
-        skips: Throttle::default(),
+        skips: Throttle::new(SKIP_WARN_INTERVAL),
         next_action_id: 0,
         config,
     };
@@ -449,7 +450,7 @@ impl Input {
                         .map(|_| Ended::ReportsClosed),
                     Ok(None) => None,
                     Err(skip) => {
-                        self.skips.log(&skip);
+                        self.skips.log(skip);
                         None
                     }
                 }
@@ -526,31 +527,6 @@ struct Keepalive {
 /// Sanitised, bounded text from the server for an error message.
 fn quote(raw: &[u8]) -> String {
     crate::failure::quote(raw, QUOTE_MAX)
-}
-
-/// Logs skipped events at `warn` at most once per [`SKIP_WARN_INTERVAL`],
-/// so a flood of unparsable events cannot flood the log.
-#[derive(Default)]
-struct Throttle {
-    next_warn: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    fn log(&mut self, skip: &Skip) {
-        let now = Instant::now();
-        if self.next_warn.is_none_or(|at| now >= at) {
-            match self.suppressed {
-                0 => warn!("{skip}"),
-                n => warn!("{skip} ({n} more skipped since the last such warning)"),
-            }
-            self.next_warn = Some(now + SKIP_WARN_INTERVAL);
-            self.suppressed = 0;
-        } else {
-            debug!("{skip}");
-            self.suppressed += 1;
-        }
-    }
 }
 
 /// Capped exponential backoff with jitter: each delay is drawn from the

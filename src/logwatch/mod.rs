@@ -33,9 +33,22 @@ use self::tail::{Cursor, Follower, Notice, Poll, SavedCursor};
 use crate::config::LogConfig;
 use crate::failure::{Failure, Report, Source};
 use crate::persist::{self, Loaded};
+use crate::throttle::Throttle;
 
 /// The cursor's file in the state directory.
 pub const CURSOR_FILE: &str = "log-cursor.json";
+
+/// Where Asterisk writes its `messages` log when `log.path` is not set:
+/// the sample logger.conf of Asterisk 19 and later names it `messages.log`,
+/// older ones `messages`.
+pub const DEFAULT_PATHS: [&str; 2] = [
+    "/var/log/asterisk/messages.log",
+    "/var/log/asterisk/messages",
+];
+
+/// How often a line that cannot be attributed (ambiguous, cut) is logged
+/// at `warn`; the rest of a flood goes to `debug` and the counters.
+const SKIP_WARN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Bytes read per batch: a batch runs on a blocking thread, and its
 /// reports are sent before the next is read, so a large backlog neither
@@ -48,14 +61,77 @@ const CURSOR_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 /// What the log input has done so far, for `astban status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogStats {
+    /// The file followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
     /// Lines read.
     pub lines: u64,
     /// Failed attempts found in them (before the input-mode rule).
     pub failures: u64,
+    /// Lines of an attempt already counted (not counted again).
+    #[serde(default)]
+    pub folded: u64,
+    /// Lines a rule matched that read as naming several hosts.
+    #[serde(default)]
+    pub ambiguous: u64,
+    /// Lines cut short by a newline in attacker text.
+    #[serde(default)]
+    pub cut: u64,
+    /// Lines after a cut one that belong to its message (never counted).
+    #[serde(default)]
+    pub continuation: u64,
+    /// Lines without a log prefix outside a cut message.
+    #[serde(default)]
+    pub unparsable: u64,
     /// Lines skipped for being longer than `log.max_line_length`.
     pub too_long: u64,
     /// Whether the file is missing right now.
     pub file_missing: bool,
+}
+
+/// The file to follow: `configured`, or else whichever of
+/// [`DEFAULT_PATHS`] exists (the one written last if both do), or else the
+/// older name. Returns the path and, when it was chosen rather than
+/// configured, why, for the log.
+pub fn choose_path(configured: Option<&Path>) -> (PathBuf, Option<String>) {
+    choose_among(configured, &DEFAULT_PATHS.map(Path::new))
+}
+
+/// [`choose_path`] over any candidates, newest name first.
+fn choose_among(configured: Option<&Path>, candidates: &[&Path]) -> (PathBuf, Option<String>) {
+    if let Some(path) = configured {
+        return (path.to_path_buf(), None);
+    }
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    // Ties (both written in the same instant, or no mtime) go to the
+    // newer name, which comes first.
+    let found = candidates
+        .iter()
+        .rev()
+        .filter_map(|&p| Some((modified(p)?, p)))
+        .max_by_key(|&(at, _)| at);
+    match (found, candidates.last()) {
+        (Some((_, p)), _) => (
+            p.to_path_buf(),
+            Some(format!(
+                "log.path is not set; following {}, which exists",
+                p.display()
+            )),
+        ),
+        (None, Some(&oldest)) => (
+            oldest.to_path_buf(),
+            Some(format!(
+                "log.path is not set and no {} exists yet; waiting for {} (set log.path if your logger.conf names another file)",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                oldest.display()
+            )),
+        ),
+        (None, None) => (PathBuf::new(), None),
+    }
 }
 
 /// Why the log input stopped.
@@ -69,8 +145,8 @@ pub enum LogError {
     Reader(#[from] tokio::task::JoinError),
 }
 
-/// Follows `config.path` and reports every counted attempt until
-/// `shutdown` fires.
+/// Follows `config.path` (or the default file, see [`choose_path`]) and
+/// reports every counted attempt until `shutdown` fires.
 ///
 /// It keeps running when the file is missing or unreadable (saying so once
 /// in the log), picks up new rules from `rules` (a SIGHUP reload), and
@@ -87,17 +163,26 @@ pub async fn run(
 ) -> Result<(), LogError> {
     let cursor_path = state_dir.join(CURSOR_FILE);
     ensure_dir(&state_dir);
+    let (path, chosen) = choose_path(config.path.as_deref());
+    if let Some(why) = chosen {
+        tracing::info!("{why}");
+    }
+    stats.send_modify(|s| s.path = Some(path.clone()));
     let saved = load_cursor(&cursor_path);
     let wake = Arc::new(Notify::new());
-    let mut watcher = watch_dir(&config.path, &wake);
+    let mut watcher = watch_dir(&path, &wake);
     let scanner = Scanner::new(Arc::clone(&rules.borrow_and_update()), Clock::system());
     let follower = Follower::new(
-        config.path.clone(),
+        path.clone(),
         config.max_line_length,
         config.start,
         saved.clone(),
     );
-    let mut reader = Reader { follower, scanner };
+    let mut reader = Reader {
+        follower,
+        scanner,
+        warn: Throttle::new(SKIP_WARN_INTERVAL),
+    };
     let mut poll_tick = tokio::time::interval(config.poll_interval);
     poll_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut save_tick = tokio::time::interval(CURSOR_SAVE_INTERVAL);
@@ -138,6 +223,11 @@ pub async fn run(
             let before = s.clone();
             s.lines += batch.lines;
             s.failures += failures;
+            s.folded += batch.counts.folded;
+            s.ambiguous += batch.counts.ambiguous;
+            s.cut += batch.counts.cut;
+            s.continuation += batch.counts.continuation;
+            s.unparsable += batch.counts.unparsable;
             s.too_long += batch.too_long;
             s.file_missing = batch.missing.unwrap_or(s.file_missing);
             *s != before
@@ -152,7 +242,7 @@ pub async fn run(
                 () = wake.notified() => break,
                 _ = poll_tick.tick() => {
                     if watcher.is_none() {
-                        watcher = watch_dir(&config.path, &wake);
+                        watcher = watch_dir(&path, &wake);
                     }
                     break;
                 }
@@ -175,6 +265,17 @@ pub async fn run(
 struct Reader {
     follower: Follower,
     scanner: Scanner,
+    warn: Throttle,
+}
+
+/// Lines of a batch that did not count, by why.
+#[derive(Debug, Default)]
+struct Uncounted {
+    folded: u64,
+    ambiguous: u64,
+    cut: u64,
+    continuation: u64,
+    unparsable: u64,
 }
 
 struct Batch {
@@ -186,6 +287,7 @@ struct Batch {
     /// Lines read, and how many of them were too long.
     lines: u64,
     too_long: u64,
+    counts: Uncounted,
     /// Whether the file turned out missing (or present again).
     missing: Option<bool>,
 }
@@ -199,8 +301,10 @@ impl Reader {
         let mut too_long = 0u64;
         let mut lines = 0u64;
         let mut missing = None;
+        let mut counts = Uncounted::default();
         let path = self.follower.path().to_path_buf();
         let scanner = &mut self.scanner;
+        let warn = &mut self.warn;
         let poll = self.follower.poll(
             BATCH_BYTES,
             |line, cursor| {
@@ -218,9 +322,29 @@ impl Reader {
                             source: Source::Log,
                         };
                         reports.push((Report::Failure(failure), cursor));
+                        counts.cut += u64::from(a.cut);
                     }
                     Event::TooLong => too_long += 1,
-                    _ => {}
+                    Event::Folded { .. } => counts.folded += 1,
+                    Event::Continuation { .. } => counts.continuation += 1,
+                    Event::NoPrefix => counts.unparsable += 1,
+                    Event::Ambiguous { rule } => {
+                        counts.ambiguous += 1;
+                        warn.log(format_args!(
+                            "a line of {} matches rule {} but can be read as naming several addresses (attacker text?); counted for nobody",
+                            path.display(),
+                            rule.name()
+                        ));
+                    }
+                    Event::Cut { rule } => {
+                        counts.cut += 1;
+                        warn.log(format_args!(
+                            "a line of {} begins rule {} and is cut short by a newline in attacker text; counted for nobody, and the rest of its message is skipped",
+                            path.display(),
+                            rule.name()
+                        ));
+                    }
+                    Event::Missed | Event::Ignored { .. } => {}
                 }
             },
             |notice| {
@@ -246,6 +370,7 @@ impl Reader {
             poll,
             lines,
             too_long,
+            counts,
             missing,
         }
     }
@@ -348,5 +473,38 @@ async fn save_cursor(path: &Path, followed: &Path, cursor: Option<Cursor>) {
         Ok(Ok(())) => {}
         Ok(Err((path, e))) => tracing::warn!("cannot save log cursor {}: {e}", path.display()),
         Err(e) => tracing::warn!("cannot save log cursor: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unset_path_follows_the_file_asterisk_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let new = dir.path().join("messages.log");
+        let old = dir.path().join("messages");
+        let candidates = [new.as_path(), old.as_path()];
+        // Configured: as configured, whatever exists.
+        assert_eq!(choose_among(Some(&old), &candidates), (old.clone(), None));
+        // Neither exists: wait for the older name, and say so.
+        let (path, why) = choose_among(None, &candidates);
+        assert_eq!(path, old);
+        assert!(why.expect("why").contains("waiting"));
+        // One exists: that one.
+        std::fs::write(&new, "").expect("write");
+        assert_eq!(choose_among(None, &candidates).0, new);
+        // Both: the one written last.
+        let past = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::write(&old, "").expect("write");
+        std::fs::File::options()
+            .write(true)
+            .open(&new)
+            .and_then(|f| f.set_modified(past))
+            .expect("set mtime");
+        let (path, why) = choose_among(None, &candidates);
+        assert_eq!(path, old);
+        assert!(why.expect("why").contains("following"));
     }
 }
