@@ -72,6 +72,13 @@ pub struct RuleDef {
     /// address (and what follows it never does).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_first: bool,
+    /// No other message of the rule's module begins with the rule's
+    /// leading literal text, so a line that begins with it and stops
+    /// before the address was cut short by a newline in attacker text (and
+    /// the lines after it are the attacker's, up to the rest of the
+    /// message).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starts_unique: bool,
 }
 
 fn is_refusal(step: &Step) -> bool {
@@ -184,6 +191,9 @@ pub enum LineMatch<'l> {
         /// The address, when the rule writes it before any attacker text
         /// ([`Rule::host_first`]): the cut line then still names it.
         host: Option<IpAddr>,
+        /// Whether the line got as far as the address (else it stopped in
+        /// attacker text before it, and the address is still to come).
+        reached_host: bool,
         /// Whether an ignoreregex matched the line.
         ignored: bool,
     },
@@ -422,7 +432,20 @@ impl RuleSet {
             })
         });
         let Some((id, at)) = cut else {
-            return LineMatch::Missed { prefix };
+            // A message cut before its address: it began a rule's unique
+            // opening and never reached the text before the address.
+            return match ids.iter().find(|&&id| {
+                self.rules[id].began_before_host(target(line, &prefix, &self.rules[id]))
+            }) {
+                Some(&rule) => LineMatch::Cut {
+                    prefix,
+                    rule,
+                    host: None,
+                    reached_host: false,
+                    ignored: false,
+                },
+                None => LineMatch::Missed { prefix },
+            };
         };
         let rule = &self.rules[id];
         let host = rule
@@ -434,6 +457,7 @@ impl RuleSet {
             prefix,
             rule: id,
             host,
+            reached_host: true,
             ignored: host.is_some() && self.ignored(line),
         }
     }
@@ -453,12 +477,24 @@ impl RuleSet {
 
     /// Whether the cut message of rule `id` ends with `line`: `joined` (the
     /// cut line's target with the lines after it, `line` last) reads as a
-    /// complete message of the rule, or `line` ends with the rule's own
-    /// ending text. Past the ending, lines are Asterisk's again.
-    pub fn completes(&self, id: usize, joined: &[u8], line: &[u8]) -> bool {
-        self.rules.get(id).is_some_and(|r| {
-            r.ends_like_it(line) || !matches!(r.read(joined), Reading::Nothing { .. })
-        })
+    /// complete message of the rule, or, once the address was written
+    /// (`reached_host`), `line` ends with the rule's own ending text. Past
+    /// the ending, lines are Asterisk's again.
+    ///
+    /// Rules of the same module that open with the same text (chan_sip's
+    /// "Registration from '" for each reason) describe the same message, so
+    /// any of them may complete it.
+    pub fn completes(&self, id: usize, joined: &[u8], line: &[u8], reached_host: bool) -> bool {
+        let Some(cut) = self.rules.get(id) else {
+            return false;
+        };
+        self.rules
+            .iter()
+            .filter(|r| r.index() == id || (r.module() == cut.module() && r.opens_like(cut)))
+            .any(|r| {
+                (reached_host && r.ends_like_it(line))
+                    || !matches!(r.read(joined), Reading::Nothing { .. })
+            })
     }
 }
 
@@ -519,6 +555,10 @@ mod tests {
             LineMatch::Failure { rule, host, .. } => format!("{} {host}", set.rules()[rule].name()),
             LineMatch::Ambiguous { .. } => "ambiguous".into(),
             LineMatch::Ignored { .. } => "ignored".into(),
+            LineMatch::Cut {
+                reached_host: false,
+                ..
+            } => "cut before the host".into(),
             LineMatch::Cut { host: Some(h), .. } => format!("cut {h}"),
             LineMatch::Cut { host: None, .. } => "cut".into(),
             LineMatch::Missed { .. } => "missed".into(),
@@ -826,6 +866,7 @@ mod tests {
                 attempt: None,
                 step: Default::default(),
                 host_first: false,
+                starts_unique: false,
             }],
             ignoreregex: vec!["<sip:trusted@".into()],
             ..LogConfig::default()
@@ -857,6 +898,7 @@ mod tests {
                 attempt: None,
                 step: Default::default(),
                 host_first: false,
+                starts_unique: false,
             }],
             ..LogConfig::default()
         };

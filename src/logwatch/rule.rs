@@ -65,6 +65,7 @@ pub struct Rule {
     attempt: Option<usize>,
     step: Step,
     host_first: bool,
+    starts_unique: bool,
     session: Option<SessionSpan>,
     /// Literal text every matching target starts with.
     head: Box<[u8]>,
@@ -332,6 +333,7 @@ impl Rule {
             attempt,
             step: def.step,
             host_first: def.host_first,
+            starts_unique: def.starts_unique,
             session,
             head: head.into(),
             starts,
@@ -443,6 +445,26 @@ impl Rule {
             }
         }
         verdict.into_reading()
+    }
+
+    /// Whether `target` begins this rule's message (its leading literal
+    /// text, which no other message of the module begins with) and stops
+    /// before the literal text that leads up to the address: a newline in
+    /// attacker text before the address cut it short.
+    pub fn began_before_host(&self, target: &[u8]) -> bool {
+        if !self.starts_unique || self.head.is_empty() || !target.starts_with(&self.head) {
+            return false;
+        }
+        match &self.starts {
+            Starts::After(tail) => tail.find(&target[self.head.len()..]).is_none(),
+            Starts::Fixed | Starts::Anywhere => false,
+        }
+    }
+
+    /// Whether this rule's message opens with the same literal text as
+    /// `other`'s (and has some).
+    pub fn opens_like(&self, other: &Rule) -> bool {
+        !self.head.is_empty() && self.head == other.head && self.anchor == other.anchor
     }
 
     /// Whether a physical line ends with the literal text this rule's
@@ -879,6 +901,7 @@ mod tests {
             attempt: None,
             step: Default::default(),
             host_first: false,
+            starts_unique: false,
         };
         Rule::compile(&def, 0, None).expect("compiles")
     }
@@ -941,6 +964,7 @@ mod tests {
             attempt: None,
             step: Default::default(),
             host_first: false,
+            starts_unique: false,
         };
         for (re, why) in [
             ("no host here", "has no <HOST>"),

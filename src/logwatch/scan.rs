@@ -149,6 +149,8 @@ struct Pending {
     /// The cut line's target, then each line after it, joined by spaces.
     text: Vec<u8>,
     cut_len: usize,
+    /// Whether the cut line got as far as the address.
+    reached_host: bool,
 }
 
 /// An attempt that further lines may still belong to.
@@ -240,6 +242,7 @@ impl Scanner {
                 prefix,
                 rule,
                 host,
+                reached_host,
                 ignored,
             } => {
                 let target = rules.target_of(rule, text, &prefix);
@@ -248,6 +251,7 @@ impl Scanner {
                     line: self.line,
                     text: Vec::with_capacity(target.len() + 256),
                     cut_len: target.len(),
+                    reached_host,
                 };
                 pending.text.extend_from_slice(target);
                 self.pending = Some(pending);
@@ -320,7 +324,9 @@ impl Scanner {
         pending.text.extend_from_slice(text);
         let found = (pending.rule, pending.line);
         let done = pending.text.len() - pending.cut_len > MAX_CONTINUATION_BYTES
-            || self.rules.completes(pending.rule, &pending.text, text);
+            || self
+                .rules
+                .completes(pending.rule, &pending.text, text, pending.reached_host);
         if done {
             self.pending = None;
         }
@@ -559,5 +565,212 @@ mod tests {
         ]);
         let counted = judged.iter().filter(|j| !j.starts_with("folded")).count();
         assert_eq!(counted, 5, "{judged:?}");
+    }
+
+    /// A real line of each built-in rule, from 203.0.113.5, with `@` where
+    /// the sender's text stands, and how often the sender counts when a
+    /// newline is injected there (1 where Asterisk writes the address
+    /// first, else 0). Rules whose lines carry no text of the sender are
+    /// listed apart, and so is the one whose sender's text ends the line.
+    const SAMPLES: &[(&str, &str, usize)] = &[
+        (
+            "sip_wrong_password",
+            "chan_sip.c: Registration from '<sip:1@@x>' failed for '203.0.113.5:5060' - Wrong password",
+            0,
+        ),
+        (
+            "sip_unknown_peer",
+            "chan_sip.c: Registration from '<sip:1@@x>' failed for '203.0.113.5:5060' - No matching peer found",
+            0,
+        ),
+        (
+            "sip_peer_may_not_register",
+            "chan_sip.c: Registration from '<sip:1@@x>' failed for '203.0.113.5:5060' - Peer is not supposed to register",
+            0,
+        ),
+        (
+            "sip_wrong_transport",
+            "chan_sip.c: Registration from '<sip:1@@x>' failed for '203.0.113.5:5060' - Device not configured to use this transport type",
+            0,
+        ),
+        (
+            "sip_acl",
+            "chan_sip.c: Registration from '<sip:1@@x>' failed for '203.0.113.5:5060' - Device does not match ACL",
+            0,
+        ),
+        (
+            "sip_extension_not_found",
+            "chan_sip.c: Call from '' (203.0.113.5:5060) to extension '1@' rejected because extension not found in context 'default'.",
+            0,
+        ),
+        (
+            "pjsip_no_endpoint",
+            "res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:9@@x>' failed for '203.0.113.5:5060' (callid: c1) - No matching endpoint found",
+            0,
+        ),
+        (
+            "pjsip_failed_auth",
+            "res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:300@x>' failed for '203.0.113.5:5060' (callid: c@1) - Failed to authenticate",
+            0,
+        ),
+        (
+            "pjsip_acl",
+            "res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:4@@x>' failed for '203.0.113.5:5060' (callid: c1) - Not match Endpoint ACL",
+            0,
+        ),
+        (
+            "pjsip_extension_not_found",
+            "res_pjsip_session.c:  anonymous: Call (UDP:203.0.113.5:5060) to extension '9@' rejected because extension not found in context 'default'.",
+            1,
+        ),
+        (
+            "pjsip_extension_not_found_old",
+            "res_pjsip_session.c: Call from 'anonymous' (UDP:203.0.113.5:5060) to extension '9@' rejected because extension not found in context 'default'.",
+            1,
+        ),
+        (
+            "iax2_wrong_password",
+            "chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'peer' (e7df7cd2ca07f4f1ab415d457a6e1c13 != 53@ac)",
+            1,
+        ),
+        (
+            "iax2_unknown_peer",
+            "chan_iax2.c: No registration for peer 'x@' (from 203.0.113.5)",
+            0,
+        ),
+        (
+            "iax2_connect_rejected",
+            "chan_iax2.c: Rejected connect attempt from 203.0.113.5:4569, who was trying to reach '1@@default'",
+            1,
+        ),
+        (
+            "iax2_extension_not_found",
+            "chan_iax2.c: Rejected dial attempt from 203.0.113.5:4569, request '1@@default' does not exist",
+            1,
+        ),
+        (
+            "ami_unknown_user",
+            "manager.c: 203.0.113.5 tried to authenticate with nonexistent user 'x@'",
+            1,
+        ),
+        (
+            "ami_acl",
+            "manager.c: 203.0.113.5 failed to pass IP ACL as 'x@'",
+            1,
+        ),
+        (
+            "ami_failed_auth",
+            "manager.c: 203.0.113.5 failed to authenticate as 'x@'",
+            1,
+        ),
+        (
+            "security_failed_acl",
+            "res_security_log.c: SecurityEvent=\"FailedACL\",EventTV=\"2026-12-01T10:00:00.000+0000\",Severity=\"Error\",Service=\"AMI\",EventVersion=\"1\",AccountID=\"x@\",SessionID=\"0x1\",LocalAddress=\"IPV4/TCP/127.0.0.1/5038\",RemoteAddress=\"IPV4/TCP/203.0.113.5/5038\",ACLName=\"a\"",
+            0,
+        ),
+        (
+            "security_invalid_account_id",
+            "res_security_log.c: SecurityEvent=\"InvalidAccountID\",EventTV=\"2026-12-01T10:00:00.000+0000\",Severity=\"Error\",Service=\"AMI\",EventVersion=\"1\",AccountID=\"x@\",SessionID=\"0x1\",LocalAddress=\"IPV4/TCP/127.0.0.1/5038\",RemoteAddress=\"IPV4/TCP/203.0.113.5/5038\"",
+            0,
+        ),
+        (
+            "security_invalid_password",
+            "res_security_log.c: SecurityEvent=\"InvalidPassword\",EventTV=\"2026-12-01T10:00:00.000+0000\",Severity=\"Error\",Service=\"AMI\",EventVersion=\"1\",AccountID=\"x@\",SessionID=\"0x1\",LocalAddress=\"IPV4/TCP/127.0.0.1/5038\",RemoteAddress=\"IPV4/TCP/203.0.113.5/5038\"",
+            0,
+        ),
+        (
+            "security_challenge_response_failed",
+            "res_security_log.c: SecurityEvent=\"ChallengeResponseFailed\",EventTV=\"2026-12-01T10:00:00.000+0000\",Severity=\"Error\",Service=\"PJSIP\",EventVersion=\"1\",AccountID=\"300\",SessionID=\"c@1\",LocalAddress=\"IPV4/UDP/127.0.0.1/5060\",RemoteAddress=\"IPV4/UDP/203.0.113.5/5060\",Challenge=\"\",Response=\"r\",ExpectedResponse=\"\"",
+            0,
+        ),
+    ];
+
+    /// Rules whose lines hold no text the sender chose (the address, fixed
+    /// text, names from the config), so no newline can be injected.
+    const NO_SENDER_TEXT: &[&str] = &[
+        "sip_acl_rejecting",
+        "sip_hacking_attempt",
+        "sip_unknown_connection",
+        "pjsip_acl_rejecting",
+        "iax2_wrong_plaintext",
+        "iax2_peer_not_dynamic",
+        "iax2_register_denied",
+        "iax2_empty_registration",
+        "ami_acl_rejecting",
+    ];
+
+    /// The sender's username ends the line with no text of Asterisk's after
+    /// it: a newline there cannot be told from the end of the message
+    /// (Asterisk 18.21, 20.6, 21.1 and later strip such bytes).
+    const SENDER_TEXT_ENDS_THE_LINE: &[&str] = &["iax2_failed_auth"];
+
+    #[test]
+    fn every_rule_matches_its_sample_line() {
+        let rules = RuleSet::load("asterisk").expect("rules");
+        for (name, sample, _) in SAMPLES {
+            let line = format!(
+                "[2026-12-01 10:00:00] NOTICE[42] {}",
+                sample.replace('@', "")
+            );
+            match rules.match_line(line.as_bytes()) {
+                LineMatch::Failure { rule, host, .. } => {
+                    assert_eq!(rules.rules()[rule].name(), *name, "{line}");
+                    assert_eq!(host, IpAddr::from([203, 0, 113, 5]), "{line}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_newline_in_sender_text_never_counts_a_forged_line_for_any_rule() {
+        let rules = RuleSet::load("asterisk").expect("rules");
+        // Every built-in rule is either tested here or listed with why not.
+        for rule in rules.rules() {
+            let name = rule.name();
+            let listed = SAMPLES.iter().any(|(n, ..)| *n == name)
+                || NO_SENDER_TEXT.contains(&name)
+                || SENDER_TEXT_ENDS_THE_LINE.contains(&name)
+                // Not every security event is spelled out: they share one shape.
+                || name.starts_with("security_");
+            assert!(listed, "rule {name} has no newline-injection case");
+        }
+        let prefix = "[2026-12-01 10:00:00] NOTICE[42] ";
+        let genuine = "[2026-12-01 10:00:01] NOTICE[43] manager.c: 198.51.100.7 failed to authenticate as 'admin'";
+        for (name, sample, sender) in SAMPLES {
+            let at = sample.find('@').expect("marker");
+            let module_end = sample.find(": ").expect("module") + 2;
+            let (before, after) = (&sample[..at], &sample[at + 1..]);
+            // The sender's text: a newline, a complete line of the same
+            // rule naming another address, a newline, then filler before
+            // Asterisk's own rest of the message.
+            let forged = format!(
+                "{prefix}{}",
+                sample
+                    .replace('@', "")
+                    .replace("203.0.113.5", "10.66.66.66")
+            );
+            let lines = [
+                format!("{prefix}{before}"),
+                forged,
+                format!("x{after}"),
+                genuine.to_owned(),
+            ];
+            let judged = judge(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+            let count = |host: &str| {
+                judged
+                    .iter()
+                    .filter(|j| !j.starts_with("folded") && j.ends_with(&format!(" {host}")))
+                    .count()
+            };
+            assert_eq!(count("10.66.66.66"), 0, "{name}: {judged:?}");
+            assert_eq!(count("198.51.100.7"), 1, "{name}: {judged:?}");
+            assert_eq!(count("203.0.113.5"), *sender, "{name}: {judged:?}");
+            assert!(
+                judged[0].starts_with("cut"),
+                "{name} [{}]: {judged:?}",
+                &sample[..module_end]
+            );
+        }
     }
 }
