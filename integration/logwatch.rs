@@ -387,6 +387,7 @@ async fn reloaded_rules_apply_to_later_lines() {
             attempt: None,
             step: Default::default(),
             host_first: false,
+            starts_unique: false,
         }],
         ..LogConfig::default()
     };

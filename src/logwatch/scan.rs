@@ -234,8 +234,7 @@ impl Scanner {
                 back: self.line - cut_line,
             };
         }
-        let rules = Arc::clone(&self.rules);
-        let (prefix, id, host, session, cut) = match rules.match_line(text) {
+        let (prefix, id, host, session, cut) = match self.rules.match_line(text) {
             LineMatch::NoPrefix => return Event::NoPrefix,
             LineMatch::Missed { .. } => return Event::Missed,
             LineMatch::Cut {
@@ -245,7 +244,7 @@ impl Scanner {
                 reached_host,
                 ignored,
             } => {
-                let target = rules.target_of(rule, text, &prefix);
+                let target = self.rules.target_of(rule, text, &prefix);
                 let mut pending = Pending {
                     rule,
                     line: self.line,
