@@ -750,6 +750,43 @@ mod tests {
     }
 
     #[test]
+    fn pjsip_calls_to_missing_extensions_over_every_transport() {
+        let set = asterisk();
+        for (transport, addr, host) in [
+            ("UDP", "203.0.113.5:5060", "203.0.113.5"),
+            ("TCP", "203.0.113.5:40312", "203.0.113.5"),
+            ("TLS", "203.0.113.5:5061", "203.0.113.5"),
+            ("WS", "203.0.113.5:8088", "203.0.113.5"),
+            ("WSS", "203.0.113.5:8089", "203.0.113.5"),
+            ("UDP", "[2001:db8::5]:5060", "2001:db8::5"),
+            ("TCP6", "[2001:db8::5]:5060", "2001:db8::5"),
+        ] {
+            for message in [
+                format!(
+                    " anonymous: Call ({transport}:{addr}) to extension '9011' rejected because extension not found in context 'from-external'."
+                ),
+                format!(
+                    "Call from 'anonymous' ({transport}:{addr}) to extension '9011' rejected because extension not found in context 'default'."
+                ),
+            ] {
+                let line = format!("{P}res_pjsip_session.c: {message}");
+                let judged = judge(&set, &line);
+                assert!(judged.ends_with(&format!(" {host}")), "{line}: {judged}");
+                assert!(
+                    judged.starts_with("pjsip_extension_not_found"),
+                    "{line}: {judged}"
+                );
+            }
+        }
+        // The extension is the caller's: a planted address there changes
+        // nothing, the address after the transport is Asterisk's.
+        let line = format!(
+            "{P}res_pjsip_session.c:  anonymous: Call (UDP:203.0.113.5:5060) to extension '1) to extension (UDP:10.0.0.1:5060)' rejected because extension not found in context 'default'."
+        );
+        assert_eq!(judge(&set, &line), "pjsip_extension_not_found 203.0.113.5");
+    }
+
+    #[test]
     fn a_remote_address_planted_before_the_session_id_is_not_a_reading() {
         // Asterisk writes SessionID, LocalAddress, then RemoteAddress: an
         // address in the AccountID, before them, cannot be the real one.

@@ -772,4 +772,41 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn every_rule_matches_under_every_logger_prefix() {
+        let rules = RuleSet::load("asterisk").expect("rules");
+        // dateformat = %F %T; Asterisk's default dateformat with a call id;
+        // the `file:line function:` form; the syslog form.
+        let shapes: [fn(&str, &str) -> String; 4] = [
+            |module, message| format!("[2026-12-01 10:00:00] NOTICE[42] {module}: {message}"),
+            |module, message| {
+                format!("[Dec  1 10:00:00] WARNING[42][C-0000001d] {module}: {message}")
+            },
+            |module, message| {
+                format!(
+                    "[2026-12-01 10:00:00] NOTICE[42]: {module}:688 log_failed_request: {message}"
+                )
+            },
+            |module, message| {
+                format!(
+                    "Dec  1 10:00:00 pbx asterisk[123]: NOTICE[42]: {module}:688 in new_invite: {message}"
+                )
+            },
+        ];
+        for (name, sample, _) in SAMPLES {
+            let sample = sample.replace('@', "");
+            let (module, message) = sample.split_once(": ").expect("module");
+            for shape in shapes {
+                let line = shape(module, message);
+                match rules.match_line(line.as_bytes()) {
+                    LineMatch::Failure { rule, host, .. } => {
+                        assert_eq!(rules.rules()[rule].name(), *name, "{line}");
+                        assert_eq!(host, IpAddr::from([203, 0, 113, 5]), "{line}");
+                    }
+                    other => panic!("{line}: {other:?}"),
+                }
+            }
+        }
+    }
 }
