@@ -1,6 +1,8 @@
 //! The AMI client against a fake AMI over real TCP that replays the
 //! captures in random-sized chunks.
 
+#[path = "support/captures.rs"]
+mod captures;
 #[path = "support/fake_ami.rs"]
 mod fake_ami;
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use astban::ami::client::{self, Health};
 use astban::config::{AmiAuth, AmiConfig, Secret};
-use astban::failure::Report;
+use astban::failure::{Report, Service};
 use fake_ami::{CAPTURED_KEY, FakeAmi, SECRET, Script, USERNAME, WAIT, events_of};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -21,6 +23,17 @@ use tokio_util::sync::CancellationToken;
 
 const SECURITY: &[u8] = include_bytes!("fixtures/ami-security-events.txt");
 const FLOOD: &[u8] = include_bytes!("fixtures/ami-register-flood.txt");
+
+// Asterisk 20.20.1 with PJSIP (see fixtures/pjsip/CAPTURES.md).
+const PJSIP_MAIN: &[u8] = include_bytes!("fixtures/pjsip/ami-pjsip-security-events.txt");
+const PJSIP_OPTIONS_TCP: &[u8] = include_bytes!("fixtures/pjsip/ami-pjsip-options-tcp.txt");
+const PJSIP_AUTH_USERNAME: &[u8] =
+    include_bytes!("fixtures/pjsip/ami-pjsip-auth-username-order.txt");
+const PJSIP_ANONYMOUS: &[u8] = include_bytes!("fixtures/pjsip/ami-pjsip-anonymous-invite.txt");
+const PJSIP_IPV6: &[u8] = include_bytes!("fixtures/pjsip/ami-pjsip-ipv6.txt");
+const SVCRACK_PJSIP: &[u8] = include_bytes!("fixtures/pjsip/ami-svcrack-pjsip.txt");
+const SVCRACK_CHANSIP: &[u8] = include_bytes!("fixtures/pjsip/ami-svcrack-chansip.txt");
+const CHANSIP_RECHECK: &[u8] = include_bytes!("fixtures/pjsip/ami-chansip-recheck.txt");
 
 /// The host of the marker event appended to each replay: once its report
 /// arrives, every report before it has too.
@@ -448,4 +461,162 @@ async fn a_refused_connection_is_reported_down() {
     });
     let (_, reason) = client.down("cannot connect").await;
     assert!(reason.contains(&format!("127.0.0.1:{port}")), "{reason}");
+}
+
+/// Replays `capture` (its events, then a sentinel) to `client::run` over
+/// TCP in random chunks, and returns every report up to the sentinel.
+async fn replay_through_client(capture: &[u8]) -> Vec<Report> {
+    let fake = FakeAmi::start(Script {
+        after_login: vec![replay(capture, 1)],
+        // The captures start with the login's own SuccessfulAuth.
+        announce_login: false,
+        ..Script::default()
+    })
+    .await;
+    let mut client = Client::spawn(config(&fake, AmiAuth::Md5));
+    client.up().await;
+    client.reports_through_sentinel(1).await
+}
+
+/// The failures of `reports` (sentinel left out) all name `service`.
+fn assert_service(reports: &[Report], service: Service) {
+    for report in reports {
+        if let Report::Failure(f) = report
+            && f.host.to_string() != SENTINEL_HOST
+        {
+            assert_eq!(f.service, service, "{f:?}");
+        }
+    }
+}
+
+/// Successes as (host, service), in order.
+fn successes(reports: &[Report]) -> Vec<(String, Service)> {
+    reports
+        .iter()
+        .filter_map(|r| match r {
+            Report::Success(s) => Some((s.host.to_string(), s.service)),
+            Report::Failure(_) => None,
+        })
+        .collect()
+}
+
+/// The login's own SuccessfulAuth, which every capture starts with.
+fn ami_login() -> (String, Service) {
+    ("127.0.0.1".to_owned(), Service::Ami)
+}
+
+/// The main run: wrong passwords (2 events each), a nonexistent endpoint
+/// and an ACL refusal (4 events each), a right password, INVITEs nobody
+/// answers: one failure per attempt, and the right password a success.
+#[tokio::test]
+async fn pjsip_main_run_counts_one_failure_per_attempt() {
+    let reports = replay_through_client(PJSIP_MAIN).await;
+    assert_eq!(
+        failures_per_host(&reports),
+        expected(&[
+            ("127.0.2.2", 3),
+            ("127.0.2.3", 2),
+            ("127.0.2.4", 1),
+            ("127.0.2.5", 2)
+        ])
+    );
+    assert_service(&reports, Service::Pjsip);
+    assert_eq!(
+        successes(&reports),
+        [ami_login(), ("127.0.0.1".to_owned(), Service::Pjsip)]
+    );
+}
+
+/// OPTIONS from unknown users (an existing endpoint's OPTIONS only gets a
+/// challenge), then two wrong passwords over TCP.
+#[tokio::test]
+async fn pjsip_options_scan_and_tcp_count_one_failure_per_attempt() {
+    let reports = replay_through_client(PJSIP_OPTIONS_TCP).await;
+    assert_eq!(
+        failures_per_host(&reports),
+        expected(&[("127.0.2.6", 2), ("127.0.2.8", 2)])
+    );
+    assert_service(&reports, Service::Pjsip);
+    assert_eq!(successes(&reports), [ami_login()]);
+}
+
+/// `auth_username` identification: Asterisk holds back InvalidAccountID
+/// for the first attempts; still one failure per attempt.
+#[tokio::test]
+async fn pjsip_auth_username_order_counts_one_failure_per_attempt() {
+    let reports = replay_through_client(PJSIP_AUTH_USERNAME).await;
+    assert_eq!(failures_per_host(&reports), expected(&[("127.0.2.9", 4)]));
+    assert_service(&reports, Service::Pjsip);
+    assert_eq!(successes(&reports), [ami_login()]);
+}
+
+/// INVITEs to a missing extension with an anonymous endpoint raise no
+/// security event: nothing to count.
+#[tokio::test]
+async fn pjsip_anonymous_invite_counts_nothing() {
+    let reports = replay_through_client(PJSIP_ANONYMOUS).await;
+    assert_eq!(failures_per_host(&reports), expected(&[]));
+    assert_eq!(successes(&reports), [ami_login()]);
+}
+
+/// svcrack keeps one Call-ID (SessionID) for all 31 guesses: each counts.
+#[tokio::test]
+async fn svcrack_against_pjsip_counts_every_guess() {
+    let reports = replay_through_client(SVCRACK_PJSIP).await;
+    assert_eq!(failures_per_host(&reports), expected(&[("10.203.1.2", 31)]));
+    assert_service(&reports, Service::Pjsip);
+    assert_eq!(successes(&reports), [ami_login()]);
+}
+
+#[tokio::test]
+async fn svcrack_against_chan_sip_counts_every_guess() {
+    let reports = replay_through_client(SVCRACK_CHANSIP).await;
+    assert_eq!(failures_per_host(&reports), expected(&[("10.203.1.2", 31)]));
+    assert_service(&reports, Service::Sip);
+    assert_eq!(successes(&reports), [ami_login()]);
+}
+
+/// chan_sip in the same Asterisk 20: ChallengeSent + InvalidPassword per
+/// wrong password.
+#[tokio::test]
+async fn chan_sip_recheck_counts_one_failure_per_attempt() {
+    let reports = replay_through_client(CHANSIP_RECHECK).await;
+    assert_eq!(failures_per_host(&reports), expected(&[("127.0.1.77", 5)]));
+    assert_service(&reports, Service::Sip);
+    assert_eq!(successes(&reports), [ami_login()]);
+}
+
+/// `RemoteAddress: IPV6/UDP/2001:db8:203::2/46593`, no brackets.
+#[tokio::test]
+async fn pjsip_over_ipv6_counts_one_failure_per_attempt() {
+    let reports = replay_through_client(PJSIP_IPV6).await;
+    assert_eq!(
+        failures_per_host(&reports),
+        expected(&[("2001:db8:203::2", 3)])
+    );
+    assert_service(&reports, Service::Pjsip);
+    assert_eq!(successes(&reports), [ami_login()]);
+}
+
+/// Events that come later in the session count like the first ones: the
+/// guesses of one SessionID split across two bursts still count each.
+#[tokio::test]
+async fn events_pushed_later_in_the_session_are_counted() {
+    let (first, rest) =
+        captures::split_after_event(&events_of(SVCRACK_PJSIP), "ChallengeResponseFailed", 9);
+    let fake = FakeAmi::start(Script {
+        after_login: vec![[first, sentinel(1)].concat()],
+        announce_login: false,
+        ..Script::default()
+    })
+    .await;
+    let mut client = Client::spawn(config(&fake, AmiAuth::Md5));
+    client.up().await;
+    let before = failures_per_host(&client.reports_through_sentinel(1).await);
+    assert_eq!(before, expected(&[("10.203.1.2", 9)]));
+
+    fake.push([rest, sentinel(2)].concat());
+    let after = failures_per_host(&client.reports_through_sentinel(2).await);
+    assert_eq!(after, expected(&[("10.203.1.2", 31 - 9)]));
+    assert_eq!(fake.connections(), 1);
 }

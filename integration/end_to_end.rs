@@ -2,6 +2,8 @@
 //! AMI over real TCP, a real log file, the engine, the firewall (dry-run,
 //! and nftables in network namespaces) and the control socket via the CLI.
 
+#[path = "support/captures.rs"]
+mod captures;
 #[path = "support/daemon.rs"]
 mod daemon;
 #[path = "support/fake_ami.rs"]
@@ -14,11 +16,34 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use captures::{
+    events_from, fresh_event_times, fresh_log_times, log_lines_with, split_after_event,
+    split_log_lines,
+};
 use daemon::{Daemon, log_attempts};
-use fake_ami::{AmiThread, Script};
+use fake_ami::{AmiThread, Script, events_of};
 use serde_json::Value;
 
 const SOON: Duration = Duration::from_secs(20);
+
+// Asterisk 20.20.1 with PJSIP (see fixtures/pjsip/CAPTURES.md).
+const AMI_PJSIP_MAIN: &[u8] = include_bytes!("fixtures/pjsip/ami-pjsip-security-events.txt");
+const AMI_PJSIP_AUTH_USERNAME: &[u8] =
+    include_bytes!("fixtures/pjsip/ami-pjsip-auth-username-order.txt");
+const AMI_SVCRACK_PJSIP: &[u8] = include_bytes!("fixtures/pjsip/ami-svcrack-pjsip.txt");
+const LOG_PJSIP_MAIN: &[u8] = include_bytes!("fixtures/pjsip/messages-pjsip.log");
+const LOG_PJSIP_AUTH_USERNAME: &[u8] =
+    include_bytes!("fixtures/pjsip/messages-pjsip-auth-username-order.log");
+const LOG_SVCRACK_PJSIP: &[u8] = include_bytes!("fixtures/pjsip/messages-svcrack-pjsip.log");
+const LOG_NEWLINE_INJECTION: &[u8] =
+    include_bytes!("fixtures/pjsip/messages-pjsip-newline-injection.log");
+
+/// The attacker of the svcrack captures.
+const SVCRACK: &str = "10.203.1.2";
+
+/// A `[jail]` with maxretry 5 (the default) that lets the captures' loopback
+/// attackers (127.0.2.x) be banned: only 127.0.0.1 (and ::1) is ignored.
+const JAIL_MAXRETRY_5: &str = "maxretry = 5\nignoreip = [\"127.0.0.1/32\", \"::1/128\"]";
 
 /// One AMI `InvalidPassword` event from `host`, as Asterisk 20 sends it.
 fn invalid_password(host: &str) -> Vec<u8> {
@@ -60,6 +85,15 @@ impl Setup {
     /// Writes the config (AMI on `ami_port`, plus `extra` sections) and
     /// returns its path.
     fn config(&self, ami_port: u16, extra: &str) -> PathBuf {
+        self.config_with_jail(
+            ami_port,
+            r#"ignoreip = ["127.0.0.0/8", "198.51.100.9"]"#,
+            extra,
+        )
+    }
+
+    /// Like [`Setup::config`], with `jail` as the `[jail]` section's keys.
+    fn config_with_jail(&self, ami_port: u16, jail: &str, extra: &str) -> PathBuf {
         let path = self.dir.path().join("astban.toml");
         let text = format!(
             r#"
@@ -79,7 +113,7 @@ reconnect_max = "500ms"
 path = "{log}"
 
 [jail]
-ignoreip = ["127.0.0.0/8", "198.51.100.9"]
+{jail}
 
 [control]
 socket = "{socket}"
@@ -314,4 +348,213 @@ fn nftables_in_a_namespace_drops_the_banned_attacker_only() {
         "ban outlives the daemon"
     );
     assert!(pair.udp_reaches(bystander, &sink, SOON).expect("probe"));
+}
+
+/// `extra` config sections for a dry-run daemon with input `mode`.
+fn dry_run(mode: &str) -> String {
+    format!("[firewall]\nbackend = \"dry-run\"\n[input]\nmode = \"{mode}\"\n")
+}
+
+/// The engine's count of failures it has counted since start.
+fn failures_counted(status: &Value) -> u64 {
+    status["engine"]["failures_counted"]
+        .as_u64()
+        .expect("engine.failures_counted")
+}
+
+/// Waits until the engine has counted `n` failures, checks it counted no
+/// more, and returns the status. The engine handles reports one at a
+/// time, in order: once the count is there, so is every verdict before it.
+fn wait_counted(d: &Daemon, n: u64) -> Value {
+    let s = d.wait_status(&format!("{n} failures counted"), SOON, |s| {
+        failures_counted(s) >= n
+    });
+    assert_eq!(failures_counted(&s), n, "counted more than expected: {s:#}");
+    s
+}
+
+/// The one ban of `host` in `bans`.
+fn ban_of<'a>(bans: &'a [Value], host: &str) -> &'a Value {
+    bans.iter()
+        .find(|b| b["host"] == host)
+        .unwrap_or_else(|| panic!("{host} not banned: {bans:#?}"))
+}
+
+/// Waits until the log input has opened the file it follows (with
+/// `log.start = "end"`, lines written earlier would never be read).
+fn wait_following(d: &mut Daemon) {
+    if !d.logged().contains("following ") {
+        d.wait_for_log("following ", SOON);
+    }
+}
+
+/// Appends `bytes` to the file at `path`, in one write.
+fn append(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("log file");
+    file.write_all(bytes).expect("append");
+}
+
+/// svcrack against PJSIP over AMI, replayed as it happens: 4 guesses
+/// (one SessionID for all of them) ban nothing, the 5th bans.
+#[test]
+fn svcrack_over_ami_is_banned_at_its_fifth_guess() {
+    let setup = Setup::new();
+    let capture = fresh_event_times(&events_of(AMI_SVCRACK_PJSIP));
+    let (first_four, rest) = split_after_event(&capture, "ChallengeResponseFailed", 4);
+    let (fifth, rest) = split_after_event(&rest, "ChallengeResponseFailed", 1);
+    let fake = AmiThread::start(Script {
+        after_login: vec![first_four],
+        // The capture starts with the login's own SuccessfulAuth.
+        announce_login: false,
+        ..Script::default()
+    });
+    let config = setup.config_with_jail(fake.ami().addr().port(), JAIL_MAXRETRY_5, &dry_run("ami"));
+    let mut d = Daemon::start(&config, &setup.socket());
+
+    let s = wait_counted(&d, 4);
+    assert_eq!(s["ami"]["state"], "up");
+    assert_eq!(s["engine"]["active_bans"], 0, "{s:#}");
+    assert_eq!(s["engine"]["tracked_hosts"], 1, "{s:#}");
+    assert!(d.bans().is_empty(), "banned before the 5th guess");
+
+    fake.ami().push(fifth);
+    d.wait_for_log(&format!("banned host={SVCRACK}"), SOON);
+    let bans = d.bans();
+    assert_eq!(hosts(&bans), [SVCRACK]);
+    let ban = ban_of(&bans, SVCRACK);
+    assert_eq!(ban["failures"], 5, "banned at the 5th guess: {ban:#}");
+    assert_eq!(
+        ban["kinds"],
+        serde_json::json!(["challenge_response_failed"])
+    );
+    assert_eq!(ban["services"], serde_json::json!(["pjsip"]));
+    assert_eq!(failures_counted(&d.status()), 5);
+
+    // The other 26 guesses find the host banned already; a failure from
+    // another host after them shows they were all handled.
+    fake.ami()
+        .push([rest, invalid_password("203.0.113.77")].concat());
+    let s = wait_counted(&d, 6);
+    assert_eq!(s["engine"]["bans_total"], 1, "{s:#}");
+    assert_eq!(hosts(&d.bans()), [SVCRACK]);
+}
+
+/// PJSIP users who mistype: 3 attempts for a nonexistent endpoint (4
+/// events, 2 of them failures, each) and 4 with `auth_username`
+/// identification (3 events each) stay under maxretry 5; svcrack after
+/// them, on the same session, is banned.
+#[test]
+fn pjsip_users_with_a_few_attempts_are_not_banned_over_ami() {
+    let setup = Setup::new();
+    // 127.0.2.3's two attempts of the main run, and the first once more
+    // as a new request (another Call-ID): 3 attempts, 12 events.
+    let nonexistent = events_from(AMI_PJSIP_MAIN, "127.0.2.3");
+    let (first_attempt, _) = split_after_event(&nonexistent, "ChallengeResponseFailed", 1);
+    let again = String::from_utf8(first_attempt)
+        .expect("ASCII capture")
+        .replace("a7c3dce5d690@127.0.2.3", "b81e0f6a2c11@127.0.2.3");
+    assert!(again.contains("b81e0f6a2c11@127.0.2.3"), "{again}");
+    let stream = [
+        fresh_event_times(&nonexistent),
+        fresh_event_times(again.as_bytes()),
+        fresh_event_times(&events_of(AMI_PJSIP_AUTH_USERNAME)),
+        fresh_event_times(&events_of(AMI_SVCRACK_PJSIP)),
+    ]
+    .concat();
+    let fake = AmiThread::start(Script {
+        after_login: vec![stream],
+        ..Script::default()
+    });
+    let config = setup.config_with_jail(fake.ami().addr().port(), JAIL_MAXRETRY_5, &dry_run("ami"));
+    let mut d = Daemon::start(&config, &setup.socket());
+
+    d.wait_for_log(&format!("banned host={SVCRACK}"), SOON);
+    // Reports reach the engine in order: 127.0.2.3's and 127.0.2.9's came
+    // before the ban.
+    let s = d.status();
+    assert_eq!(failures_counted(&s), 3 + 4 + 5, "{s:#}");
+    assert_eq!(s["engine"]["tracked_hosts"], 2, "{s:#}");
+    assert_eq!(hosts(&d.bans()), [SVCRACK]);
+    let logged = d.logged();
+    for host in ["127.0.2.3", "127.0.2.9"] {
+        assert!(!logged.contains(&format!("banned host={host}")), "{logged}");
+    }
+}
+
+/// `mode = "log"`: the daemon follows a real file. Mistyping PJSIP users
+/// (6 lines for 2 attempts, 8 lines for 4) are not banned; svcrack is, at
+/// its 5th `Failed to authenticate` line (all with one callid).
+#[test]
+fn log_mode_bans_svcrack_at_its_fifth_guess_and_not_mistyping_users() {
+    let setup = Setup::new();
+    // No AMI in mode "log": its port is never used.
+    let config = setup.config_with_jail(1, JAIL_MAXRETRY_5, &dry_run("log"));
+    let mut d = Daemon::start(&config, &setup.socket());
+    wait_following(&mut d);
+
+    let nonexistent = log_lines_with(LOG_PJSIP_MAIN, "'127.0.2.3:");
+    assert_eq!(nonexistent.split_inclusive(|&b| b == b'\n').count(), 6);
+    let svcrack = fresh_log_times(LOG_SVCRACK_PJSIP);
+    let (first_four, rest) = split_log_lines(&svcrack, 4);
+    let (fifth, _) = split_log_lines(&rest, 1);
+    append(
+        &setup.log(),
+        &[
+            fresh_log_times(&nonexistent),
+            fresh_log_times(LOG_PJSIP_AUTH_USERNAME),
+            first_four,
+        ]
+        .concat(),
+    );
+    let s = wait_counted(&d, 2 + 4 + 4);
+    assert_eq!(s["log_read"]["lines"], 6 + 8 + 4, "{s:#}");
+    // A nonexistent user's attempt is 3 lines, with auth_username 2.
+    assert_eq!(s["log_read"]["failures"], 2 + 4 + 4, "{s:#}");
+    assert_eq!(s["log_read"]["folded"], 4 + 4, "{s:#}");
+    assert_eq!(s["engine"]["tracked_hosts"], 3, "{s:#}");
+    assert_eq!(s["engine"]["active_bans"], 0, "{s:#}");
+    assert!(d.bans().is_empty(), "banned before anyone's 5th attempt");
+
+    append(&setup.log(), &fifth);
+    d.wait_for_log(&format!("banned host={SVCRACK}"), SOON);
+    let bans = d.bans();
+    assert_eq!(hosts(&bans), [SVCRACK]);
+    assert_eq!(ban_of(&bans, SVCRACK)["failures"], 5);
+    assert_eq!(failures_counted(&d.status()), 2 + 4 + 5);
+}
+
+/// An attacker's percent-encoded newline in a PJSIP request URI puts a
+/// line of its own into `messages`. With maxretry 1 the real sender is
+/// banned at once and none of the addresses the forged lines name ever is.
+#[test]
+fn log_mode_never_bans_the_addresses_of_forged_lines() {
+    let setup = Setup::new();
+    let config = setup.config_with_jail(
+        1,
+        "maxretry = 1\nignoreip = [\"127.0.0.1/32\"]",
+        &dry_run("log"),
+    );
+    let mut d = Daemon::start(&config, &setup.socket());
+    wait_following(&mut d);
+
+    append(&setup.log(), &fresh_log_times(LOG_NEWLINE_INJECTION));
+    // A plain failure after the capture: once it is banned, every line
+    // before it was judged.
+    log_attempts(&setup.log(), "192.0.2.60", 1);
+    d.wait_for_log("banned host=192.0.2.60", SOON);
+    let s = d.status();
+    // Each attempt: Asterisk's line cut at the newline (it counts for
+    // 10.203.1.2), then the attacker's line, read as the rest of it.
+    assert_eq!(s["log_read"]["lines"], 6 + 1, "{s:#}");
+    assert_eq!(s["log_read"]["cut"], 3, "{s:#}");
+    assert_eq!(s["log_read"]["continuation"], 3, "{s:#}");
+    assert_eq!(s["log_read"]["failures"], 3 + 1, "{s:#}");
+    assert_eq!(hosts(&d.bans()), [SVCRACK, "192.0.2.60"]);
+    let logged = d.logged();
+    assert!(!logged.contains("host=10.66.66."), "{logged}");
+    assert_eq!(s["engine"]["tracked_hosts"], 0, "{s:#}");
 }

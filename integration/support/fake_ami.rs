@@ -6,7 +6,8 @@
 //! Everything it sends goes out in random-sized chunks, so the client sees
 //! messages split anywhere and several per read. It records every action
 //! the client sent, and the test can drop all connections, stop answering
-//! Pings, or hold new connections before their banner.
+//! Pings, hold new connections before their banner, or send more events to
+//! the logged-in connections whenever it likes ([`FakeAmi::push`]).
 //!
 //! Include it with `#[path = "support/fake_ami.rs"] mod fake_ami;`.
 
@@ -114,6 +115,8 @@ struct Shared {
     /// Bumped to drop every live connection.
     kills: watch::Sender<u64>,
     accepted: AtomicUsize,
+    /// Bytes pushed to the logged-in connections, in push order.
+    pushed: watch::Sender<Vec<Vec<u8>>>,
 }
 
 impl FakeAmi {
@@ -131,6 +134,7 @@ impl FakeAmi {
             open: watch::Sender::new(true),
             kills: watch::Sender::new(0),
             accepted: AtomicUsize::new(0),
+            pushed: watch::Sender::new(Vec::new()),
         });
         let stop = CancellationToken::new();
         tokio::spawn(accept(listener, shared.clone(), stop.clone()));
@@ -159,6 +163,14 @@ impl FakeAmi {
     /// While held, new connections are accepted but get no banner.
     pub fn hold_new_connections(&self, hold: bool) {
         self.shared.open.send_replace(!hold);
+    }
+
+    /// Sends `bytes` (in random-sized chunks, like everything else) to
+    /// every connection that is logged in now, after whatever it was sent
+    /// before; a connection that logs in later does not get them. Like
+    /// Asterisk, which sends each event to the sessions it has then.
+    pub fn push(&self, bytes: Vec<u8>) {
+        self.shared.pushed.send_modify(|p| p.push(bytes));
     }
 
     /// How many connections were accepted so far.
@@ -244,6 +256,8 @@ struct Connection {
     index: usize,
     rng: u64,
     buf: Vec<u8>,
+    /// Once logged in: how many pushes this connection has been sent.
+    pushes_sent: Option<usize>,
 }
 
 impl Connection {
@@ -256,6 +270,7 @@ impl Connection {
             index,
             rng,
             buf: Vec::new(),
+            pushes_sent: None,
         }
     }
 
@@ -267,14 +282,48 @@ impl Connection {
         if self.write(BANNER).await.is_err() {
             return;
         }
-        while let Some(action) = self.read_action().await {
-            self.shared
-                .sent
-                .send_modify(|conns| conns[self.index].push(action.clone()));
-            if !self.answer(&action).await {
+        let mut pushed = self.shared.pushed.subscribe();
+        loop {
+            while let Some(action) = self.take_action() {
+                self.shared
+                    .sent
+                    .send_modify(|conns| conns[self.index].push(action.clone()));
+                if !self.answer(&action).await {
+                    return;
+                }
+            }
+            if !self.pushes_delivered().await {
                 return;
             }
+            let mut chunk = [0u8; 4096];
+            tokio::select! {
+                read = self.stream.read(&mut chunk) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                },
+                changed = pushed.changed(), if self.pushes_sent.is_some() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
         }
+    }
+
+    /// Writes the pushes made since the last ones written, once logged in;
+    /// false if the connection is gone.
+    async fn pushes_delivered(&mut self) -> bool {
+        let Some(sent) = self.pushes_sent else {
+            return true;
+        };
+        let new: Vec<Vec<u8>> = self.shared.pushed.borrow()[sent..].to_vec();
+        self.pushes_sent = Some(sent + new.len());
+        for bytes in &new {
+            if self.write(bytes).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// Answers one action; false ends the connection.
@@ -303,6 +352,8 @@ impl Connection {
                     .get(self.index)
                     .cloned()
                     .unwrap_or_default();
+                // Pushes from now on are this session's.
+                self.pushes_sent = Some(self.shared.pushed.borrow().len());
                 let mut bytes = accepted.into_bytes();
                 if script.announce_login {
                     bytes.extend_from_slice(
@@ -356,27 +407,19 @@ impl Connection {
         }
     }
 
-    /// Reads the next action (lines up to an empty line); `None` at EOF.
-    async fn read_action(&mut self) -> Option<Sent> {
-        loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let raw: Vec<u8> = self.buf.drain(..end + 4).collect();
-                let text = String::from_utf8_lossy(&raw[..end]);
-                let fields = text
-                    .split("\r\n")
-                    .map(|line| match line.split_once(": ") {
-                        Some((k, v)) => (k.to_owned(), v.to_owned()),
-                        None => (line.to_owned(), String::new()),
-                    })
-                    .collect();
-                return Some(Sent { fields });
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+    /// The next complete action already read (lines up to an empty line).
+    fn take_action(&mut self) -> Option<Sent> {
+        let end = self.buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let raw: Vec<u8> = self.buf.drain(..end + 4).collect();
+        let text = String::from_utf8_lossy(&raw[..end]);
+        let fields = text
+            .split("\r\n")
+            .map(|line| match line.split_once(": ") {
+                Some((k, v)) => (k.to_owned(), v.to_owned()),
+                None => (line.to_owned(), String::new()),
+            })
+            .collect();
+        Some(Sent { fields })
     }
 
     /// Writes `bytes` in random-sized chunks, yielding between them so the

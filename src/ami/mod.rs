@@ -23,9 +23,12 @@ pub(crate) mod fixtures {
     pub(crate) const DIALOGUE: &[u8] =
         include_bytes!("../../integration/fixtures/ami-login-variants-dialogue.txt");
 
+    /// A capture's name, its bytes, and the attempts per host it must count.
+    pub(crate) type Expected = (&'static str, &'static [u8], &'static [(&'static str, usize)]);
+
     /// The PJSIP captures (Asterisk 20.20.1, pjproject 2.17), by name, with
     /// the attempts per host each must count (see `pjsip/CAPTURES.md`).
-    pub(crate) const PJSIP: [(&str, &[u8], &[(&str, usize)]); 7] = [
+    pub(crate) const PJSIP: [Expected; 7] = [
         (
             "ami-pjsip-security-events.txt",
             include_bytes!("../../integration/fixtures/pjsip/ami-pjsip-security-events.txt"),
