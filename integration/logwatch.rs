@@ -388,6 +388,7 @@ async fn reloaded_rules_apply_to_later_lines() {
             step: Default::default(),
             host_first: false,
             starts_unique: false,
+            session: None,
         }],
         ..LogConfig::default()
     };

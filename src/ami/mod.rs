@@ -24,7 +24,11 @@ pub(crate) mod fixtures {
         include_bytes!("../../integration/fixtures/ami-login-variants-dialogue.txt");
 
     /// A capture's name, its bytes, and the attempts per host it must count.
-    pub(crate) type Expected = (&'static str, &'static [u8], &'static [(&'static str, usize)]);
+    pub(crate) type Expected = (
+        &'static str,
+        &'static [u8],
+        &'static [(&'static str, usize)],
+    );
 
     /// The PJSIP captures (Asterisk 20.20.1, pjproject 2.17), by name, with
     /// the attempts per host each must count (see `pjsip/CAPTURES.md`).

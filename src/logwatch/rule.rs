@@ -9,12 +9,13 @@
 //! address Asterisk wrote. So every reading is looked for, and a line
 //! whose readings disagree about the host counts for nobody.
 //!
-//! A rule may also mark where Asterisk writes the attempt's session (pjsip's
-//! callid, res_security_log's SessionID) with `<SESSION>`: it matches like
-//! `.*`, and the text it covers lets lines of one attempt be recognised as
-//! one (see [`super::scan`]). It is the sender's text, so it never decides
-//! who is banned, and where it stands is decided by Asterisk's literal text
-//! around it, not by a regex an attacker could steer.
+//! A rule may also say where Asterisk writes the attempt's session (pjsip's
+//! callid, res_security_log's SessionID): `session = "(callid: <SESSION>) - "`
+//! names the literal text around it, found by substring search on lines the
+//! rule matched. It lets lines of one attempt be recognised as one (see
+//! [`super::scan`]); it is the sender's text, so it never decides who is
+//! banned, and an attacker who plants the text elsewhere only changes how
+//! their own lines are grouped, never how many guesses count.
 //!
 //! Finding readings is cheap because of literals: a line must start with
 //! the literal text P starts with, and readings can only begin right after
@@ -35,7 +36,7 @@ use crate::failure::{FailureKind, Service};
 /// The placeholder for the address in a rule.
 pub const HOST: &str = "<HOST>";
 
-/// The placeholder for the session id (a callid) in a rule.
+/// The placeholder for the session id (a callid) in a rule's `session`.
 pub const SESSION: &str = "<SESSION>";
 
 /// Above this many addresses where a reading may start, a line is judged
@@ -82,18 +83,30 @@ pub struct Rule {
     tail: Box<[u8]>,
 }
 
-/// Where `<SESSION>` stands: after the literal text `before` and up to the
-/// literal text `after`.
-///
-/// After the address, `before` must follow the address directly and the
-/// session ends at the last `after` (as the greedy `.*` it stands for
-/// does). Before the address, the session starts after the first `before`
-/// and ends at the next `after`.
+/// Where the session stands: after the first `before`, up to the next
+/// `after`.
 #[derive(Debug, Clone)]
 struct SessionSpan {
-    before: Box<[u8]>,
-    after: Box<[u8]>,
-    after_host: bool,
+    before: memmem::Finder<'static>,
+    after: memmem::Finder<'static>,
+}
+
+impl SessionSpan {
+    /// Parses `session = "BEFORE<SESSION>AFTER"` (literal text).
+    fn parse(pattern: &str) -> Result<SessionSpan, String> {
+        let (before, after) = pattern
+            .split_once(SESSION)
+            .filter(|(b, a)| !b.is_empty() && !a.is_empty() && !a.contains(SESSION))
+            .ok_or_else(|| {
+                format!(
+                    "session = {pattern:?} must be literal text with {SESSION} once between the text Asterisk writes around it, e.g. \"(callid: {SESSION}) - \""
+                )
+            })?;
+        Ok(SessionSpan {
+            before: memmem::Finder::new(before.as_bytes()).into_owned(),
+            after: memmem::Finder::new(after.as_bytes()).into_owned(),
+        })
+    }
 }
 
 /// The part a line plays in an attempt of its rule's group (see
@@ -278,13 +291,7 @@ pub enum Reading {
         partial: Option<usize>,
     },
     /// Every reading names this host.
-    Host {
-        /// The address.
-        addr: IpAddr,
-        /// Where the first reading's address starts and ends (for
-        /// [`Rule::session`]).
-        span: (usize, usize),
-    },
+    Host(IpAddr),
     /// Readings name different hosts (or too many to check).
     Ambiguous,
 }
@@ -297,9 +304,8 @@ impl Rule {
         // not hide the leading literal.
         let source = def.failregex.strip_prefix('^').unwrap_or(&def.failregex);
         let split = split_at_host(source)?;
-        let (p_source, s_source) = (&source[..split], &source[split + HOST.len()..]);
-        let (p_owned, s_owned, session) = session_span(p_source, s_source)?;
-        let (p, s) = (p_owned.as_str(), s_owned.as_str());
+        let (p, s) = (&source[..split], &source[split + HOST.len()..]);
+        let session = def.session.as_deref().map(SessionSpan::parse).transpose()?;
         let p_items = literal_items(p)?;
         let s_items = literal_items(s)?;
         let head = leading_literal(&p_items);
@@ -391,21 +397,13 @@ impl Rule {
         self.host_first
     }
 
-    /// The session text of a line this rule read, given where the
-    /// reading's address stands ([`Reading::Host`]); `None` if the rule
-    /// has no `<SESSION>`.
-    pub fn session<'t>(&self, target: &'t [u8], (start, end): (usize, usize)) -> Option<&'t [u8]> {
+    /// The session text of a line this rule read; `None` if the rule has
+    /// no `session`.
+    pub fn session<'t>(&self, target: &'t [u8]) -> Option<&'t [u8]> {
         let span = self.session.as_ref()?;
-        if span.after_host {
-            let rest = target.get(end..)?.strip_prefix(&*span.before)?;
-            let len = memmem::rfind(rest, &span.after)?;
-            Some(&rest[..len])
-        } else {
-            let head = target.get(..start)?;
-            let from = memmem::find(head, &span.before)? + span.before.len();
-            let len = memmem::find(&head[from..], &span.after)?;
-            Some(&head[from..from + len])
-        }
+        let from = span.before.find(target)? + span.before.needle().len();
+        let len = span.after.find(&target[from..])?;
+        Some(&target[from..from + len])
     }
 
     /// All readings of `target` (the message, or the line from the level
@@ -445,6 +443,11 @@ impl Rule {
             }
         }
         verdict.into_reading()
+    }
+
+    /// Whether no other message of the module opens like this rule's.
+    pub fn starts_unique(&self) -> bool {
+        self.starts_unique
     }
 
     /// Whether `target` begins this rule's message (its leading literal
@@ -506,10 +509,7 @@ impl Rule {
             return false;
         }
         match verdict.host {
-            None => {
-                verdict.host = Some(token.addr);
-                verdict.span = (at, token.end);
-            }
+            None => verdict.host = Some(token.addr),
             Some(h) if h == token.addr => {}
             Some(_) => {
                 verdict.ambiguous = true;
@@ -544,7 +544,6 @@ impl Rule {
 #[derive(Default)]
 struct Verdict {
     host: Option<IpAddr>,
-    span: (usize, usize),
     ambiguous: bool,
     candidates: usize,
     readings: usize,
@@ -555,10 +554,7 @@ impl Verdict {
     fn into_reading(self) -> Reading {
         match (self.ambiguous, self.host) {
             (true, _) => Reading::Ambiguous,
-            (false, Some(addr)) => Reading::Host {
-                addr,
-                span: self.span,
-            },
+            (false, Some(addr)) => Reading::Host(addr),
             (false, None) => Reading::Nothing {
                 partial: self.partial,
             },
@@ -578,50 +574,6 @@ pub fn build(source: &str) -> Result<Regex, String> {
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map_err(|e| format!("not a valid regex: {e}"))
-}
-
-/// P and S with `<SESSION>` replaced by `.*`, and where the session
-/// stands.
-fn session_span(p: &str, s: &str) -> Result<(String, String, Option<SessionSpan>), String> {
-    let (in_p, in_s) = (p.matches(SESSION).count(), s.matches(SESSION).count());
-    if in_p + in_s == 0 {
-        return Ok((p.to_owned(), s.to_owned(), None));
-    }
-    if in_p + in_s > 1 {
-        return Err(format!("{SESSION} appears more than once"));
-    }
-    let after_host = in_s == 1;
-    let part = if after_host { s } else { p };
-    let at = part.find(SESSION).unwrap_or_default();
-    let (before, after) = (&part[..at], &part[at + SESSION.len()..]);
-    let before_items = literal_items(before)?;
-    let before_lit = if after_host {
-        if !before_items.iter().all(|i| matches!(i, Item::Literal(_))) {
-            return Err(format!(
-                "between {HOST} and {SESSION} only literal text may stand (e.g. `' \\(callid: `)"
-            ));
-        }
-        leading_literal(&before_items)
-    } else {
-        trailing_literal(&before_items)
-    };
-    let after_lit = leading_literal(&literal_items(after)?);
-    if before_lit.is_empty() || after_lit.is_empty() {
-        return Err(format!(
-            "{SESSION} must stand between literal text that Asterisk writes around it (e.g. `\\(callid: {SESSION}\\) - `)"
-        ));
-    }
-    let span = SessionSpan {
-        before: before_lit.into(),
-        after: after_lit.into(),
-        after_host,
-    };
-    let replaced = format!("{before}.*{after}");
-    Ok(if after_host {
-        (p.to_owned(), replaced, Some(span))
-    } else {
-        (replaced, s.to_owned(), Some(span))
-    })
 }
 
 /// Where `<HOST>` is; it must appear once, outside any group or class.
@@ -902,23 +854,17 @@ mod tests {
             step: Default::default(),
             host_first: false,
             starts_unique: false,
+            session: None,
         };
         Rule::compile(&def, 0, None).expect("compiles")
     }
 
-    /// The verdict, with the reading's end left out (see `host`).
     fn read(failregex: &str, target: &str) -> Reading {
-        match rule(failregex).read(target.as_bytes()) {
-            Reading::Host { addr, .. } => Reading::Host { addr, span: (0, 0) },
-            other => other,
-        }
+        rule(failregex).read(target.as_bytes())
     }
 
     fn host(s: &str) -> Reading {
-        Reading::Host {
-            addr: s.parse().expect("ip"),
-            span: (0, 0),
-        }
+        Reading::Host(s.parse().expect("ip"))
     }
 
     #[test]
@@ -965,6 +911,7 @@ mod tests {
             step: Default::default(),
             host_first: false,
             starts_unique: false,
+            session: None,
         };
         for (re, why) in [
             ("no host here", "has no <HOST>"),

@@ -50,8 +50,6 @@
 //!   addresses that matter most.
 
 use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -185,7 +183,10 @@ pub struct Scanner {
     clock: Clock,
     pending: Option<Pending>,
     open: HashMap<(usize, IpAddr), Open>,
-    hasher: RandomState,
+    /// The latest second an attempt line was seen at: attempts open before
+    /// the window are dropped when it moves on, so the table holds only
+    /// the last second or two of attempts.
+    latest_second: i64,
     /// Lines judged so far.
     line: u64,
 }
@@ -198,7 +199,7 @@ impl Scanner {
             clock,
             pending: None,
             open: HashMap::new(),
-            hasher: RandomState::new(),
+            latest_second: i64::MIN,
             line: 0,
         }
     }
@@ -285,7 +286,7 @@ impl Scanner {
             } => (prefix, rule, host, session, false),
         };
         let time = self.clock.timestamp(prefix.stamp);
-        let session = session.map(|s| self.hasher.hash_one(s));
+        let session = session.map(session_hash);
         let rule = &self.rules.rules()[id];
         if let (Some(group), Some(t)) = (rule.attempt(), time) {
             let place = Place {
@@ -297,6 +298,11 @@ impl Scanner {
                 thread: prefix.thread,
                 second: t.as_second(),
             };
+            if place.second > self.latest_second {
+                self.latest_second = place.second;
+                let oldest = place.second - ATTEMPT_WINDOW_SECS;
+                self.open.retain(|_, o| o.second >= oldest);
+            }
             if let Some(counted) = fold(&mut self.open, &place, self.line) {
                 return Event::Folded {
                     rule,
@@ -333,77 +339,105 @@ impl Scanner {
     }
 }
 
+/// A session's fingerprint (FNV-1a). Not keyed: a collision the sender
+/// arranges only joins their own lines, which the attempt rules bound
+/// anyway (a guess never joins another guess).
+fn session_hash(session: &[u8]) -> u64 {
+    session.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Records a line of an attempt group; returns the line number of the line
 /// that counted the attempt this line belongs to, or `None` if it opens a
 /// new attempt (and so counts).
 fn fold(open: &mut HashMap<(usize, IpAddr), Open>, place: &Place, line: u64) -> Option<u64> {
+    use std::collections::hash_map::Entry;
+
     let key = (place.group, place.host);
     let bit = 1u64 << (place.rule % 64);
-    let current = open.get(&key).copied().filter(|o| {
-        let same_session = match (o.session, place.session) {
-            (Some(a), Some(b)) => a == b,
-            _ => true,
-        };
-        let same_thread = match (o.session.or(place.session), o.thread, place.thread) {
-            (None, Some(a), Some(b)) => a == b,
-            _ => true,
-        };
-        (o.second..=o.second + ATTEMPT_WINDOW_SECS).contains(&place.second)
-            && same_session
-            && same_thread
-    });
-    let next = match (current, place.step) {
-        (Some(o), Step::Guess) => {
-            open.remove(&key);
-            return Some(o.counted);
-        }
-        (None, Step::Guess) => {
-            open.remove(&key);
-            return None;
-        }
-        // Another module's line of the same request.
-        (Some(o), Step::Refusal) if o.seen & bit == 0 => Some(Open {
-            seen: o.seen | bit,
-            ..o
-        }),
-        // The same line again: the authenticated retry of the request.
-        (Some(o), Step::Refusal) if o.requests == 1 => Some(Open {
-            requests: 2,
-            seen: bit,
-            ..o
-        }),
-        _ => None,
-    };
-    let (entry, counted) = match next {
-        Some(o) => (o, Some(o.counted)),
-        None => (
-            Open {
-                session: place.session,
-                thread: place.thread,
-                requests: 1,
-                seen: bit,
-                second: place.second,
-                counted: line,
-            },
-            None,
-        ),
-    };
     if open.len() >= MAX_OPEN_ATTEMPTS && !open.contains_key(&key) {
         open.retain(|_, o| o.second + ATTEMPT_WINDOW_SECS >= place.second);
         if open.len() > MAX_OPEN_ATTEMPTS / 2 {
             open.clear();
         }
     }
-    open.insert(
-        key,
-        Open {
-            session: entry.session.or(place.session),
-            thread: place.thread.or(entry.thread),
-            second: place.second,
-            ..entry
+    let fresh = Open {
+        session: place.session,
+        thread: place.thread,
+        requests: 1,
+        seen: bit,
+        second: place.second,
+        counted: line,
+    };
+    let mut entry = match open.entry(key) {
+        Entry::Occupied(entry) => entry,
+        Entry::Vacant(entry) => {
+            // Nothing open: the line is an attempt; a guess leaves nothing
+            // open after it.
+            if place.step == Step::Refusal {
+                entry.insert(fresh);
+            }
+            return None;
+        }
+    };
+    let o = *entry.get();
+    if !o.admits(place) {
+        match place.step {
+            Step::Refusal => *entry.get_mut() = fresh,
+            Step::Guess => drop(entry.remove()),
+        }
+        return None;
+    }
+    let joined = match place.step {
+        // The guess ends the attempt it belongs to.
+        Step::Guess => {
+            entry.remove();
+            return Some(o.counted);
+        }
+        // Another module's line of the same request.
+        Step::Refusal if o.seen & bit == 0 => Open {
+            seen: o.seen | bit,
+            ..o
         },
-    );
-    counted
+        // The same line again: the authenticated retry of the request.
+        Step::Refusal if o.requests == 1 => Open {
+            requests: 2,
+            seen: bit,
+            ..o
+        },
+        // A third request: a new attempt.
+        Step::Refusal => {
+            *entry.get_mut() = fresh;
+            return None;
+        }
+    };
+    *entry.get_mut() = Open {
+        session: joined.session.or(place.session),
+        thread: place.thread.or(joined.thread),
+        second: place.second,
+        ..joined
+    };
+    Some(o.counted)
+}
+
+impl Open {
+    /// Whether a line may belong to this attempt: within the window, the
+    /// same session where both have one, and the same thread where neither
+    /// has.
+    fn admits(&self, place: &Place) -> bool {
+        let same_session = match (self.session, place.session) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        let same_thread = match (self.session.or(place.session), self.thread, place.thread) {
+            (None, Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        (self.second..=self.second + ATTEMPT_WINDOW_SECS).contains(&place.second)
+            && same_session
+            && same_thread
+    }
 }
 
 #[cfg(test)]

@@ -557,11 +557,12 @@ fn scan_chunk(
     Ok(ChunkResult { summary, records })
 }
 
-/// Writes one JSON object per record:
-/// `{"line":N,"host":"...","time":"...","rule":"...","kind":"...","counted":true}`,
-/// and for a line that did not count `"counted":false`, `"why"` and the
-/// line it refers to (`"counted_line"` of a folded line, `"cut_line"` of a
-/// continuation), without allocating per counted line.
+/// Writes one JSON object per record: a counted attempt as
+/// `{"line":N,"host":"...","time":"...","rule":"...","kind":"..."}` (the
+/// shape test-log always had, plus `"cut":true` for a cut line), a line
+/// that did not count with `"counted":false`, `"why"` and the line it
+/// refers to (`"counted_line"` of a folded line, `"cut_line"` of a
+/// continuation); without allocating per counted line.
 struct JsonLines<W> {
     out: W,
     /// `,"rule":"name","kind":"kind"` per rule index, JSON-escaped once.
@@ -620,10 +621,8 @@ impl<W: Write> JsonLines<W> {
             self.out.write_all(tail.as_bytes())?;
         }
         let (why, refers) = match record.outcome {
-            Outcome::Counted { cut: false } => return self.out.write_all(b",\"counted\":true}\n"),
-            Outcome::Counted { cut: true } => {
-                return self.out.write_all(b",\"counted\":true,\"cut\":true}\n");
-            }
+            Outcome::Counted { cut: false } => return self.out.write_all(b"}\n"),
+            Outcome::Counted { cut: true } => return self.out.write_all(b",\"cut\":true}\n"),
             Outcome::Folded { counted_line } => {
                 ("same attempt", Some(("counted_line", counted_line)))
             }
