@@ -9,7 +9,7 @@ mod fake_ami;
 #[path = "support/smtp.rs"]
 mod smtp;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,52 @@ fn check_config_prints_masked_settings_and_names_what_is_wrong() {
     let out = astban(&["check-config", "--config", "/nonexistent/astban.toml"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn check_config_warns_about_what_would_not_work() {
+    let s = Setup::new();
+    let dir = s.path("logdir");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(s.path("messages"), "").expect("log");
+    let check = |text: String| {
+        let path = s.path("check.toml");
+        std::fs::write(&path, text).expect("write");
+        let out = astban(&["check-config", "--config", path.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "{}", self::text(&out.stderr));
+        self::text(&out.stderr)
+    };
+    let log_only = |path: &Path| {
+        format!(
+            "[input]\nmode = \"log\"\n[log]\npath = \"{}\"\n",
+            path.display()
+        )
+    };
+    let err = check(log_only(&dir));
+    assert!(
+        err.contains("warning") && err.contains("is a directory"),
+        "{err}"
+    );
+    // Not readable even for root: a path through a regular file.
+    let err = check(log_only(Path::new("/etc/passwd/messages")));
+    assert!(
+        err.contains("warning") && err.contains("cannot be read"),
+        "{err}"
+    );
+    let with_ami = |secret: &str| {
+        format!(
+            "[ami]\nsecret = \"{secret}\"\n[log]\npath = \"{}\"\n",
+            s.path("messages").display()
+        )
+    };
+    let err = check(with_ami(""));
+    assert!(
+        err.contains("warning") && err.contains("ami.secret is empty"),
+        "{err}"
+    );
+    // A good setup draws none.
+    let err = check(with_ami("x"));
+    assert!(!err.contains("warning"), "{err}");
 }
 
 #[test]

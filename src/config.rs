@@ -496,6 +496,19 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// What is valid but probably not what the admin wants, for
+    /// `check-config` (checks that need no I/O; see
+    /// [`crate::logwatch::path_problem`] for the log file).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.input.mode.uses_ami() && self.ami.secret.is_empty() {
+            warnings.push(
+                "ami.secret is empty: Asterisk will refuse the login; set ami.secret_file (or ami.secret) to the secret of astban's user in manager.conf".into(),
+            );
+        }
+        warnings
+    }
+
     /// Loads defaults ← `path` (if given; it must exist) ← environment.
     ///
     /// Without `path`, [`DEFAULT_CONFIG_PATH`] is used when it exists, so a

@@ -154,6 +154,13 @@ fn dispatch(command: Command) -> Result<ExitCode> {
                 None => "built-in defaults".into(),
             };
             let (log_path, chosen) = astban::logwatch::choose_path(cfg.log.path.as_deref());
+            let mut warnings = cfg.warnings();
+            if cfg.input.mode.uses_log() {
+                warnings.extend(astban::logwatch::path_problem(&log_path));
+            }
+            for warning in &warnings {
+                eprintln!("astban: warning: {warning}");
+            }
             let log_file = match (cfg.input.mode.uses_log(), chosen) {
                 (false, _) => String::new(),
                 (true, None) => format!("# log file: {}\n", log_path.display()),

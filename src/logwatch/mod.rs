@@ -134,6 +134,24 @@ fn choose_among(configured: Option<&Path>, candidates: &[&Path]) -> (PathBuf, Op
     }
 }
 
+/// What is wrong with `path` as the log to follow, if anything: for
+/// `check-config`, which should say so before the daemon runs.
+pub fn path_problem(path: &Path) -> Option<String> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+            "log file {shown} does not exist (yet); astban waits for it, but check log.path and logger.conf"
+        )),
+        Err(e) => Some(format!("log file {shown} cannot be read: {e}")),
+        Ok(meta) if meta.is_dir() => Some(format!(
+            "log.path {shown} is a directory; set it to Asterisk's messages file"
+        )),
+        Ok(_) => std::fs::File::open(path)
+            .err()
+            .map(|e| format!("log file {shown} cannot be read: {e}")),
+    }
+}
+
 /// Why the log input stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -405,9 +423,10 @@ fn watch_dir(path: &Path, wake: &Arc<Notify>) -> Option<notify::RecommendedWatch
         .unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_os_string());
     let wake = Arc::clone(wake);
-    let handler = move |event: notify::Result<notify::Event>| match event {
-        Ok(event) if !event.paths.iter().any(|p| p.file_name() == name.as_deref()) => {}
-        _ => wake.notify_one(),
+    let handler = move |event: notify::Result<notify::Event>| {
+        if wakes(&event, name.as_deref()) {
+            wake.notify_one();
+        }
     };
     let result = notify::recommended_watcher(handler).and_then(|mut w| {
         w.watch(dir, notify::RecursiveMode::NonRecursive)?;
@@ -421,6 +440,19 @@ fn watch_dir(path: &Path, wake: &Arc<Notify>) -> Option<notify::RecommendedWatch
                 dir.display()
             );
             None
+        }
+    }
+}
+
+/// Whether a watch event may mean new lines: a change to the followed
+/// file's name (or an error, to be safe). Opening and reading it, which the
+/// input itself does, must not wake it, or it would wake itself forever.
+fn wakes(event: &notify::Result<notify::Event>, name: Option<&std::ffi::OsStr>) -> bool {
+    match event {
+        Err(_) => true,
+        Ok(event) => {
+            !matches!(event.kind, notify::EventKind::Access(_))
+                && event.paths.iter().any(|p| p.file_name() == name)
         }
     }
 }
@@ -479,6 +511,44 @@ async fn save_cursor(path: &Path, followed: &Path, cursor: Option<Cursor>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_changes_to_the_followed_name_wake_the_input() {
+        use notify::event::{AccessKind, CreateKind, ModifyKind};
+        use notify::{Event, EventKind};
+        let name = Some(std::ffi::OsStr::new("messages"));
+        let event = |kind, path: &str| Ok(Event::new(kind).add_path(PathBuf::from(path)));
+        assert!(wakes(
+            &event(
+                EventKind::Modify(ModifyKind::Any),
+                "/var/log/asterisk/messages"
+            ),
+            name
+        ));
+        assert!(wakes(
+            &event(
+                EventKind::Create(CreateKind::File),
+                "/var/log/asterisk/messages"
+            ),
+            name
+        ));
+        assert!(!wakes(
+            &event(
+                EventKind::Modify(ModifyKind::Any),
+                "/var/log/asterisk/queue_log"
+            ),
+            name
+        ));
+        // The input's own open and reads.
+        assert!(!wakes(
+            &event(
+                EventKind::Access(AccessKind::Any),
+                "/var/log/asterisk/messages"
+            ),
+            name
+        ));
+        assert!(wakes(&Err(notify::Error::generic("overflow")), name));
+    }
 
     #[test]
     fn an_unset_path_follows_the_file_asterisk_writes() {

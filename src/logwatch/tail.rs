@@ -250,6 +250,13 @@ impl Follower {
     fn open_path(&mut self) -> io::Result<(Open, Vec<Notice>)> {
         let mut file = File::open(&self.path)?;
         let meta = file.metadata()?;
+        if meta.is_dir() {
+            // Opening a directory succeeds and reading it fails: refuse it
+            // here, once, instead of "following" it on every poll.
+            return Err(io::Error::other(
+                "it is a directory; set log.path to Asterisk's messages file",
+            ));
+        }
         let id = (meta.dev(), meta.ino());
         let mut notices = Vec::new();
         let offset = match self.first.take() {
@@ -477,5 +484,23 @@ mod tests {
         let mut all = collect(&mut f).0;
         all.extend(collect(&mut f).0);
         assert_eq!(all, ["2", "3", "4"]);
+    }
+
+    #[test]
+    fn a_directory_is_refused_once_and_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut f = Follower::new(dir.path().to_path_buf(), 1024, StartAt::Beginning, None);
+        let (lines, poll, notices) = collect(&mut f);
+        assert!(lines.is_empty());
+        assert_eq!(poll, Poll::Waiting);
+        assert!(
+            matches!(notices.as_slice(), [Notice::Error(e)] if e.contains("is a directory")),
+            "{notices:?}"
+        );
+        // Said once, however often it is polled.
+        for _ in 0..3 {
+            let (_, poll, notices) = collect(&mut f);
+            assert_eq!((poll, notices), (Poll::Waiting, vec![]));
+        }
     }
 }
