@@ -351,3 +351,50 @@ fn with_mail_enabled_start_bans_and_a_clean_stop_are_mailed() {
         stopped.data
     );
 }
+
+#[test]
+fn a_closed_stderr_never_stops_protection() {
+    use std::io::BufRead as _;
+    let s = Setup::new();
+    std::fs::write(s.path("messages"), "").expect("log");
+    let config = s.config(DRY_RUN);
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn astban");
+    // Read until it runs, then close the pipe, as `astban run 2>&1 | head`
+    // or a restarting journald does.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("astban running") {
+        line.clear();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "astban exited before running");
+    }
+    drop(stderr);
+    // Everything it does now logs to the closed pipe.
+    log_attempts(&s.path("messages"), "203.0.113.9", 5);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = daemon::cli(&s.socket(), &["bans", "--json"]);
+        if text(&out.stdout).contains("203.0.113.9") {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "astban died with a closed stderr"
+        );
+        assert!(Instant::now() < deadline, "no ban: {}", text(&out.stderr));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit {status:?}");
+}

@@ -69,7 +69,9 @@ impl Demo {
     pub fn print_banner(&self) {
         let socket = self.socket_path();
         let lines = DEMO_LOG.lines().count();
-        eprintln!(
+        // Not eprintln!: a closed stderr must not stop the demo.
+        let _ = writeln!(
+            std::io::stderr(),
             "\
 astban demo: the real daemon on a built-in setup. Nothing on this machine is changed.
   firewall:  dry-run (bans are logged, nothing is blocked, no root needed)

@@ -116,7 +116,8 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("astban: {}", describe(&e));
+            // Not eprintln!: with stderr gone the exit code still says why.
+            let _ = writeln!(std::io::stderr(), "astban: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
@@ -271,6 +272,10 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr closed, journald
+        // restarting) is lost; protection goes on. The default would
+        // report it with eprintln!, which panics on a broken pipe.
+        .log_internal_errors(false)
         .with_ansi(ansi);
     // Under systemd, journald timestamps every line and shows no colours.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();

@@ -26,6 +26,20 @@ use crate::firewall::{ActiveBan, Change, FirewallStatus};
 /// arithmetic far from overflow whatever the config says.
 const MAX_SPAN: i64 = 100 * 365 * 24 * 3600;
 
+/// The widest prefixes a manual ban takes without `--force`: a /8 of IPv4
+/// or a /16 of IPv6 is a typo far more often than an intent.
+const MIN_MANUAL_PREFIX_V4: u8 = 16;
+const MIN_MANUAL_PREFIX_V6: u8 = 32;
+
+/// Whether `ip` can be the source of an attack: not the unspecified
+/// address, not multicast, not the IPv4 broadcast address. Such addresses
+/// in an event or a line are bogus (or forged), and banning them does
+/// nothing useful.
+fn is_unicast(ip: IpAddr) -> bool {
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    !(ip.is_unspecified() || ip.is_multicast() || broadcast)
+}
+
 /// Every service, to turn the compact bit set back into a list.
 const SERVICES: [Service; 5] = [
     Service::Sip,
@@ -54,6 +68,9 @@ pub(crate) enum Verdict {
     AlreadyBanned(IpNet),
     /// Older than `findtime`: a backlog that no longer counts.
     Stale,
+    /// Not an address anyone attacks from (multicast, broadcast,
+    /// unspecified): never counted, never banned.
+    NotUnicast,
     /// Counted; `count` failures of `key` are now in the window.
     Counted { key: IpNet, count: u32 },
     /// This failure reached `maxretry`: `key` is banned.
@@ -279,6 +296,9 @@ impl Jail {
 
     fn failure(&mut self, failure: &Failure, now: Timestamp, fx: &mut Effects) -> Verdict {
         let host = failure.host.to_canonical();
+        if !is_unicast(host) {
+            return Verdict::NotUnicast;
+        }
         if let Some(reason) = self.ignore.host(host) {
             fx.events.push(EngineEvent::Ignored { host, reason });
             return Verdict::Ignored(reason);
@@ -328,7 +348,24 @@ impl Jail {
         now: Timestamp,
         fx: &mut Effects,
     ) -> Result<BanInfo, BanError> {
-        let net = canonical_net(net);
+        let mut net = canonical_net(net);
+        if duration.is_some_and(|d| d.is_zero()) {
+            return Err(BanError::NoDuration);
+        }
+        if net.prefix_len() == net.max_prefix_len() {
+            if !is_unicast(net.addr()) {
+                return Err(BanError::NotUnicast { net });
+            }
+            // One IPv6 address is banned as automatic bans are: its prefix.
+            net = self.key(net.addr());
+        }
+        let min = match net {
+            IpNet::V4(_) => MIN_MANUAL_PREFIX_V4,
+            IpNet::V6(_) => MIN_MANUAL_PREFIX_V6,
+        };
+        if !force && net.prefix_len() < min {
+            return Err(BanError::TooWide { net, min });
+        }
         if !force && let Some(reason) = self.ignore.overlap(net) {
             return Err(BanError::Ignored { net, reason });
         }
@@ -1048,7 +1085,7 @@ mod tests {
         );
         let refused = jail.manual_ban(net("0.0.0.0/0"), None, false, t(0), &mut fx);
         assert!(
-            matches!(refused, Err(BanError::Ignored { .. })),
+            matches!(refused, Err(BanError::TooWide { min: 16, .. })),
             "{refused:?}"
         );
         assert!(fx.changes.is_empty());
@@ -1522,5 +1559,56 @@ mod tests {
         assert_eq!(jail.unban(net("198.51.100.0/25"), &mut fx), None);
         assert_eq!(jail.unban(net("198.51.0.0/16"), &mut fx), None);
         assert!(fx.changes.is_empty(), "{:?}", fx.changes);
+    }
+
+    #[test]
+    fn addresses_nobody_sends_from_are_never_banned() {
+        let mut jail = Jail::new(&config());
+        for host in ["224.0.0.1", "255.255.255.255", "0.0.0.0", "ff02::1", "::"] {
+            let (verdict, fx) = fail(&mut jail, host, 10, t(0));
+            assert_eq!(verdict, Verdict::NotUnicast, "{host}");
+            assert!(fx.changes.is_empty(), "{host}");
+        }
+        assert!(jail.bans().is_empty());
+        let mut fx = Effects::default();
+        for host in ["0.0.0.0/32", "::/128", "239.1.2.3/32", "255.255.255.255/32"] {
+            let refused = jail.manual_ban(net(host), None, true, t(0), &mut fx);
+            assert!(
+                matches!(refused, Err(BanError::NotUnicast { .. })),
+                "{host}: {refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn manual_bans_refuse_zero_durations_and_huge_prefixes_and_ban_ipv6_by_prefix() {
+        let mut jail = Jail::new(&config());
+        let mut fx = Effects::default();
+        let zero = jail.manual_ban(
+            net("192.0.2.7/32"),
+            Some(Duration::ZERO),
+            true,
+            t(0),
+            &mut fx,
+        );
+        assert!(matches!(zero, Err(BanError::NoDuration)), "{zero:?}");
+        for wide in ["2000::/3", "10.0.0.0/8", "192.0.0.0/15"] {
+            let refused = jail.manual_ban(net(wide), None, false, t(0), &mut fx);
+            assert!(
+                matches!(refused, Err(BanError::TooWide { .. })),
+                "{wide}: {refused:?}"
+            );
+        }
+        assert!(fx.changes.is_empty());
+        let forced = jail
+            .manual_ban(net("2000::/3"), None, true, t(0), &mut fx)
+            .expect("forced");
+        assert_eq!(forced.net, net("2000::/3"));
+        // One IPv6 address: banned as its /64, like an automatic ban.
+        let mut jail = Jail::new(&config());
+        let v6 = jail
+            .manual_ban(net("2001:db8:1:2::7/128"), None, false, t(0), &mut fx)
+            .expect("banned");
+        assert_eq!(v6.net, net("2001:db8:1:2::/64"));
     }
 }

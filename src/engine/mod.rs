@@ -178,6 +178,29 @@ pub enum BanError {
         /// The ban that covers it.
         by: IpNet,
     },
+    /// An address no packet comes from (unspecified, multicast,
+    /// broadcast): banning it would do nothing, or harm.
+    #[error("{} is not an address an attacker sends from (unspecified, multicast or broadcast); nothing to ban", format_net(*net))]
+    NotUnicast {
+        /// The address asked for.
+        net: IpNet,
+    },
+    /// A ban of no time at all.
+    #[error(
+        "a ban needs a duration; --for 0s bans nothing (leave --for out for the jail's bantime)"
+    )]
+    NoDuration,
+    /// A prefix so wide that it is probably a typo.
+    #[error(
+        "{} is wider than /{min}, which would cut off a large part of the internet; use --force to ban it anyway",
+        format_net(*net)
+    )]
+    TooWide {
+        /// The network asked for.
+        net: IpNet,
+        /// The widest prefix banned without --force.
+        min: u8,
+    },
     /// The engine has stopped.
     #[error(transparent)]
     Gone(#[from] EngineGone),

@@ -231,6 +231,9 @@ fn trace(host: IpAddr, verdict: Verdict) {
     match verdict {
         Verdict::Counted { key, count } => tracing::debug!(%host, %key, count, "failure counted"),
         Verdict::Stale => tracing::debug!(%host, "failure older than findtime, not counted"),
+        Verdict::NotUnicast => {
+            tracing::debug!(%host, "failure from a multicast, broadcast or unspecified address, never counted")
+        }
         Verdict::AlreadyBanned(by) => tracing::debug!(%host, %by, "failure from a banned network"),
         Verdict::Reset(key) => {
             tracing::debug!(%host, %key, "successful login, failure count reset")
