@@ -580,6 +580,12 @@ pub fn render_status(data: &Value) -> String {
         text(&engine["failures_counted"]),
         text(&engine["bans_total"])
     );
+    let _ = writeln!(
+        out,
+        "engine dropped: {} failures older than findtime, {} hosts evicted at jail.max_tracked_hosts",
+        text(&engine["failures_stale"]),
+        text(&engine["hosts_evicted"])
+    );
     let fw = &engine["firewall"];
     let _ = write!(
         out,

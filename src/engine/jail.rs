@@ -220,6 +220,10 @@ pub(crate) struct Jail {
     expiry: BTreeSet<(Timestamp, IpNet)>,
     offenders: HashMap<IpNet, Offender>,
     failures_counted: u64,
+    /// Failures dropped for being older than `findtime` when they arrived.
+    failures_stale: u64,
+    /// Tracked hosts forgotten, with their failures, to stay under the cap.
+    hosts_evicted: u64,
     bans_total: u64,
 }
 
@@ -234,6 +238,8 @@ impl Jail {
             expiry: BTreeSet::new(),
             offenders: HashMap::new(),
             failures_counted: 0,
+            failures_stale: 0,
+            hosts_evicted: 0,
             bans_total: 0,
         }
     }
@@ -312,6 +318,7 @@ impl Jail {
         let at = failure.time.as_second().min(now_s);
         let window_start = now_s - self.settings.findtime;
         if at <= window_start {
+            self.failures_stale += 1;
             return Verdict::Stale;
         }
         let key = self.key(host);
@@ -448,6 +455,8 @@ impl Jail {
             active_bans: self.bans.len(),
             offenders: self.offenders.len(),
             failures_counted: self.failures_counted,
+            failures_stale: self.failures_stale,
+            hosts_evicted: self.hosts_evicted,
             bans_total: self.bans_total,
             firewall,
         }
@@ -717,15 +726,25 @@ impl Jail {
     }
 
     /// Frees room for one more tracked host: first hosts whose failures
-    /// all left the window, then the stalest tenth, so that this O(n)
-    /// sweep runs at most once per n/10 new hosts.
+    /// all left the window, then a tenth, the fewest failures first (the
+    /// stalest among equals), so that this O(n) sweep runs at most once per
+    /// n/10 new hosts, and a flood of one-failure sources (cheap with IPv6)
+    /// cannot push out a host close to its ban.
     fn make_room(&mut self, window_start: i64) {
         let window_start = unix_u32(window_start);
         self.tracked.retain(|_, t| t.live(window_start));
         let cap = self.settings.max_tracked;
         if self.tracked.len() >= cap {
             let count = (self.tracked.len() + 1 - cap).max(cap / 10);
-            evict_oldest(&mut self.tracked, count, |t| t.last_seen);
+            let before = self.tracked.len();
+            evict_oldest(&mut self.tracked, count, |t| (t.count(), t.last_seen));
+            let evicted = before - self.tracked.len();
+            self.hosts_evicted += evicted as u64;
+            tracing::warn!(
+                evicted,
+                cap,
+                "more hosts failing than jail.max_tracked_hosts: forgot those with the fewest failures"
+            );
         }
     }
 }
@@ -1222,11 +1241,13 @@ mod tests {
         fail(&mut jail, "192.0.2.2", 3, t(2));
         fail(&mut jail, "192.0.2.3", 3, t(3));
         assert_eq!(jail.stats(FirewallStatus::default()).tracked_hosts, 3);
-        fail(&mut jail, "192.0.2.2", 1, t(4)); // .2 is no longer the stalest
+        fail(&mut jail, "192.0.2.2", 1, t(4)); // .2 has the most failures now
         fail(&mut jail, "192.0.2.4", 1, t(5));
         let stats = jail.stats(FirewallStatus::default());
         assert_eq!((stats.tracked_hosts, stats.active_bans), (3, 1));
-        // .1 was evicted and starts over (evicting .3); .2 kept its count.
+        assert_eq!(stats.hosts_evicted, 1);
+        // .1 (3 failures, the stalest of the fewest) was evicted and starts
+        // over, evicting .4 (1 failure); .2 kept its count.
         assert_eq!(
             fail(&mut jail, "192.0.2.1", 1, t(6)).0,
             Verdict::Counted {
@@ -1238,6 +1259,40 @@ mod tests {
             fail(&mut jail, "192.0.2.2", 1, t(7)).0,
             Verdict::Banned(net("192.0.2.2/32"))
         );
+    }
+
+    #[test]
+    fn a_flood_of_one_failure_sources_cannot_evict_a_host_close_to_its_ban() {
+        let mut jail = Jail::new(&JailConfig {
+            max_tracked_hosts: 1000,
+            ..config()
+        });
+        fail(&mut jail, "2001:db8:ffff::1", 4, t(0));
+        // 1,100 distinct /64s failing once each, later than the host.
+        for i in 0..1100u32 {
+            let host = format!("2001:db8:{:x}:{:x}::1", i >> 16, i & 0xffff);
+            fail(&mut jail, &host, 1, t(1));
+        }
+        let stats = jail.stats(FirewallStatus::default());
+        assert!(stats.hosts_evicted >= 100, "{stats:?}");
+        // Its fifth failure bans it: its four were kept.
+        assert_eq!(
+            fail(&mut jail, "2001:db8:ffff::1", 1, t(2)).0,
+            Verdict::Banned(net("2001:db8:ffff::/64"))
+        );
+    }
+
+    #[test]
+    fn stale_failures_are_counted_as_such() {
+        let mut jail = Jail::new(&config());
+        let old = Timestamp::from_second(t(0).as_second() - 3600).expect("time");
+        let mut fx = Effects::default();
+        assert_eq!(
+            jail.report(&failure("192.0.2.5", old), t(0), &mut fx),
+            Verdict::Stale
+        );
+        let stats = jail.stats(FirewallStatus::default());
+        assert_eq!((stats.failures_stale, stats.failures_counted), (1, 0));
     }
 
     #[test]

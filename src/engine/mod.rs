@@ -141,6 +141,11 @@ pub struct EngineStats {
     pub offenders: usize,
     /// Failures counted since start.
     pub failures_counted: u64,
+    /// Failures that arrived older than `findtime` (a backlog) and did not
+    /// count.
+    pub failures_stale: u64,
+    /// Tracked hosts forgotten to stay under `jail.max_tracked_hosts`.
+    pub hosts_evicted: u64,
     /// Bans made since start (restored ones not included).
     pub bans_total: u64,
     /// The firewall's state.
