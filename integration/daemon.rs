@@ -398,3 +398,34 @@ fn a_closed_stderr_never_stops_protection() {
     let status = child.wait().expect("wait");
     assert!(status.success(), "exit {status:?}");
 }
+
+#[test]
+fn a_state_that_cannot_be_saved_shows_in_status() {
+    let s = Setup::new();
+    let d = Daemon::start(&s.config(DRY_RUN), &s.socket());
+    assert!(d.status()["engine"]["state_error"].is_null());
+    // Nothing, not even root, can replace a directory with the state file.
+    let state = s.path("state/bans.json");
+    let _ = std::fs::remove_file(&state);
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let out = d.cli(&["ban", "192.0.2.55", "--for", "1h"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let status = d.wait_status("the failed save", Duration::from_secs(20), |s| {
+        s["engine"]["state_error"].is_string()
+    });
+    let error = status["engine"]["state_error"].as_str().unwrap_or_default();
+    assert!(error.contains("bans.json"), "{error}");
+    let human = d.cli(&["status"]);
+    assert!(
+        text(&human.stdout).contains("NOT DURABLE"),
+        "{}",
+        text(&human.stdout)
+    );
+    // Once it can be saved again, status says so.
+    std::fs::remove_dir(&state).expect("rmdir");
+    let out = d.cli(&["ban", "192.0.2.56", "--for", "1h"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    d.wait_status("a good save", Duration::from_secs(20), |s| {
+        s["engine"]["state_error"].is_null()
+    });
+}

@@ -586,6 +586,12 @@ pub fn render_status(data: &Value) -> String {
         text(&engine["failures_stale"]),
         text(&engine["hosts_evicted"])
     );
+    match engine["state_error"].as_str() {
+        None => out.push_str("state: saved\n"),
+        Some(error) => {
+            let _ = writeln!(out, "state: NOT DURABLE ({error})");
+        }
+    }
     let fw = &engine["firewall"];
     let _ = write!(
         out,

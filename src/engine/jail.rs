@@ -458,6 +458,7 @@ impl Jail {
             failures_stale: self.failures_stale,
             hosts_evicted: self.hosts_evicted,
             bans_total: self.bans_total,
+            state_error: None,
             firewall,
         }
     }

@@ -148,6 +148,9 @@ pub struct EngineStats {
     pub hosts_evicted: u64,
     /// Bans made since start (restored ones not included).
     pub bans_total: u64,
+    /// Why the ban state cannot be saved, while it cannot: bans then hold
+    /// in the kernel but would not survive a restart.
+    pub state_error: Option<String>,
     /// The firewall's state.
     pub firewall: FirewallStatus,
 }

@@ -72,7 +72,10 @@ pub(super) struct Engine {
     /// When to save next, if state changed since the last save.
     save_at: Option<Instant>,
     /// The save in progress, so that two never write at once.
-    saving: Option<JoinHandle<()>>,
+    saving: Option<JoinHandle<Result<(), String>>>,
+    /// Why the last save failed, while saves fail: the state is not
+    /// durable, which `astban status` says.
+    save_error: Option<String>,
 }
 
 impl Engine {
@@ -81,6 +84,7 @@ impl Engine {
             parts,
             save_at: None,
             saving: None,
+            save_error: None,
         }
     }
 
@@ -143,7 +147,10 @@ impl Engine {
                 let _ = reply.send(jail.bans());
             }
             Command::Stats { reply } => {
-                let _ = reply.send(jail.stats(self.parts.firewall.status()));
+                let mut stats = jail.stats(self.parts.firewall.status());
+                self.collect_save();
+                stats.state_error.clone_from(&self.save_error);
+                let _ = reply.send(stats);
             }
             Command::Reconfigure {
                 jail: config,
@@ -182,11 +189,26 @@ impl Engine {
         self.parts.jail.housekeep(Timestamp::now());
     }
 
+    /// Takes the outcome of a finished background save.
+    fn collect_save(&mut self) {
+        use futures_util::FutureExt as _;
+        if !self.saving.as_ref().is_some_and(JoinHandle::is_finished) {
+            return;
+        }
+        if let Some(done) = self.saving.take().and_then(|s| s.now_or_never()) {
+            self.save_error = match done {
+                Ok(result) => result.err(),
+                Err(e) => Some(format!("the save task failed: {e}")),
+            };
+        }
+    }
+
     fn save_in_background(&mut self) {
         if self.saving.as_ref().is_some_and(|s| !s.is_finished()) {
             self.save_at = Some(Instant::now() + SAVE_DELAY);
             return;
         }
+        self.collect_save();
         let snapshot = self.parts.jail.snapshot();
         let path = self.parts.state_path.clone();
         self.saving = Some(tokio::task::spawn_blocking(move || save(&path, &snapshot)));
@@ -204,21 +226,24 @@ impl Engine {
         let snapshot = parts.jail.snapshot();
         let path = parts.state_path;
         let bans = snapshot.bans.len();
-        if let Err(e) = tokio::task::spawn_blocking(move || save(&path, &snapshot)).await {
-            tracing::error!("saving ban state failed: {e}");
+        match tokio::task::spawn_blocking(move || save(&path, &snapshot)).await {
+            Ok(_) => {}
+            Err(e) => tracing::error!("saving ban state failed: {e}"),
         }
         parts.firewall.finish().await;
         tracing::info!(bans, "ban engine stopped");
     }
 }
 
-fn save(path: &Path, saved: &Saved) {
-    if let Err(e) = state::save(path, saved) {
+/// Saves the state; on failure logs it and returns what to show in status.
+fn save(path: &Path, saved: &Saved) -> Result<(), String> {
+    state::save(path, saved).map_err(|e| {
         tracing::error!(
             path = %path.display(),
             "cannot save ban state: {e}; bans and history will not survive a restart until this works"
         );
-    }
+        format!("cannot save {}: {e}", path.display())
+    })
 }
 
 /// The tokio instant at which the wall-clock time `at` arrives.
