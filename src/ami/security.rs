@@ -106,7 +106,9 @@ impl SecurityEvents {
         let session = sessions.next();
         // A second SessionID was planted through attacker text; merging on
         // it would let the attacker choose which events are one attempt.
-        let merge_key = session.filter(|_| sessions.next().is_none());
+        // An AMI login is one event whatever went wrong, and AMI's
+        // SessionID is a reused heap address: nothing to merge there.
+        let merge_key = session.filter(|_| sessions.next().is_none() && service != Service::Ami);
         let counts = self.attempts.counts(host, service, merge_key, step, time);
         let Some(kind) = kind else {
             return Ok(

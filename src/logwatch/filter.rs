@@ -79,6 +79,14 @@ pub struct RuleDef {
     /// message).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub starts_unique: bool,
+    /// For a message whose ending is so short (a quote, a parenthesis)
+    /// that the sender's text can end it by itself: the longest that text
+    /// can be (an IAX2 field is at most 255 bytes). After a line cut in it,
+    /// every line that starts within this many bytes is the sender's, even
+    /// one that seems to end the message; without it, the line that
+    /// completes the message ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_text_max: Option<usize>,
     /// Where Asterisk writes the attempt's session id, as literal text
     /// around `<SESSION>` (`"(callid: <SESSION>) - "`): lines of an attempt
     /// group that share it may be one attempt.
@@ -318,6 +326,7 @@ impl RuleSet {
         }
         let mut rules: Vec<Rule> = Vec::with_capacity(defs.len());
         let mut attempts: Vec<String> = Vec::new();
+        let mut modules: Vec<String> = Vec::new();
         for (def, def_origin) in &defs {
             let fail = |problem: String| FilterError::Rule {
                 origin: def_origin.clone(),
@@ -342,7 +351,17 @@ impl RuleSet {
                             attempts.len() - 1
                         }
                     });
-            rules.push(Rule::compile(def, rules.len(), attempt).map_err(fail)?);
+            let module = match def.module.as_deref() {
+                None => 0,
+                Some(m) => match modules.iter().position(|x| x == m) {
+                    Some(i) => i + 1,
+                    None => {
+                        modules.push(m.to_owned());
+                        modules.len()
+                    }
+                },
+            };
+            rules.push(Rule::compile(def, rules.len(), attempt, module).map_err(fail)?);
         }
         let ignore = compile_ignore(&ignoreregex)?;
         let any_module: Box<[usize]> = (0..rules.len())
@@ -489,26 +508,22 @@ impl RuleSet {
         self.ignore.as_ref().is_some_and(|set| set.is_match(line))
     }
 
-    /// Whether the cut message of rule `id` ends with `line`: `joined` (the
-    /// cut line's target with the lines after it, `line` last) reads as a
-    /// complete message of the rule, or, once the address was written
-    /// (`reached_host`), `line` ends with the rule's own ending text. Past
-    /// the ending, lines are Asterisk's again.
+    /// Whether the cut message of rule `id` has ended: `joined` (the cut
+    /// line's target with the lines after it) reads as a complete message
+    /// of the rule. Only the whole rule ends it: an ending alone (`'.`,
+    /// `)`) is text an attacker can put on a line of its own.
     ///
     /// Rules of the same module that open with the same text (chan_sip's
     /// "Registration from '" for each reason) describe the same message, so
     /// any of them may complete it.
-    pub fn completes(&self, id: usize, joined: &[u8], line: &[u8], reached_host: bool) -> bool {
+    pub fn completes(&self, id: usize, joined: &[u8]) -> bool {
         let Some(cut) = self.rules.get(id) else {
             return false;
         };
         self.rules
             .iter()
             .filter(|r| r.index() == id || (r.module() == cut.module() && r.opens_like(cut)))
-            .any(|r| {
-                (reached_host && r.ends_like_it(line))
-                    || !matches!(r.read(joined), Reading::Nothing { .. })
-            })
+            .any(|r| !matches!(r.read(joined), Reading::Nothing { .. }))
     }
 }
 
@@ -612,11 +627,11 @@ mod tests {
             ),
             (
                 "chan_sip.c: Registration from '<sip:1@x>' failed for '[2001:db8::5]:5060' - Username/auth name mismatch",
-                "sip_unknown_peer 2001:db8::5",
+                "sip_auth_name_mismatch 2001:db8::5",
             ),
             (
                 "chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Not a local domain",
-                "sip_unknown_peer 203.0.113.5",
+                "sip_not_local_domain 203.0.113.5",
             ),
             (
                 "chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Peer is not supposed to register",
@@ -837,10 +852,10 @@ mod tests {
             "security_invalid_account_id 10.250.251.252"
         );
         // The dialplan extension is the caller's; a message it forges ends
-        // where the real one begins, so it does not match (and, having
-        // begun a rule's shape without finishing it, it counts as cut).
+        // where the real one begins, so it does not match (nothing of the
+        // caller's follows the address, so it is not a cut line either).
         let line = "[2013-11-11 14:33:38] WARNING[6756] Ext. s: \"Rejecting unknown SIP connection from 10.0.0.1\": \"Rejecting unknown SIP connection from 203.0.113.5\"";
-        assert_eq!(judge(&set, line), "cut");
+        assert_eq!(judge(&set, line), "missed");
         // SIP Contact ACL names an address the sender chose: not a rule.
         let line = format!(
             "{P}acl.c: SIP Contact ACL: Rejecting '10.0.0.1' due to a failure to pass ACL 'x'"
@@ -905,6 +920,7 @@ mod tests {
                 step: Default::default(),
                 host_first: false,
                 starts_unique: false,
+                sender_text_max: None,
                 session: None,
             }],
             ignoreregex: vec!["<sip:trusted@".into()],
@@ -938,6 +954,7 @@ mod tests {
                 step: Default::default(),
                 host_first: false,
                 starts_unique: false,
+                sender_text_max: None,
                 session: None,
             }],
             ..LogConfig::default()

@@ -65,8 +65,10 @@ pub struct Rule {
     anchor: Anchor,
     attempt: Option<usize>,
     step: Step,
+    module_bit: u64,
     host_first: bool,
     starts_unique: bool,
+    sender_text_max: Option<usize>,
     session: Option<SessionSpan>,
     /// Literal text every matching target starts with.
     head: Box<[u8]>,
@@ -79,8 +81,10 @@ pub struct Rule {
     /// Literal text S starts with: a line that has it after the address
     /// (or ends within it) went on with this rule's shape.
     after_head: Box<[u8]>,
-    /// Literal text S ends with before its `$`: Asterisk's own ending.
-    tail: Box<[u8]>,
+    /// Whether S has a wildcard (`.*`, the sender's text) in which a newline
+    /// can cut the line; an S of fixed text (chan_sip's reasons) cannot be
+    /// cut, so a line that goes on differently is another message.
+    after_can_cut: bool,
 }
 
 /// Where the session stands: after the first `before`, up to the next
@@ -298,8 +302,14 @@ pub enum Reading {
 
 impl Rule {
     /// Compiles `def`, the `index`th rule of its set; `attempt` is the
-    /// index of its attempt group.
-    pub fn compile(def: &RuleDef, index: usize, attempt: Option<usize>) -> Result<Rule, String> {
+    /// index of its attempt group, `module` the index of its module among
+    /// the set's.
+    pub fn compile(
+        def: &RuleDef,
+        index: usize,
+        attempt: Option<usize>,
+        module: usize,
+    ) -> Result<Rule, String> {
         // Rules are anchored anyway; a fail2ban habit of writing `^` must
         // not hide the leading literal.
         let source = def.failregex.strip_prefix('^').unwrap_or(&def.failregex);
@@ -325,10 +335,7 @@ impl Rule {
         };
         let after = Matcher::prefix(&s_items, s)?;
         let after_head = leading_literal(&s_items).into_boxed_slice();
-        let tail = match s_items.split_last() {
-            Some((Item::End, rest)) => trailing_literal(rest),
-            _ => Vec::new(),
-        };
+        let after_can_cut = s_items.iter().any(|i| matches!(i, Item::AnyStar { .. }));
         Ok(Rule {
             index,
             name: def.name.clone(),
@@ -338,15 +345,17 @@ impl Rule {
             anchor: def.anchor,
             attempt,
             step: def.step,
+            module_bit: 1 << (module % 64),
             host_first: def.host_first,
             starts_unique: def.starts_unique,
+            sender_text_max: def.sender_text_max,
             session,
             head: head.into(),
             starts,
             before,
             after,
             after_head,
-            tail: tail.into(),
+            after_can_cut,
         })
     }
 
@@ -445,6 +454,19 @@ impl Rule {
         verdict.into_reading()
     }
 
+    /// A bit for the rule's module: one request of an attempt writes at
+    /// most one refusal line per module (acl.c's beside the channel
+    /// driver's).
+    pub fn module_bit(&self) -> u64 {
+        self.module_bit
+    }
+
+    /// The longest text of the sender's that can follow the address, where
+    /// the rule says (see [`RuleDef::sender_text_max`]).
+    pub fn sender_text_max(&self) -> Option<usize> {
+        self.sender_text_max
+    }
+
     /// Whether no other message of the module opens like this rule's.
     pub fn starts_unique(&self) -> bool {
         self.starts_unique
@@ -470,12 +492,6 @@ impl Rule {
         !self.head.is_empty() && self.head == other.head && self.anchor == other.anchor
     }
 
-    /// Whether a physical line ends with the literal text this rule's
-    /// message ends with (`'.`, `)`): the end of a cut message may be there.
-    pub fn ends_like_it(&self, line: &[u8]) -> bool {
-        !self.tail.is_empty() && line.ends_with(&self.tail)
-    }
-
     /// Whether P matches everything before `at`: the line began this
     /// rule's shape up to the address, then did not finish it.
     pub fn started_at(&self, target: &[u8], at: usize) -> bool {
@@ -495,7 +511,7 @@ impl Rule {
             return true;
         }
         if !self.after_matches(target, token) {
-            if self.goes_on(target, token) {
+            if self.after_can_cut && self.goes_on(target, token) {
                 verdict.partial.get_or_insert(at);
             }
             return false;
@@ -854,9 +870,10 @@ mod tests {
             step: Default::default(),
             host_first: false,
             starts_unique: false,
+            sender_text_max: None,
             session: None,
         };
-        Rule::compile(&def, 0, None).expect("compiles")
+        Rule::compile(&def, 0, None, 0).expect("compiles")
     }
 
     fn read(failregex: &str, target: &str) -> Reading {
@@ -911,6 +928,7 @@ mod tests {
             step: Default::default(),
             host_first: false,
             starts_unique: false,
+            sender_text_max: None,
             session: None,
         };
         for (re, why) in [
@@ -921,7 +939,7 @@ mod tests {
             ("from <HOST> (", "not a valid regex"),
             ("from [<HOST>", "unclosed ["),
         ] {
-            let err = Rule::compile(&def(re), 0, None).expect_err(re);
+            let err = Rule::compile(&def(re), 0, None, 0).expect_err(re);
             assert!(err.contains(why), "{re}: {err}");
         }
     }

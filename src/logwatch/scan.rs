@@ -60,19 +60,28 @@ use super::filter::{LineMatch, RuleSet};
 use super::lines::Line;
 use super::rule::{Rule, Step};
 
-/// Open attempts kept at most; at the cap, those past the window are
-/// dropped, and all if that frees less than half (at worst a line of an
+/// Hosts with open attempts kept at most; at the cap, those past the window
+/// are dropped, and all if that frees less than half (at worst a line of an
 /// attempt then counts again, never less).
 const MAX_OPEN_ATTEMPTS: usize = 4096;
+
+/// Attempts open at once per host and group: phones behind one NAT
+/// address fail at the same time, each with its own callid. Past it the
+/// stalest is forgotten (its further lines then count again).
+const ATTEMPTS_PER_HOST: usize = 4;
 
 /// The lines of one attempt are written within this many seconds of the
 /// one before.
 const ATTEMPT_WINDOW_SECS: i64 = 1;
 
 /// Bytes after a cut line that may still be the rest of its message. The
-/// longest attacker fields Asterisk writes (an IAX2 username, a SIP
-/// extension or From header) are a few hundred bytes.
+/// longest attacker fields Asterisk writes raw (an IAX2 IE, a SIP
+/// extension, an AMI header) are at most about a kilobyte.
 pub const MAX_CONTINUATION_BYTES: usize = 4096;
+
+/// Physical lines after a cut line that may still be the rest of its
+/// message; bounds the work of re-reading the joined text too.
+pub const MAX_CONTINUATION_LINES: usize = 64;
 
 /// What one line meant.
 #[derive(Debug, Clone, Copy)]
@@ -147,8 +156,8 @@ struct Pending {
     /// The cut line's target, then each line after it, joined by spaces.
     text: Vec<u8>,
     cut_len: usize,
-    /// Whether the cut line got as far as the address.
-    reached_host: bool,
+    /// Lines joined on so far.
+    lines: usize,
 }
 
 /// An attempt that further lines may still belong to.
@@ -158,18 +167,24 @@ struct Open {
     thread: Option<u64>,
     /// Requests seen (1, or 2 once the retry was refused too).
     requests: u8,
-    /// Rules seen in the current request, one bit per rule index mod 64.
+    /// Modules whose refusal line the current request has written, one
+    /// bit each ([`Rule::module_bit`]).
     seen: u64,
     second: i64,
     /// The scanner's line number of the line that counted.
     counted: u64,
+    /// The scanner's line number of its latest line.
+    touched: u64,
 }
+
+/// The attempts open for one host in one group.
+type Slots = [Option<Open>; ATTEMPTS_PER_HOST];
 
 /// One line's place in the attempts of its group.
 struct Place {
     group: usize,
     host: IpAddr,
-    rule: usize,
+    module_bit: u64,
     step: Step,
     session: Option<u64>,
     thread: Option<u64>,
@@ -182,7 +197,7 @@ pub struct Scanner {
     rules: Arc<RuleSet>,
     clock: Clock,
     pending: Option<Pending>,
-    open: HashMap<(usize, IpAddr), Open>,
+    open: HashMap<(usize, IpAddr), Slots>,
     /// The latest second an attempt line was seen at: attempts open before
     /// the window are dropped when it moves on, so the table holds only
     /// the last second or two of attempts.
@@ -223,9 +238,14 @@ impl Scanner {
         let text = match line {
             Line::Text(text) => text,
             Line::TooLong => {
-                // Its bytes are unknown: a pending message may have ended
-                // in it, so the lines after it are judged afresh.
-                self.pending = None;
+                // Within a cut message it is more of the attacker's text
+                // (and longer than any field: the message ends with it).
+                if let Some(pending) = self.pending.take() {
+                    return Event::Continuation {
+                        rule: &self.rules.rules()[pending.rule],
+                        back: self.line - pending.line,
+                    };
+                }
                 return Event::TooLong;
             }
         };
@@ -242,8 +262,8 @@ impl Scanner {
                 prefix,
                 rule,
                 host,
-                reached_host,
                 ignored,
+                ..
             } => {
                 let target = self.rules.target_of(rule, text, &prefix);
                 let mut pending = Pending {
@@ -251,7 +271,7 @@ impl Scanner {
                     line: self.line,
                     text: Vec::with_capacity(target.len() + 256),
                     cut_len: target.len(),
-                    reached_host,
+                    lines: 0,
                 };
                 pending.text.extend_from_slice(target);
                 self.pending = Some(pending);
@@ -292,7 +312,7 @@ impl Scanner {
             let place = Place {
                 group,
                 host,
-                rule: id,
+                module_bit: rule.module_bit(),
                 step: rule.step(),
                 session,
                 thread: prefix.thread,
@@ -301,7 +321,14 @@ impl Scanner {
             if place.second > self.latest_second {
                 self.latest_second = place.second;
                 let oldest = place.second - ATTEMPT_WINDOW_SECS;
-                self.open.retain(|_, o| o.second >= oldest);
+                self.open.retain(|_, slots| {
+                    for slot in slots.iter_mut() {
+                        if slot.is_some_and(|o| o.second < oldest) {
+                            *slot = None;
+                        }
+                    }
+                    slots.iter().any(Option::is_some)
+                });
             }
             if let Some(counted) = fold(&mut self.open, &place, self.line) {
                 return Event::Folded {
@@ -321,17 +348,29 @@ impl Scanner {
     }
 
     /// If `text` is the rest of a pending cut message, the cut line's rule
-    /// and line number. Ends the continuation at the line that completes
-    /// the message, or once it is longer than any attacker field.
+    /// and line number.
+    ///
+    /// Where the sender's text can end the message by itself (its ending is
+    /// a quote or a parenthesis), every line that starts within the rule's
+    /// `sender_text_max` bytes of the cut is the sender's; past them, the
+    /// message is over. Elsewhere the line that completes the message ends
+    /// it. Either way it ends once longer than any attacker field.
     fn continues(&mut self, text: &[u8]) -> Option<(usize, u64)> {
         let pending = self.pending.as_mut()?;
+        let rule = &self.rules.rules()[pending.rule];
+        let after_cut = pending.text.len() - pending.cut_len;
+        if rule.sender_text_max().is_some_and(|max| after_cut >= max) {
+            self.pending = None;
+            return None;
+        }
         pending.text.push(b' ');
         pending.text.extend_from_slice(text);
+        pending.lines += 1;
         let found = (pending.rule, pending.line);
         let done = pending.text.len() - pending.cut_len > MAX_CONTINUATION_BYTES
-            || self
-                .rules
-                .completes(pending.rule, &pending.text, text, pending.reached_host);
+            || pending.lines >= MAX_CONTINUATION_LINES
+            || (rule.sender_text_max().is_none()
+                && self.rules.completes(pending.rule, &pending.text));
         if done {
             self.pending = None;
         }
@@ -351,74 +390,101 @@ fn session_hash(session: &[u8]) -> u64 {
 /// Records a line of an attempt group; returns the line number of the line
 /// that counted the attempt this line belongs to, or `None` if it opens a
 /// new attempt (and so counts).
-fn fold(open: &mut HashMap<(usize, IpAddr), Open>, place: &Place, line: u64) -> Option<u64> {
-    use std::collections::hash_map::Entry;
-
+fn fold(open: &mut HashMap<(usize, IpAddr), Slots>, place: &Place, line: u64) -> Option<u64> {
     let key = (place.group, place.host);
-    let bit = 1u64 << (place.rule % 64);
-    if open.len() >= MAX_OPEN_ATTEMPTS && !open.contains_key(&key) {
-        open.retain(|_, o| o.second + ATTEMPT_WINDOW_SECS >= place.second);
-        if open.len() > MAX_OPEN_ATTEMPTS / 2 {
-            open.clear();
-        }
-    }
     let fresh = Open {
         session: place.session,
         thread: place.thread,
         requests: 1,
-        seen: bit,
+        seen: place.module_bit,
         second: place.second,
         counted: line,
+        touched: line,
     };
-    let mut entry = match open.entry(key) {
-        Entry::Occupied(entry) => entry,
-        Entry::Vacant(entry) => {
-            // Nothing open: the line is an attempt; a guess leaves nothing
-            // open after it.
-            if place.step == Step::Refusal {
-                entry.insert(fresh);
+    let Some(slots) = open.get_mut(&key) else {
+        // Nothing open: the line is an attempt; a guess leaves nothing
+        // open after it.
+        if place.step == Step::Refusal {
+            if open.len() >= MAX_OPEN_ATTEMPTS {
+                open.retain(|_, slots| {
+                    slots
+                        .iter()
+                        .flatten()
+                        .any(|o| o.second + ATTEMPT_WINDOW_SECS >= place.second)
+                });
+                if open.len() > MAX_OPEN_ATTEMPTS / 2 {
+                    open.clear();
+                }
             }
-            return None;
-        }
-    };
-    let o = *entry.get();
-    if !o.admits(place) {
-        match place.step {
-            Step::Refusal => *entry.get_mut() = fresh,
-            Step::Guess => drop(entry.remove()),
+            let mut slots: Slots = [None; ATTEMPTS_PER_HOST];
+            slots[0] = Some(fresh);
+            open.insert(key, slots);
         }
         return None;
-    }
+    };
+    let Some(i) = pick(slots, place) else {
+        if place.step == Step::Refusal {
+            // A free slot, or the stalest attempt's.
+            let i = slots
+                .iter()
+                .position(Option::is_none)
+                .or_else(|| {
+                    (0..ATTEMPTS_PER_HOST).min_by_key(|&i| slots[i].map_or(0, |o| o.touched))
+                })
+                .unwrap_or(0);
+            slots[i] = Some(fresh);
+        }
+        return None;
+    };
+    let o = slots[i]?;
     let joined = match place.step {
         // The guess ends the attempt it belongs to.
         Step::Guess => {
-            entry.remove();
+            slots[i] = None;
             return Some(o.counted);
         }
         // Another module's line of the same request.
-        Step::Refusal if o.seen & bit == 0 => Open {
-            seen: o.seen | bit,
+        Step::Refusal if o.seen & place.module_bit == 0 => Open {
+            seen: o.seen | place.module_bit,
             ..o
         },
         // The same line again: the authenticated retry of the request.
         Step::Refusal if o.requests == 1 => Open {
             requests: 2,
-            seen: bit,
+            seen: place.module_bit,
             ..o
         },
         // A third request: a new attempt.
         Step::Refusal => {
-            *entry.get_mut() = fresh;
+            slots[i] = Some(fresh);
             return None;
         }
     };
-    *entry.get_mut() = Open {
+    slots[i] = Some(Open {
         session: joined.session.or(place.session),
         thread: place.thread.or(joined.thread),
         second: place.second,
+        touched: line,
         ..joined
-    };
+    });
     Some(o.counted)
+}
+
+/// The open attempt a line belongs to: the one with its session, else
+/// the latest one it may join (a line without a session, like acl.c's,
+/// joins the request it is written beside).
+fn pick(slots: &Slots, place: &Place) -> Option<usize> {
+    let admits = |i: &usize| slots[*i].is_some_and(|o| o.admits(place));
+    let latest = |i: &usize| slots[*i].map_or(0, |o| o.touched);
+    if let Some(session) = place.session {
+        let same = (0..ATTEMPTS_PER_HOST)
+            .filter(admits)
+            .find(|&i| slots[i].is_some_and(|o| o.session == Some(session)));
+        if same.is_some() {
+            return same;
+        }
+    }
+    (0..ATTEMPTS_PER_HOST).filter(admits).max_by_key(latest)
 }
 
 impl Open {
@@ -476,18 +542,19 @@ mod tests {
 
     #[test]
     fn a_forged_line_after_a_cut_one_never_counts() {
-        // An IAX2 username "abc\n<forged line>" (IAX2 carries usernames as
-        // raw bytes): the real message ends on the forged line, with
-        // Asterisk's own " (x != y)" ending.
-        let lines = [
-            "[2026-11-24 16:03:18] NOTICE[5] chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'abc",
-            "[2026-11-24 16:03:18] NOTICE[5] chan_iax2.c: Host 10.0.0.1 failed MD5 authentication for 'x' (e7df7cd2ca07f4f1ab415d457a6e1c13 != 53ac4bc41ee4ec77888ed4aa50677247)",
-            "[2026-11-24 16:03:19] NOTICE[5] chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'y' (e7df7cd2ca07f4f1ab415d457a6e1c13 != 53ac4bc41ee4ec77888ed4aa50677247)",
-        ];
+        // An IAX2 MD5 result "abc\n<forged line>" (IAX2 carries it as raw
+        // bytes): the real message ends on the forged line, with
+        // Asterisk's own ")". Within the 255 bytes such a field can hold,
+        // every line is the sender's; past them, lines are judged again.
+        let cut = "[2026-11-24 16:03:18] NOTICE[5] chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'peer' (e7df7cd2ca07f4f1ab415d457a6e1c13 != abc";
+        let forged = "[2026-11-24 16:03:18] NOTICE[5] chan_iax2.c: Host 10.0.0.1 failed MD5 authentication for 'peer' (e7df7cd2ca07f4f1ab415d457a6e1c13 != 53ac4bc41ee4ec77888ed4aa50677247)";
+        let later = "[2026-11-24 16:03:19] NOTICE[5] chan_iax2.c: Host 203.0.113.5 failed MD5 authentication for 'peer' (e7df7cd2ca07f4f1ab415d457a6e1c13 != 53ac4bc41ee4ec77888ed4aa50677247)";
         assert_eq!(
-            judge(&lines),
+            judge(&[cut, forged, "x)", later, later]),
             [
                 "cut iax2_wrong_password 203.0.113.5",
+                "continuation",
+                "continuation",
                 "continuation",
                 "iax2_wrong_password 203.0.113.5"
             ]
@@ -496,33 +563,33 @@ mod tests {
 
     #[test]
     fn a_cut_line_never_swallows_the_next_genuine_line() {
-        // The rest of the username carries no prefix and completes the
+        // The rest of the extension carries no prefix and completes the
         // message: the genuine line after it is judged as usual.
         let lines = [
-            "[2026-11-24 16:03:18] NOTICE[5] manager.c: 203.0.113.5 failed to authenticate as 'abc",
-            "def'",
-            "[2026-11-24 16:03:18] NOTICE[6] manager.c: 198.51.100.7 failed to authenticate as 'x'",
+            "[2026-12-01 08:19:06] NOTICE[20795] res_pjsip_session.c:  anonymous: Call (UDP:203.0.113.5:42307) to extension '1",
+            "23' rejected because extension not found in context 'default'.",
+            "[2026-12-01 08:19:06] NOTICE[20796] res_pjsip_session.c:  anonymous: Call (UDP:198.51.100.7:5060) to extension '9' rejected because extension not found in context 'default'.",
         ];
         assert_eq!(
             judge(&lines),
             [
-                "cut ami_failed_auth 203.0.113.5",
+                "cut pjsip_extension_not_found 203.0.113.5",
                 "continuation",
-                "ami_failed_auth 198.51.100.7"
+                "pjsip_extension_not_found 198.51.100.7"
             ]
         );
         // Filler lines inside the field do not end the message early.
         let lines = [
-            "[2026-11-24 16:03:18] NOTICE[5] manager.c: 203.0.113.5 failed to authenticate as 'abc",
+            "[2026-12-01 08:19:06] NOTICE[20795] res_pjsip_session.c:  anonymous: Call (UDP:203.0.113.5:42307) to extension '1",
             "filler",
             "",
-            "[2026-11-24 16:03:18] NOTICE[5] manager.c: 10.0.0.1 failed to authenticate as 'x'",
-            "[2026-11-24 16:03:19] NOTICE[6] manager.c: 203.0.113.5 failed to authenticate as 'y'",
+            "[2026-12-01 08:19:06] NOTICE[1] manager.c: 10.0.0.1 failed to authenticate as 'x' rejected because extension not found in context 'default'.",
+            "[2026-12-01 08:19:07] NOTICE[6] manager.c: 203.0.113.5 failed to authenticate as 'y'",
         ];
         assert_eq!(
             judge(&lines),
             [
-                "cut ami_failed_auth 203.0.113.5",
+                "cut pjsip_extension_not_found 203.0.113.5",
                 "continuation",
                 "continuation",
                 "continuation",
@@ -533,8 +600,7 @@ mod tests {
 
     #[test]
     fn the_continuation_is_bounded() {
-        let cut =
-            "[2026-11-24 16:03:18] NOTICE[5] manager.c: 203.0.113.5 failed to authenticate as 'abc";
+        let cut = "[2026-12-01 08:19:06] NOTICE[20795] res_pjsip_session.c:  anonymous: Call (UDP:203.0.113.5:42307) to extension '1";
         let filler = "x".repeat(1000);
         let genuine =
             "[2026-11-24 16:03:19] NOTICE[6] manager.c: 198.51.100.7 failed to authenticate as 'y'";
@@ -547,6 +613,15 @@ mod tests {
             "{judged:?}"
         );
         assert_eq!(judged[6], "ami_failed_auth 198.51.100.7");
+        // And in lines: many short ones end it too.
+        let mut lines = vec![cut];
+        lines.extend([""; MAX_CONTINUATION_LINES]);
+        lines.push(genuine);
+        let judged = judge(&lines);
+        assert_eq!(
+            judged[MAX_CONTINUATION_LINES + 1],
+            "ami_failed_auth 198.51.100.7"
+        );
     }
 
     #[test]
@@ -609,6 +684,16 @@ mod tests {
         (
             "sip_wrong_password",
             "chan_sip.c: Registration from '<sip:1@@x>' failed for '203.0.113.5:5060' - Wrong password",
+            0,
+        ),
+        (
+            "sip_auth_name_mismatch",
+            "chan_sip.c: Registration from '<sip:1@@x>' failed for '203.0.113.5:5060' - Username/auth name mismatch",
+            0,
+        ),
+        (
+            "sip_not_local_domain",
+            "chan_sip.c: Registration from '<sip:1@@x>' failed for '203.0.113.5:5060' - Not a local domain",
             0,
         ),
         (
@@ -774,37 +859,95 @@ mod tests {
             let at = sample.find('@').expect("marker");
             let module_end = sample.find(": ").expect("module") + 2;
             let (before, after) = (&sample[..at], &sample[at + 1..]);
-            // The sender's text: a newline, a complete line of the same
-            // rule naming another address, a newline, then filler before
-            // Asterisk's own rest of the message.
+            // The sender's text: a newline, then what an attacker would
+            // put before a complete line of the same rule naming another
+            // address (nothing; the message's ending alone on a line;
+            // filler as long as an IAX2 field), a newline, then filler
+            // before Asterisk's own rest of the message.
             let forged = format!(
                 "{prefix}{}",
                 sample
                     .replace('@', "")
                     .replace("203.0.113.5", "10.66.66.66")
             );
-            let lines = [
-                format!("{prefix}{before}"),
-                forged,
-                format!("x{after}"),
-                genuine.to_owned(),
-            ];
-            let judged = judge(&lines.iter().map(String::as_str).collect::<Vec<_>>());
-            let count = |host: &str| {
-                judged
+            let ending = &sample[sample.len() - 2..];
+            let filler = "f".repeat(250);
+            for before_forged in [
+                vec![],
+                vec![ending],
+                vec![filler.as_str()],
+                vec![ending, ending],
+            ] {
+                let mut lines = vec![format!("{prefix}{before}")];
+                lines.extend(before_forged.iter().map(|l| (*l).to_owned()));
+                lines.push(forged.clone());
+                lines.push(format!("x{after}"));
+                // Where every line within the sender's field is the
+                // sender's, the genuine line comes after the field.
+                let rule = rules
+                    .rules()
                     .iter()
-                    .filter(|j| !j.starts_with("folded") && j.ends_with(&format!(" {host}")))
-                    .count()
-            };
-            assert_eq!(count("10.66.66.66"), 0, "{name}: {judged:?}");
-            assert_eq!(count("198.51.100.7"), 1, "{name}: {judged:?}");
-            assert_eq!(count("203.0.113.5"), *sender, "{name}: {judged:?}");
-            assert!(
-                judged[0].starts_with("cut"),
-                "{name} [{}]: {judged:?}",
-                &sample[..module_end]
-            );
+                    .find(|r| r.name() == *name)
+                    .expect("rule");
+                if let Some(max) = rule.sender_text_max() {
+                    lines.push("n".repeat(max));
+                }
+                lines.push(genuine.to_owned());
+                let judged = judge(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+                let count = |host: &str| {
+                    judged
+                        .iter()
+                        .filter(|j| !j.starts_with("folded") && j.ends_with(&format!(" {host}")))
+                        .count()
+                };
+                let shape = format!("{name} after {before_forged:?}");
+                assert_eq!(count("10.66.66.66"), 0, "{shape}: {judged:?}");
+                assert_eq!(count("198.51.100.7"), 1, "{shape}: {judged:?}");
+                assert_eq!(count("203.0.113.5"), *sender, "{shape}: {judged:?}");
+                assert!(
+                    judged[0].starts_with("cut"),
+                    "{shape} [{}]: {judged:?}",
+                    &sample[..module_end]
+                );
+            }
         }
+    }
+
+    #[test]
+    fn a_reason_no_rule_names_is_not_a_cut_line() {
+        // chan_sip reasons without a rule of their own.
+        let lines = [
+            "[2026-11-24 16:03:21] NOTICE[2766] chan_sip.c: Registration from '<sip:1@x>' failed for '198.51.100.2:5060' - Unknown failure",
+            "[2026-11-24 16:03:21] NOTICE[2766] chan_sip.c: Registration from '<sip:1@x>' failed for '198.51.100.2:5060' - RTP initialization failed",
+            "[2026-11-24 16:03:21] NOTICE[2766] chan_sip.c: Registration from '<sip:1@x>' failed for '198.51.100.3:5060' - Wrong password",
+        ];
+        assert_eq!(
+            judge(&lines),
+            ["missed", "missed", "sip_wrong_password 198.51.100.3"]
+        );
+    }
+
+    #[test]
+    fn phones_behind_one_nat_keep_their_attempts_apart() {
+        // Two phones of one office, mistyped usernames, interleaved: each
+        // attempt (request, retry, guess) has its own callid.
+        let line = |callid: &str, reason: &str| {
+            format!(
+                "[2026-12-01 07:38:13] NOTICE[23093] res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:999@x>' failed for '198.51.100.20:5060' (callid: {callid}) - {reason}"
+            )
+        };
+        let (nme, fta) = ("No matching endpoint found", "Failed to authenticate");
+        let lines = [
+            line("a", nme),
+            line("b", nme),
+            line("a", nme),
+            line("b", nme),
+            line("b", fta),
+            line("a", fta),
+        ];
+        let judged = judge(&lines.iter().map(String::as_str).collect::<Vec<_>>());
+        let counted = judged.iter().filter(|j| !j.starts_with("folded")).count();
+        assert_eq!(counted, 2, "{judged:?}");
     }
 
     #[test]
