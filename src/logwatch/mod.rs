@@ -30,7 +30,7 @@ use self::clock::Clock;
 use self::filter::RuleSet;
 use self::scan::{Event, Scanner};
 use self::tail::{Cursor, Follower, Notice, Poll, SavedCursor};
-use crate::config::LogConfig;
+use crate::config::{LogConfig, StartAt};
 use crate::failure::{Failure, Report, Source};
 use crate::persist::{self, Loaded};
 use crate::throttle::Throttle;
@@ -181,7 +181,7 @@ pub async fn run(
 ) -> Result<(), LogError> {
     let cursor_path = state_dir.join(CURSOR_FILE);
     ensure_dir(&state_dir);
-    let (path, chosen) = choose_path(config.path.as_deref());
+    let (mut path, chosen) = choose_path(config.path.as_deref());
     if let Some(why) = chosen {
         tracing::info!("{why}");
     }
@@ -259,6 +259,23 @@ pub async fn run(
                 () = shutdown.cancelled() => break 'follow,
                 () = wake.notified() => break,
                 _ = poll_tick.tick() => {
+                    // Unset log.path and no file yet: Asterisk may create
+                    // the other default name (messages.log) instead.
+                    if config.path.is_none() && stats.borrow().file_missing {
+                        let (found, _) = choose_path(None);
+                        if found != path && found.exists() {
+                            tracing::info!("log.path is not set; {} appeared, following it", found.display());
+                            path = found;
+                            reader.follower = Follower::new(
+                                path.clone(),
+                                config.max_line_length,
+                                StartAt::Beginning,
+                                None,
+                            );
+                            watcher = None;
+                            stats.send_modify(|s| s.path = Some(path.clone()));
+                        }
+                    }
                     if watcher.is_none() {
                         watcher = watch_dir(&path, &wake);
                     }

@@ -15,39 +15,54 @@
 //!   | AMI login, unknown user or ACL | `nonexistent user` or acl.c + `failed to pass IP ACL`, then `failed to authenticate` |
 //!
 //!   Rules that share an `attempt` group describe such lines. Within a
-//!   group, per host, an attempt is: a *refusal* (one line per rule, for
-//!   the request), the same again (its retry), and at most one *guess* (a
-//!   rule with `step = "guess"`), which ends it. A line that does not fit
-//!   the attempt open for its host (a third request, a second guess, a
-//!   different session or thread, a later second) starts a new one, so a
+//!   group, per host, an attempt is: a *refusal* (at most one line per
+//!   module, for the request), the same again (its retry), and at most one
+//!   *guess* (a rule with `step = "guess"`), which ends it. A line that does
+//!   not fit an attempt open for its host (a third request, a second guess,
+//!   another session or thread, a later second) starts a new one, so a
 //!   guess is never folded into another guess: every password tried
-//!   counts. Lines of one attempt share pjsip's callid (`<SESSION>`) or,
-//!   without one, Asterisk's thread; the callid is the attacker's text, so
-//!   it only ever joins lines the state machine allows to be one attempt.
+//!   counts. Lines of one attempt share pjsip's callid or the security
+//!   log's SessionID (`session`) or, without one, Asterisk's thread; up to
+//!   [`ATTEMPTS_PER_HOST`] attempts are open per host (phones behind one
+//!   NAT address). The session is the attacker's text, so it only ever
+//!   joins lines the rules above allow to be one attempt. Unlike AMI, the
+//!   log has no `ChallengeSent`, so a scanner that reuses one callid for
+//!   unauthenticated requests counts once per two of them.
 //!
 //! * **Newlines in attacker text.** Asterisk does not escape newlines in
 //!   what it logs: a real Asterisk writes a SIP extension's percent-decoded
-//!   `%0A` raw (`messages-pjsip-newline-injection.log`), and IAX2 usernames
-//!   carry raw bytes. An attacker can then end a message early and make
-//!   the rest look like a log line of its own, naming any address. A line
-//!   that begins a rule's shape up to the address and stops short of the
-//!   rule's end was cut by such a newline: the physical lines after it, up
-//!   to and including the first one that completes the cut message (it
-//!   ends with the rule's own ending text, or the cut line's text joined
-//!   with them matches the rule), are the rest of the message, and never
-//!   count. The cut line itself counts for its
-//!   address only when Asterisk writes the address before any attacker
-//!   text (`host_first`). The continuation is bounded
-//!   ([`MAX_CONTINUATION_BYTES`]): a genuine line after a cut message is
-//!   never swallowed once the message has ended.
+//!   `%0A` raw (`messages-pjsip-newline-injection.log`), IAX2 fields and
+//!   AMI header values carry raw bytes. An attacker can then end a message
+//!   early and make the rest look like log lines of its own, naming any
+//!   address. A line that begins a rule's message and does not complete it
+//!   inside the sender's text (after the address where the rule has a
+//!   wildcard there, or before it where the rule's opening is unique) was
+//!   cut by such a newline, and the physical lines after it are the rest of
+//!   the message, which never count:
 //!
-//!   This cannot catch an attacker whose field is long enough to hold a
-//!   complete forged ending *and* a forged line after it; nothing in a
-//!   plain-text log tells those apart. That is why rules keep the address
-//!   before attacker text or before Asterisk's fixed endings wherever
-//!   Asterisk allows it, why the AMI security events (structured, one field
-//!   per value) are astban's primary input, and why `ignoreip` protects the
-//!   addresses that matter most.
+//!   - up to the line at which the cut line's text joined with them reads
+//!     as the whole rule (an ending alone never ends it); or,
+//!   - where the sender's text can supply the message's ending itself (a
+//!     quote, a parenthesis: `sender_text_max`), every line that starts
+//!     within the longest such field, whatever it says. A genuine line
+//!     written within those bytes after such a cut is lost with them:
+//!     bounded blindness, never a planted address.
+//!
+//!   The cut line itself counts for its address only where Asterisk writes
+//!   the address before any attacker text (`host_first`); a newline before
+//!   the address makes the attempt count for nobody (SIP and PJSIP headers
+//!   cannot carry one; AMI counts those attempts in auto mode). A
+//!   continuation ends after [`MAX_CONTINUATION_BYTES`] or
+//!   [`MAX_CONTINUATION_LINES`] whatever it says: longer than any field.
+//!
+//!   Not caught: a sender's text that ends the line with nothing of
+//!   Asterisk's after it (chan_iax2's `failed to authenticate as %s` before
+//!   Asterisk 18.21, 20.6 and 21.1, which strip such bytes): there a
+//!   forged next line cannot be told from a genuine one. That is why rules
+//!   keep the address before attacker text or before Asterisk's fixed
+//!   endings wherever Asterisk allows it, why the AMI security events
+//!   (structured, one field per value) are astban's primary input, and why
+//!   `ignoreip` protects the addresses that matter most.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -68,7 +83,7 @@ const MAX_OPEN_ATTEMPTS: usize = 4096;
 /// Attempts open at once per host and group: phones behind one NAT
 /// address fail at the same time, each with its own callid. Past it the
 /// stalest is forgotten (its further lines then count again).
-const ATTEMPTS_PER_HOST: usize = 4;
+pub const ATTEMPTS_PER_HOST: usize = 4;
 
 /// The lines of one attempt are written within this many seconds of the
 /// one before.
