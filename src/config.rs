@@ -168,7 +168,7 @@ pub struct LogConfig {
     pub extra_rules: Vec<RuleDef>,
     /// Lines matching any of these never count.
     pub ignoreregex: Vec<String>,
-    /// Longest line read; longer ones are skipped (and counted as such).
+    /// Longest line read whole; of a longer one only both ends are judged.
     pub max_line_length: usize,
     /// How often to look at the file when inotify cannot be used.
     #[serde(with = "duration")]

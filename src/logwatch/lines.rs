@@ -16,8 +16,16 @@ const MIN_BUFFER: usize = 64 * 1024;
 pub enum Line<'a> {
     /// A whole line, without its `\n` (or `\r\n`).
     Text(&'a [u8]),
-    /// A line longer than the bound, dropped.
-    TooLong,
+    /// A line longer than the bound: only its first and last bytes (half
+    /// the bound each) are kept, so that a rule whose address is near an
+    /// end of the message still finds it, while the line costs no more
+    /// memory than the bound.
+    TooLong {
+        /// The line's first bytes.
+        head: &'a [u8],
+        /// The line's last bytes (without its `\n`).
+        tail: &'a [u8],
+    },
 }
 
 /// Whether [`LineReader::read_lines`] stopped at the end of the data or
@@ -39,6 +47,10 @@ pub struct LineReader {
     max_line: usize,
     skipping: bool,
     offset: u64,
+    /// While skipping an overlong line: its first bytes, and a window on
+    /// its last ones.
+    head: Vec<u8>,
+    tail: Vec<u8>,
 }
 
 impl LineReader {
@@ -53,7 +65,19 @@ impl LineReader {
             max_line,
             skipping: false,
             offset,
+            head: Vec::new(),
+            tail: Vec::new(),
         }
+    }
+
+    /// Bytes kept at each end of an overlong line.
+    fn keep(&self) -> usize {
+        self.max_line / 2
+    }
+
+    fn tail_window(&self) -> &[u8] {
+        let tail = strip_cr(&self.tail);
+        &tail[tail.len().saturating_sub(self.keep())..]
     }
 
     /// The stream offset just past the last line handed out.
@@ -67,6 +91,8 @@ impl LineReader {
         self.end = 0;
         self.skipping = false;
         self.offset = offset;
+        self.head.clear();
+        self.tail.clear();
     }
 
     /// Whether the rest of an overlong line is being skipped (the offset
@@ -117,7 +143,22 @@ impl LineReader {
     /// Hands out the unfinished last line, for a source that has ended
     /// for good (a file read once, not followed).
     pub fn finish(&mut self, mut f: impl FnMut(Line<'_>, u64)) {
-        if self.skipping || self.end == self.start {
+        if self.skipping {
+            let rest = self.end - self.start;
+            let keep = self.keep();
+            push_tail(&mut self.tail, keep, &self.buf[self.start..self.end]);
+            self.offset += rest as u64;
+            f(
+                Line::TooLong {
+                    head: &self.head,
+                    tail: self.tail_window(),
+                },
+                self.offset,
+            );
+            self.reset(self.offset);
+            return;
+        }
+        if self.end == self.start {
             self.reset(self.offset);
             return;
         }
@@ -132,30 +173,69 @@ impl LineReader {
     }
 
     fn drain(&mut self, f: &mut impl FnMut(Line<'_>, u64)) {
+        let keep = self.keep();
         while let Some(nl) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
-            let line = &self.buf[self.start..self.start + nl];
+            let (from, to) = (self.start, self.start + nl);
             self.start += nl + 1;
             self.offset += nl as u64 + 1;
             if self.skipping {
                 self.skipping = false;
-            } else if line.len() > self.max_line {
-                f(Line::TooLong, self.offset);
+                push_tail(&mut self.tail, keep, &self.buf[from..to]);
+                f(
+                    Line::TooLong {
+                        head: &self.head,
+                        tail: self.tail_window(),
+                    },
+                    self.offset,
+                );
+                self.head.clear();
+                self.tail.clear();
+            } else if to - from > self.max_line {
+                let line = strip_cr(&self.buf[from..to]);
+                let tail = &line[line.len().saturating_sub(keep)..];
+                f(
+                    Line::TooLong {
+                        head: &line[..keep.min(line.len())],
+                        tail,
+                    },
+                    self.offset,
+                );
             } else {
-                f(Line::Text(strip_cr(line)), self.offset);
+                f(Line::Text(strip_cr(&self.buf[from..to])), self.offset);
             }
         }
         let pending = self.end - self.start;
         if pending > self.max_line || (self.skipping && pending > 0) {
-            // No newline yet and already too long: drop what we have and
-            // skip to the next newline instead of buffering more.
+            // No newline yet and already too long: keep its head and a
+            // window on its tail, and skip the rest instead of buffering.
+            let bytes = &self.buf[self.start..self.end];
             if !self.skipping {
-                f(Line::TooLong, self.offset + pending as u64);
+                let split = keep.min(bytes.len());
+                self.head.clear();
+                self.head.extend_from_slice(&bytes[..split]);
+                self.tail.clear();
+                push_tail(&mut self.tail, keep, &bytes[split..]);
+            } else {
+                push_tail(&mut self.tail, keep, bytes);
             }
             self.skipping = true;
             self.offset += pending as u64;
             self.start = 0;
             self.end = 0;
         }
+    }
+}
+
+/// Adds bytes of an overlong line to its tail window of `keep` bytes and
+/// a possible `\r` (held in at most twice that, so that trimming is
+/// amortised).
+fn push_tail(tail: &mut Vec<u8>, keep: usize, bytes: &[u8]) {
+    let keep = keep + 1;
+    let bytes = &bytes[bytes.len().saturating_sub(keep)..];
+    tail.extend_from_slice(bytes);
+    if tail.len() > 2 * keep {
+        let cut = tail.len() - keep;
+        tail.drain(..cut);
     }
 }
 
@@ -190,7 +270,11 @@ mod tests {
             .read_lines(&mut src, u64::MAX, |line, end| {
                 out.push(match line {
                     Line::Text(t) => format!("{}@{end}", String::from_utf8_lossy(t)),
-                    Line::TooLong => format!("<long>@{end}"),
+                    Line::TooLong { head, tail } => format!(
+                        "<long {}...{}>@{end}",
+                        String::from_utf8_lossy(head),
+                        String::from_utf8_lossy(tail)
+                    ),
                 })
             })
             .expect("read");
@@ -209,14 +293,14 @@ mod tests {
     }
 
     #[test]
-    fn long_lines_are_dropped_and_reading_resynchronises() {
+    fn long_lines_are_cut_to_their_ends_and_reading_resynchronises() {
         let long = "x".repeat(MIN_BUFFER * 3);
         let data = format!("ok\n{long}\nnext\n");
         for chunk in [7, 4096, usize::MAX] {
             let (out, offset, partial) = lines(data.as_bytes(), 100, chunk);
             let end = 3 + long.len() + 1;
             assert_eq!(out[0], "ok@3");
-            assert!(out[1].starts_with("<long>@"), "{out:?}");
+            assert!(out[1].starts_with("<long "), "{out:?}");
             assert_eq!(out[2], format!("next@{}", end + 5));
             assert_eq!(out.len(), 3);
             assert_eq!(offset, data.len() as u64);
@@ -225,8 +309,27 @@ mod tests {
         // A line of exactly the bound is fine.
         let (out, offset, _) = lines(b"12345\n123456\n", 5, 2);
         assert_eq!(out[0], "12345@6");
-        assert!(out[1].starts_with("<long>@") && out.len() == 2, "{out:?}");
+        assert!(out[1].starts_with("<long ") && out.len() == 2, "{out:?}");
         assert_eq!(offset, 13);
+    }
+
+    #[test]
+    fn a_long_line_keeps_its_head_and_its_tail() {
+        let middle = "m".repeat(MIN_BUFFER * 3);
+        let data = format!("HEAD{middle}TAIL\r\nnext\n");
+        for chunk in [7, 4096, usize::MAX] {
+            let (out, _, _) = lines(data.as_bytes(), 20, chunk);
+            assert_eq!(out.len(), 2, "{out:?}");
+            let end = data.len() - 5;
+            assert_eq!(
+                out[0],
+                format!("<long HEADmmmmmm...mmmmmmTAIL>@{end}"),
+                "chunk {chunk}"
+            );
+        }
+        // Seen whole in the buffer.
+        let (out, _, _) = lines(b"0123456789abcdefghij!\n", 20, usize::MAX);
+        assert_eq!(out, ["<long 0123456789...bcdefghij!>@22"]);
     }
 
     #[test]

@@ -83,7 +83,8 @@ pub struct LogStats {
     /// Lines without a log prefix outside a cut message.
     #[serde(default)]
     pub unparsable: u64,
-    /// Lines skipped for being longer than `log.max_line_length`.
+    /// Lines longer than `log.max_line_length` whose kept ends named no
+    /// sender certainly.
     pub too_long: u64,
     /// Whether the file is missing right now.
     pub file_missing: bool,

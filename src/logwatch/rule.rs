@@ -399,6 +399,12 @@ impl Rule {
         self.step
     }
 
+    /// Whether only Asterisk's fixed text follows the address (nothing of
+    /// the sender's), so that the end of a line alone places the address.
+    pub fn ends_fixed(&self) -> bool {
+        !self.after_can_cut
+    }
+
     /// Whether Asterisk writes the address before any text the sender
     /// chose, so that a line cut short after the address still names the
     /// sender.

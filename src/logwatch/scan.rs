@@ -107,7 +107,8 @@ pub const MAX_CONTINUATION_LINES: usize = 64;
 pub enum Event<'r> {
     /// Not a log line (no prefix).
     NoPrefix,
-    /// Longer than `log.max_line_length`; skipped.
+    /// Longer than `log.max_line_length`, and neither its head nor its
+    /// tail names a sender certainly; skipped.
     TooLong,
     /// A log line no rule matched.
     Missed,
@@ -236,6 +237,8 @@ pub struct Scanner {
     latest_second: i64,
     /// Lines judged so far.
     line: u64,
+    /// Scratch space for an over-long line's head and tail.
+    joined: Vec<u8>,
 }
 
 impl Scanner {
@@ -248,6 +251,7 @@ impl Scanner {
             open: HashMap::new(),
             latest_second: i64::MIN,
             line: 0,
+            joined: Vec::new(),
         }
     }
 
@@ -269,7 +273,7 @@ impl Scanner {
         self.line += 1;
         let text = match line {
             Line::Text(text) => text,
-            Line::TooLong => {
+            Line::TooLong { head, tail } => {
                 // Within a cut message it is more of the attacker's text
                 // (and longer than any field: the message ends with it).
                 if let Some(pending) = self.pending.take() {
@@ -278,7 +282,7 @@ impl Scanner {
                         back: self.line - pending.line,
                     };
                 }
-                return Event::TooLong;
+                return self.too_long(head, tail);
             }
         };
         if let Some((rule, cut_line)) = self.continues(text) {
@@ -378,6 +382,55 @@ impl Scanner {
             host,
             time,
             cut,
+        })
+    }
+
+    /// An over-long line (an attacker's long username, say), of which only
+    /// the head and the tail are kept. The sender's text in the middle is
+    /// gone, so only readings that do not depend on it count: from the
+    /// head, a rule that writes the address before any sender text; from
+    /// the head's prefix joined to the tail, a rule whose address is
+    /// followed by Asterisk's fixed ending only.
+    fn too_long(&mut self, head: &[u8], tail: &[u8]) -> Event<'_> {
+        let rules = &self.rules;
+        let mut found = None;
+        self.joined.clear();
+        self.joined.extend_from_slice(head);
+        self.joined.extend_from_slice(b" ... ");
+        self.joined.extend_from_slice(tail);
+        if let LineMatch::Failure {
+            prefix, rule, host, ..
+        } = rules.match_line(&self.joined)
+            && rules.rules()[rule].ends_fixed()
+        {
+            found = Some((rule, host, prefix.stamp));
+        }
+        if found.is_none() {
+            match rules.match_line(head) {
+                LineMatch::Cut {
+                    prefix,
+                    rule,
+                    host: Some(host),
+                    ignored: false,
+                    ..
+                } => found = Some((rule, host, prefix.stamp)),
+                LineMatch::Failure {
+                    prefix, rule, host, ..
+                } if rules.rules()[rule].host_first() => {
+                    found = Some((rule, host, prefix.stamp));
+                }
+                _ => {}
+            }
+        }
+        let Some((id, host, stamp)) = found else {
+            return Event::TooLong;
+        };
+        let time = self.clock.timestamp(stamp);
+        Event::Attempt(Attempt {
+            rule: &self.rules.rules()[id],
+            host,
+            time,
+            cut: false,
         })
     }
 
@@ -1009,5 +1062,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Judges `line` as the line reader hands out a line longer than
+    /// `max`: its first and last `max / 2` bytes.
+    fn judge_long(line: &str, max: usize) -> String {
+        let mut s = scanner();
+        let keep = max / 2;
+        let event = s.scan(Line::TooLong {
+            head: &line.as_bytes()[..keep],
+            tail: &line.as_bytes()[line.len() - keep..],
+        });
+        match event {
+            Event::Attempt(a) => format!("{} {}", a.rule.name(), a.host),
+            Event::TooLong => "too long".into(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_long_username_does_not_escape_the_log() {
+        let long = "u".repeat(20_000);
+        // The address first: the head names it.
+        let line = format!(
+            "[2026-11-24 16:03:21] NOTICE[3102] manager.c: 203.0.113.5 failed to authenticate as '{long}'"
+        );
+        assert_eq!(judge_long(&line, 8192), "ami_failed_auth 203.0.113.5");
+        let line = format!(
+            "[2026-12-01 08:19:06] NOTICE[1] res_pjsip_session.c:  anonymous: Call (UDP:203.0.113.5:5060) to extension '{long}' rejected because extension not found in context 'default'."
+        );
+        assert_eq!(
+            judge_long(&line, 8192),
+            "pjsip_extension_not_found 203.0.113.5"
+        );
+        // The address before Asterisk's fixed ending: the tail names it.
+        let line = format!(
+            "[2026-11-24 16:03:21] NOTICE[2766] chan_sip.c: Registration from '<sip:{long}@x>' failed for '203.0.113.5:5060' - Wrong password"
+        );
+        assert_eq!(judge_long(&line, 8192), "sip_wrong_password 203.0.113.5");
+        // A planted address in the kept head, or the sender's text after
+        // the address in the tail (a callid), names nobody.
+        let line = format!(
+            "[2026-11-24 16:03:21] NOTICE[2766] chan_sip.c: Registration from '<sip:x>' failed for '10.0.0.1:5060' - Wrong password' {long} ' failed for '203.0.113.5:5060' - Wrong password"
+        );
+        assert_eq!(judge_long(&line, 8192), "sip_wrong_password 203.0.113.5");
+        let line = format!(
+            "[2026-11-24 16:03:21] NOTICE[2766] res_pjsip/pjsip_distributor.c: Request 'REGISTER' from '<sip:{long}@x>' failed for '203.0.113.5:5060' (callid: 10.0.0.1' failed for '10.0.0.2:5060' (callid: x) - Failed to authenticate"
+        );
+        assert_eq!(judge_long(&line, 8192), "too long");
     }
 }
