@@ -167,6 +167,31 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// SIGKILL, as the OOM killer or a power cut would; returns every line
+    /// the daemon wrote before it died (those it reported).
+    pub fn kill(mut self) -> Vec<String> {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill with a pid we own and a valid signal number.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGKILL);
+        }
+        let _ = child.wait();
+        // The reader thread ends at the pipe's end: everything is in.
+        let mut seen = std::mem::take(&mut self.seen);
+        seen.extend(self.lines.iter());
+        seen
+    }
+
+    /// Receives the next line the daemon logs, if one comes within
+    /// `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -16,6 +16,7 @@ use ipnet::{IpNet, Ipv6Net};
 use jiff::Timestamp;
 
 use super::ignore::{IgnoreList, IgnoreReason, canonical_net};
+use super::journal::Record;
 use super::state::{Saved, SavedOffender};
 use super::{BanError, BanInfo, EngineEvent, EngineStats, MAX_ACCOUNTS, UnbanReason};
 use crate::config::JailConfig;
@@ -55,6 +56,8 @@ const SERVICES: [Service; 5] = [
 pub(crate) struct Effects {
     pub(crate) changes: Vec<Change>,
     pub(crate) events: Vec<EngineEvent>,
+    /// Bans and unbans to make durable before anything else is told.
+    pub(crate) journal: Vec<Record>,
     pub(crate) persist: bool,
 }
 
@@ -479,6 +482,7 @@ impl Jail {
         Saved {
             bans: self.bans(),
             offenders,
+            journal: 0,
         }
     }
 
@@ -652,6 +656,7 @@ impl Jail {
         } else {
             Change::Ban { net, expires }
         });
+        fx.journal.push(Record::Ban(info.clone()));
         fx.events.push(EngineEvent::Banned(info.clone()));
         fx.persist = true;
         info
@@ -689,6 +694,10 @@ impl Jail {
     fn remove_ban(&mut self, net: IpNet, reason: UnbanReason, fx: &mut Effects) -> Option<BanInfo> {
         let info = self.take_ban(net)?;
         fx.changes.push(Change::Unban { net });
+        // An expiry needs no record: a restart drops what is over.
+        if reason != UnbanReason::Expired {
+            fx.journal.push(Record::Unban(net));
+        }
         fx.events.push(EngineEvent::Unbanned { net, reason });
         fx.persist = true;
         Some(info)
@@ -1519,6 +1528,7 @@ mod tests {
                 })
                 .collect(),
             offenders: Vec::new(),
+            journal: 0,
         };
         let mut jail = Jail::new(&JailConfig {
             ignoreip: vec![net("10.0.0.0/8")],
@@ -1562,6 +1572,7 @@ mod tests {
                 ban("203.0.113.9/32", 1000),
             ],
             offenders: Vec::new(),
+            journal: 0,
         };
         let mut jail = Jail::new(&config());
         let mut fx = Effects::default();

@@ -10,6 +10,7 @@
 
 mod ignore;
 mod jail;
+mod journal;
 mod state;
 mod task;
 
@@ -344,8 +345,15 @@ pub fn spawn<F: Firewall>(
         policy.set_own_addresses(ignore::own_addresses().map_err(EngineError::OwnAddresses)?);
     }
     let path = state_dir.join(STATE_FILE);
+    let state_error = |source| EngineError::State {
+        path: state_dir.to_path_buf(),
+        source,
+    };
+    let mut saved = state::load(&path)?;
+    let next = journal::replay(state_dir, saved.journal, &mut saved).map_err(state_error)?;
+    let journal = journal::Journal::open(state_dir, next).map_err(state_error)?;
     let mut lifted = jail::Effects::default();
-    let restored = policy.restore(state::load(&path)?, Timestamp::now(), &mut lifted);
+    let restored = policy.restore(saved, Timestamp::now(), &mut lifted);
     tracing::info!(
         bans = restored.len(),
         lifted = lifted.changes.len(),
@@ -364,6 +372,7 @@ pub fn spawn<F: Firewall>(
         events: events.clone(),
         firewall,
         state_path: path,
+        journal: Some(journal),
         ignore_self: jail.ignore_self,
         shutdown,
     });

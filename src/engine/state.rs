@@ -21,6 +21,10 @@ pub(crate) struct Saved {
     pub(crate) bans: Vec<BanInfo>,
     #[serde(default)]
     pub(crate) offenders: Vec<SavedOffender>,
+    /// The first ban journal (see [`super::journal`]) whose records came
+    /// after this snapshot; 0 in a file from before the journal.
+    #[serde(default)]
+    pub(crate) journal: u64,
 }
 
 /// A network's ban history, kept to escalate its next ban.

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ignore::own_addresses;
 use super::jail::{Effects, Jail, Verdict};
+use super::journal::{Journal, Record};
 use super::state::{self, Saved};
 use super::{BanError, BanInfo, EngineEvent, EngineStats};
 use crate::config::{JailConfig, format_duration, format_net};
@@ -63,6 +64,8 @@ pub(super) struct Parts {
     pub(super) events: broadcast::Sender<EngineEvent>,
     pub(super) firewall: Applier,
     pub(super) state_path: PathBuf,
+    /// Taken while a commit runs on a blocking thread.
+    pub(super) journal: Option<Journal>,
     pub(super) ignore_self: bool,
     pub(super) shutdown: CancellationToken,
 }
@@ -76,7 +79,12 @@ pub(super) struct Engine {
     /// Why the last save failed, while saves fail: the state is not
     /// durable, which `astban status` says.
     save_error: Option<String>,
+    /// Why the journal could not be written, while it cannot.
+    journal_error: Option<String>,
 }
+
+/// An answer to send once the batch it belongs to is durable.
+type Reply = Box<dyn FnOnce() + Send>;
 
 impl Engine {
     pub(super) fn new(parts: Parts) -> Engine {
@@ -85,6 +93,7 @@ impl Engine {
             save_at: None,
             saving: None,
             save_error: None,
+            journal_error: None,
         }
     }
 
@@ -94,6 +103,7 @@ impl Engine {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let mut fx = Effects::default();
+            let mut replies: Vec<Reply> = Vec::new();
             let expiry = self.parts.jail.next_expiry().map(deadline);
             let later = Instant::now() + HOUSEKEEPING;
             // Timers first: they are rarely ready, so a flood of reports
@@ -111,23 +121,29 @@ impl Engine {
                 _ = housekeeping.tick() => self.housekeep(),
                 command = self.parts.commands.recv() => {
                     let Some(command) = command else { break };
-                    self.handle(command, &mut fx);
+                    self.handle(command, &mut fx, &mut replies);
                     // Whatever else is already queued joins the same
-                    // firewall transaction.
+                    // journal write and firewall transaction.
                     for _ in 1..MAX_BATCH {
                         match self.parts.commands.try_recv() {
-                            Ok(command) => self.handle(command, &mut fx),
+                            Ok(command) => self.handle(command, &mut fx, &mut replies),
                             Err(_) => break,
                         }
                     }
                 }
             }
+            // Durable first: nothing is logged, mailed, answered or sent
+            // to the kernel that a crash right now would lose.
+            self.commit(&fx.journal).await;
             self.publish(fx);
+            for reply in replies {
+                reply();
+            }
         }
         self.stop().await;
     }
 
-    fn handle(&mut self, command: Command, fx: &mut Effects) {
+    fn handle(&mut self, command: Command, fx: &mut Effects, replies: &mut Vec<Reply>) {
         let now = Timestamp::now();
         let jail = &mut self.parts.jail;
         match command {
@@ -138,10 +154,16 @@ impl Engine {
                 force,
                 reply,
             } => {
-                let _ = reply.send(jail.manual_ban(net, duration, force, now, fx));
+                let result = jail.manual_ban(net, duration, force, now, fx);
+                replies.push(Box::new(move || {
+                    let _ = reply.send(result);
+                }));
             }
             Command::Unban { net, reply } => {
-                let _ = reply.send(jail.unban(net, fx));
+                let result = jail.unban(net, fx);
+                replies.push(Box::new(move || {
+                    let _ = reply.send(result);
+                }));
             }
             Command::Bans { reply } => {
                 let _ = reply.send(jail.bans());
@@ -149,16 +171,69 @@ impl Engine {
             Command::Stats { reply } => {
                 let mut stats = jail.stats(self.parts.firewall.status());
                 self.collect_save();
-                stats.state_error.clone_from(&self.save_error);
+                stats.state_error = self
+                    .journal_error
+                    .clone()
+                    .or_else(|| self.save_error.clone());
                 let _ = reply.send(stats);
             }
             Command::Reconfigure {
                 jail: config,
                 reply,
             } => {
-                let _ = reply.send(jail.reconfigure(&config, fx));
+                let result = jail.reconfigure(&config, fx);
+                replies.push(Box::new(move || {
+                    let _ = reply.send(result);
+                }));
             }
         }
+    }
+
+    /// Appends the batch's bans and unbans to the journal and fsyncs it,
+    /// off the runtime thread; the engine waits (that is the point), the
+    /// inputs and the control socket do not.
+    async fn commit(&mut self, records: &[Record]) {
+        if records.is_empty() {
+            return;
+        }
+        let Some(mut journal) = self.parts.journal.take() else {
+            self.journal_failed(&std::io::Error::other("no journal is open"));
+            return;
+        };
+        let records = records.to_vec();
+        let done = tokio::task::spawn_blocking(move || {
+            let result = journal.commit(&records);
+            (journal, result)
+        })
+        .await;
+        match done {
+            Ok((journal, result)) => {
+                self.parts.journal = Some(journal);
+                match result {
+                    Ok(()) => self.journal_error = None,
+                    Err(e) => self.journal_failed(&e),
+                }
+            }
+            Err(e) => self.journal_failed(&std::io::Error::other(e.to_string())),
+        }
+    }
+
+    fn journal_failed(&mut self, e: &std::io::Error) {
+        tracing::error!(
+            "cannot write the ban journal in {}: {e}; bans hold in the kernel but a crash now would lose them",
+            self.journal_dir().display()
+        );
+        self.journal_error = Some(format!(
+            "cannot write the ban journal in {}: {e}",
+            self.journal_dir().display()
+        ));
+    }
+
+    fn journal_dir(&self) -> PathBuf {
+        self.parts
+            .state_path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     }
 
     /// Sends what the last batch decided: changes to the firewall, events
@@ -209,9 +284,22 @@ impl Engine {
             return;
         }
         self.collect_save();
-        let snapshot = self.parts.jail.snapshot();
+        // What comes after this snapshot goes to a new journal; once the
+        // snapshot is on disk the older ones are not needed.
+        let mut snapshot = self.parts.jail.snapshot();
+        if let Some(journal) = &mut self.parts.journal {
+            if let Err(e) = journal.rotate() {
+                self.journal_error = Some(format!("cannot start a new ban journal: {e}"));
+            }
+            snapshot.journal = journal.generation();
+        }
         let path = self.parts.state_path.clone();
-        self.saving = Some(tokio::task::spawn_blocking(move || save(&path, &snapshot)));
+        let dir = self.journal_dir();
+        self.saving = Some(tokio::task::spawn_blocking(move || {
+            save(&path, &snapshot)?;
+            Journal::forget_before(&dir, snapshot.journal)
+                .map_err(|e| format!("cannot remove old ban journals in {}: {e}", dir.display()))
+        }));
     }
 
     /// Saves state one last time and lets the firewall apply what is
@@ -223,10 +311,24 @@ impl Engine {
         if let Some(saving) = saving {
             let _ = saving.await;
         }
-        let snapshot = parts.jail.snapshot();
+        let mut snapshot = parts.jail.snapshot();
+        if let Some(mut journal) = parts.journal {
+            // A journal that cannot rotate keeps its records: the
+            // snapshot then says to replay it.
+            let _ = journal.rotate();
+            snapshot.journal = journal.generation();
+        }
         let path = parts.state_path;
         let bans = snapshot.bans.len();
-        match tokio::task::spawn_blocking(move || save(&path, &snapshot)).await {
+        let dir = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        match tokio::task::spawn_blocking(move || {
+            save(&path, &snapshot)?;
+            Journal::forget_before(&dir, snapshot.journal).map_err(|e| e.to_string())
+        })
+        .await
+        {
             Ok(_) => {}
             Err(e) => tracing::error!("saving ban state failed: {e}"),
         }

@@ -1,0 +1,154 @@
+//! SIGKILL in the middle of a ban flood loses nothing: every ban astban
+//! reported (logged) before it died is, after a restart, in `astban bans`
+//! with its offense count and in the kernel, and the kernel holds nothing
+//! astban does not list. Real daemon, real log file, real nftables in a
+//! network namespace of the test's own.
+
+#[path = "support/daemon.rs"]
+mod daemon;
+#[path = "support/netns.rs"]
+mod netns;
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use daemon::Daemon;
+
+/// Distinct attackers in the flood (198.18.0.0/15, benchmark space).
+const FLOOD: u32 = 50_000;
+const SOON: Duration = Duration::from_secs(60);
+
+fn host(i: u32) -> String {
+    format!("198.{}.{}.{}", 18 + (i >> 16), (i >> 8) & 0xff, i & 0xff)
+}
+
+/// Appends one wrong-password line per attacker, stamped now.
+fn flood(log: &Path) {
+    let now = jiff::ZonedDateTime::now()
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let mut text = String::with_capacity(FLOOD as usize * 130);
+    for i in 0..FLOOD {
+        text.push_str(&format!(
+            "[{now}] NOTICE[2766] chan_sip.c: Registration from '<sip:100@pbx>' failed for '{}:5060' - Wrong password\n",
+            host(i)
+        ));
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .expect("log");
+    file.write_all(text.as_bytes()).expect("flood");
+}
+
+/// The hosts of `banned host=...` lines.
+fn reported(lines: &[String]) -> BTreeSet<String> {
+    lines
+        .iter()
+        .filter_map(|l| l.split("banned host=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn sigkill_during_a_ban_flood_loses_no_reported_ban() {
+    if !netns::require_root("sigkill_during_a_ban_flood_loses_no_reported_ban") {
+        return;
+    }
+    let ns = netns::Netns::create("crash").expect("namespace");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("messages");
+    std::fs::write(&log, "").expect("log");
+    let socket = dir.path().join("run/astban.sock");
+    let table = format!("astban_crash_{}", std::process::id());
+    let nft: Vec<String> = ns.nft_command().iter().map(|s| format!("{s:?}")).collect();
+    let config = dir.path().join("astban.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[input]\nmode = \"log\"\n[log]\npath = \"{}\"\n[jail]\nmaxretry = 1\nmax_tracked_hosts = 100000\n\
+             [firewall]\nbackend = \"nftables\"\ntable = \"{table}\"\nnft = [{}]\n\
+             [control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n",
+            log.display(),
+            nft.join(", "),
+            socket.display(),
+            dir.path().join("state").display()
+        ),
+    )
+    .expect("config");
+
+    // Kill points spread over the flood, the same every run of the test.
+    let mut seed = u64::from(std::process::id()) | 1;
+    let mut all_reported = BTreeSet::new();
+    for round in 0..3 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let kill_after = 1_000 + (seed % 30_000) as usize;
+        let mut d = Daemon::start(&config, &socket);
+        d.wait_for_log("following", SOON);
+        flood(&log);
+        let mut bans_seen = 0;
+        let deadline = Instant::now() + SOON;
+        while bans_seen < kill_after {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: only {bans_seen} bans"
+            );
+            if let Some(line) = d.next_line(Duration::from_secs(5))
+                && line.contains("banned host=")
+            {
+                bans_seen += 1;
+            }
+        }
+        let lines = d.kill();
+        let reported = reported(&lines);
+        assert!(reported.len() >= kill_after, "round {round}");
+        all_reported.extend(reported);
+
+        // Restart: everything reported is banned, once, in astban and in
+        // the kernel; the kernel holds nothing more.
+        let d = Daemon::start(&config, &socket);
+        let bans = d.bans();
+        let listed: BTreeSet<String> = bans
+            .iter()
+            .filter_map(|b| b["host"].as_str().map(str::to_owned))
+            .collect();
+        let missing: Vec<_> = all_reported.difference(&listed).take(5).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} reported bans lost, e.g. {missing:?}",
+            all_reported.difference(&listed).count()
+        );
+        assert!(
+            bans.iter().all(|b| b["offense"] == 1),
+            "round {round}: a first ban with another offense count"
+        );
+        let deadline = Instant::now() + SOON;
+        loop {
+            let kernel: BTreeSet<String> = ns
+                .set_elements(&table, "v4")
+                .expect("set")
+                .into_iter()
+                .collect();
+            if kernel == listed {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: kernel {} elements, astban {} bans; only in the kernel: {:?}",
+                kernel.len(),
+                listed.len(),
+                kernel.difference(&listed).take(5).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Stop cleanly, so the next round starts from the end of the log.
+        let status = d.stop();
+        assert!(status.success(), "round {round}: {status}");
+    }
+    let _ = ns.nft(&["delete", "table", "inet", &table]);
+}
