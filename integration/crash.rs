@@ -152,3 +152,59 @@ fn sigkill_during_a_ban_flood_loses_no_reported_ban() {
     }
     let _ = ns.nft(&["delete", "table", "inet", &table]);
 }
+
+#[test]
+fn bans_in_the_kernel_that_the_state_lost_are_adopted() {
+    if !netns::require_root("bans_in_the_kernel_that_the_state_lost_are_adopted") {
+        return;
+    }
+    let ns = netns::Netns::create("adopt").expect("namespace");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("messages");
+    std::fs::write(&log, "").expect("log");
+    let socket = dir.path().join("run/astban.sock");
+    let state = dir.path().join("state");
+    let table = format!("astban_adopt_{}", std::process::id());
+    let nft: Vec<String> = ns.nft_command().iter().map(|s| format!("{s:?}")).collect();
+    let config = dir.path().join("astban.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[input]\nmode = \"log\"\n[log]\npath = \"{}\"\n\
+             [firewall]\nbackend = \"nftables\"\ntable = \"{table}\"\nnft = [{}]\n\
+             [control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n",
+            log.display(),
+            nft.join(", "),
+            socket.display(),
+            state.display()
+        ),
+    )
+    .expect("config");
+    let d = Daemon::start(&config, &socket);
+    let out = d.cli(&["ban", "198.51.100.77", "--for", "1h"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = d.bans();
+    assert!(d.stop().success());
+    // The state is lost (a disk replaced, a file removed by hand); the
+    // kernel still holds the ban.
+    std::fs::remove_dir_all(&state).expect("rm state");
+    let mut d = Daemon::start(&config, &socket);
+    let after = d.bans();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0]["host"], "198.51.100.77");
+    let expires = |b: &serde_json::Value| {
+        b["expires"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .expect("expires")
+    };
+    let drift = expires(&after[0]).duration_since(expires(&before[0])).abs();
+    assert!(drift.as_secs() <= 5, "{before:?} vs {after:?}");
+    assert!(d.logged().contains("adopted"), "{}", d.logged());
+    drop(d);
+    let _ = ns.nft(&["delete", "table", "inet", &table]);
+}

@@ -20,7 +20,7 @@ use crate::demo::Demo;
 use crate::engine::EngineStats;
 use crate::engine::{self, EngineEvent, EngineHandle};
 use crate::failure::Report;
-use crate::firewall::AnyFirewall;
+use crate::firewall::{AnyFirewall, Firewall as _};
 use crate::input::{self, Gate, GateStats, Inputs, ReportSink};
 use crate::logwatch::{self, LogStats, filter::RuleSet};
 use crate::notify::{self, BanNotice, Mailer, Notice};
@@ -85,13 +85,30 @@ pub async fn run(
         .transpose()?;
 
     let engine_stop = CancellationToken::new();
-    let firewall = AnyFirewall::from_config(&config.firewall);
+    let mut firewall = AnyFirewall::from_config(&config.firewall);
+    // Bans in the kernel that the state lacks are adopted, not orphaned.
+    let found = match firewall.existing(Timestamp::now()).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!("cannot list the bans already in the kernel ({e}); none adopted");
+            Vec::new()
+        }
+    };
     let (engine, engine_task) = engine::spawn(
         &config.jail,
         &config.state.dir,
         firewall,
         engine_stop.clone(),
     )?;
+    if !found.is_empty() {
+        let adopted = engine.adopt(found).await.unwrap_or_default();
+        if adopted > 0 {
+            tracing::warn!(
+                adopted,
+                "bans in the kernel that the ban state lacked were adopted with the time they have left"
+            );
+        }
+    }
 
     let shutdown = CancellationToken::new();
     let (health_tx, health_rx) = watch::channel(Health::Connecting);

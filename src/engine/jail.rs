@@ -554,6 +554,45 @@ impl Jail {
             .collect()
     }
 
+    /// Takes over `found` (bans in the kernel at start) where no ban covers
+    /// them yet: the state file was lost or set aside, or lagged. They keep
+    /// the time the kernel gives them; what `ignoreip` now protects is
+    /// lifted instead. Returns how many were adopted.
+    pub(crate) fn adopt(&mut self, found: &[ActiveBan], now: Timestamp, fx: &mut Effects) -> usize {
+        let mut adopted = 0;
+        for ban in found {
+            let net = canonical_net(ban.net);
+            if ban.expires <= now || self.covering(net).is_some() {
+                continue;
+            }
+            if self.ignore.overlap(net).is_some() {
+                self.lift_unknown(net, fx);
+                continue;
+            }
+            let offense = self.offender(net, now).map_or(1, |o| o.offenses.max(1));
+            let info = BanInfo {
+                net,
+                banned_at: at_second(now.as_second()),
+                expires: ban.expires,
+                failures: 0,
+                offense,
+                manual: false,
+                kinds: Vec::new(),
+                services: Vec::new(),
+                accounts: Vec::new(),
+            };
+            for inner in self.inside(net) {
+                self.remove_ban(inner, UnbanReason::Superseded, fx);
+            }
+            self.insert_ban(info.clone());
+            self.remember_offender(net, offense, ban.expires, now);
+            fx.journal.push(Record::Ban(info));
+            fx.persist = true;
+            adopted += 1;
+        }
+        adopted
+    }
+
     /// The network a host's failures are counted and banned under: the
     /// address itself for IPv4, its `ipv6_prefix` for IPv6, unless that
     /// prefix would cover an ignored address (this host's own /64, say),
@@ -1677,5 +1716,49 @@ mod tests {
             .manual_ban(net("2001:db8:1:2::7/128"), None, false, t(0), &mut fx)
             .expect("banned");
         assert_eq!(v6.net, net("2001:db8:1:2::/64"));
+    }
+
+    #[test]
+    fn kernel_bans_the_state_lacks_are_adopted_unless_covered_ignored_or_over() {
+        let mut jail = Jail::new(&JailConfig {
+            ignoreip: vec![net("10.0.0.0/8")],
+            ..config()
+        });
+        fail(&mut jail, "192.0.2.9", 5, t(0));
+        let found = |n: &str, secs: i64| ActiveBan {
+            net: net(n),
+            expires: Timestamp::from_second(t(0).as_second() + secs).expect("ts"),
+        };
+        let mut fx = Effects::default();
+        let adopted = jail.adopt(
+            &[
+                found("192.0.2.9/32", 100),   // already banned
+                found("203.0.113.5/32", 600), // lost by the state
+                found("10.1.2.3/32", 600),    // ignoreip now: lifted
+                found("198.51.100.1/32", -1), // over
+            ],
+            t(0),
+            &mut fx,
+        );
+        assert_eq!(adopted, 1);
+        let ban = jail
+            .bans()
+            .into_iter()
+            .find(|b| b.net == net("203.0.113.5/32"))
+            .expect("adopted");
+        assert_eq!(
+            ban.expires,
+            Timestamp::from_second(t(0).as_second() + 600).expect("ts")
+        );
+        assert!(
+            fx.journal
+                .iter()
+                .any(|r| matches!(r, Record::Ban(b) if b.net == ban.net))
+        );
+        assert!(
+            fx.changes
+                .iter()
+                .any(|c| matches!(c, Change::Unban { net: n } if *n == net("10.1.2.3/32")))
+        );
     }
 }

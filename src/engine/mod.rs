@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{JailConfig, format_net};
 use crate::failure::{AttackerText, FailureKind, Report, Service};
-use crate::firewall::{Applier, Firewall, FirewallStatus};
+use crate::firewall::{ActiveBan, Applier, Firewall, FirewallStatus};
 
 pub use ignore::IgnoreReason;
 pub use state::STATE_FILE;
@@ -285,6 +285,13 @@ impl EngineHandle {
         self.ask(|reply| Command::Unban { net, reply }).await
     }
 
+    /// Takes over bans found in the kernel that the state lacks (a lost or
+    /// corrupt state file), each with the time it has left; returns how
+    /// many it took.
+    pub async fn adopt(&self, bans: Vec<ActiveBan>) -> Result<usize, EngineGone> {
+        self.ask(|reply| Command::Adopt { bans, reply }).await
+    }
+
     /// The bans in force, oldest first.
     pub async fn bans(&self) -> Result<Vec<BanInfo>, EngineGone> {
         self.ask(|reply| Command::Bans { reply }).await
@@ -431,6 +438,10 @@ mod tests {
             _now: Timestamp,
         ) -> Result<(), FirewallError> {
             Ok(())
+        }
+
+        async fn existing(&mut self, _now: Timestamp) -> Result<Vec<ActiveBan>, FirewallError> {
+            Ok(Vec::new())
         }
 
         fn retry_interval(&self) -> Duration {

@@ -18,7 +18,7 @@ use super::state::{self, Saved};
 use super::{BanError, BanInfo, EngineEvent, EngineStats};
 use crate::config::{JailConfig, format_duration, format_net};
 use crate::failure::Report;
-use crate::firewall::Applier;
+use crate::firewall::{ActiveBan, Applier};
 
 /// Most commands handled before the resulting changes go to the firewall:
 /// large enough to batch a burst, small enough to keep latency low.
@@ -53,6 +53,10 @@ pub(super) enum Command {
     },
     Reconfigure {
         jail: Box<JailConfig>,
+        reply: oneshot::Sender<usize>,
+    },
+    Adopt {
+        bans: Vec<ActiveBan>,
         reply: oneshot::Sender<usize>,
     },
 }
@@ -176,6 +180,12 @@ impl Engine {
                     .clone()
                     .or_else(|| self.save_error.clone());
                 let _ = reply.send(stats);
+            }
+            Command::Adopt { bans, reply } => {
+                let result = jail.adopt(&bans, now, fx);
+                replies.push(Box::new(move || {
+                    let _ = reply.send(result);
+                }));
             }
             Command::Reconfigure {
                 jail: config,

@@ -497,6 +497,10 @@ mod tests {
             }
         }
 
+        async fn existing(&mut self, _now: Timestamp) -> Result<Vec<ActiveBan>, FirewallError> {
+            Ok(Vec::new())
+        }
+
         fn retry_interval(&self) -> Duration {
             Duration::from_millis(10)
         }

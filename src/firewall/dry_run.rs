@@ -59,6 +59,11 @@ impl Firewall for DryRunFirewall {
         Ok(())
     }
 
+    /// Nothing is ever in a kernel.
+    async fn existing(&mut self, _now: Timestamp) -> Result<Vec<ActiveBan>, FirewallError> {
+        Ok(Vec::new())
+    }
+
     fn retry_interval(&self) -> Duration {
         self.retry_interval
     }

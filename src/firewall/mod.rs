@@ -125,6 +125,14 @@ pub trait Firewall: Send + 'static {
         now: Timestamp,
     ) -> impl Future<Output = Result<(), FirewallError>> + Send;
 
+    /// The bans already in the kernel, with the time they have left: at
+    /// start, what the state lacks (a lost or corrupt state file) is
+    /// adopted rather than left orphaned.
+    fn existing(
+        &mut self,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<ActiveBan>, FirewallError>> + Send;
+
     /// How long to wait before trying again after a failure.
     fn retry_interval(&self) -> Duration;
 
@@ -236,6 +244,13 @@ impl Firewall for AnyFirewall {
         match self {
             AnyFirewall::Nft(f) => f.verify(bans, now).await,
             AnyFirewall::DryRun(f) => f.verify(bans, now).await,
+        }
+    }
+
+    async fn existing(&mut self, now: Timestamp) -> Result<Vec<ActiveBan>, FirewallError> {
+        match self {
+            AnyFirewall::Nft(f) => f.existing(now).await,
+            AnyFirewall::DryRun(f) => f.existing(now).await,
         }
     }
 

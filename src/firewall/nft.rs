@@ -434,6 +434,29 @@ impl Firewall for NftFirewall {
         }
     }
 
+    async fn existing(&mut self, now: Timestamp) -> Result<Vec<ActiveBan>, FirewallError> {
+        let table = ["list", "table", "inet", &self.table];
+        let listing = match self.list(&table).await {
+            Ok(listing) => listing,
+            // No table yet: a first start.
+            Err(FirewallError::Rejected { stderr, .. }) if stderr.contains("No such file") => {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(listing
+            .elements_left(&self.table)
+            .into_iter()
+            .filter_map(|(net, left)| {
+                let left = i64::try_from(left?).ok()?;
+                Some(ActiveBan {
+                    net,
+                    expires: Timestamp::from_second(now.as_second().saturating_add(left)).ok()?,
+                })
+            })
+            .collect())
+    }
+
     fn retry_interval(&self) -> Duration {
         self.retry_interval
     }
@@ -481,6 +504,9 @@ enum ListedElement {
 #[derive(Debug, Deserialize)]
 struct ListedValue {
     val: ListedElement,
+    /// Seconds the element has left (timeout sets only).
+    #[serde(default)]
+    expires: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -531,6 +557,19 @@ impl Listing {
             return Some(format!("the rules of chain inet {table} {CHAIN} are gone"));
         }
         None
+    }
+
+    /// The elements of astban's sets with the seconds they have left
+    /// (`None` if nft did not say).
+    fn elements_left(&self, table: &str) -> Vec<(IpNet, Option<u64>)> {
+        self.of(table)
+            .filter(|(kind, set)| *kind == "set" && SETS.iter().any(|(name, ..)| set.name == *name))
+            .flat_map(|(_, set)| &set.elem)
+            .filter_map(|e| match e {
+                ListedElement::Wrapped { elem } => Some((elem.val.net()?, elem.expires)),
+                other => Some((other.net()?, None)),
+            })
+            .collect()
     }
 
     /// The elements of astban's sets. Timeouts do not matter: astban only
