@@ -429,3 +429,30 @@ fn a_state_that_cannot_be_saved_shows_in_status() {
         s["engine"]["state_error"].is_null()
     });
 }
+
+#[test]
+fn a_hung_nft_is_reported_and_never_holds_up_a_stop() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Setup::new();
+    let hang = s.path("hung-nft");
+    std::fs::write(&hang, "#!/bin/sh\nexec sleep 600\n").expect("script");
+    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = s.config(&format!(
+        "\n[firewall]\nbackend = \"nftables\"\nnft = [\"{}\"]\n",
+        hang.display()
+    ));
+    let mut d = Daemon::start(&config, &s.socket());
+    d.wait_for_log("has not answered for 5s", SOON);
+    // Protection goes on meanwhile: the engine still bans.
+    log_attempts(&s.path("messages"), "203.0.113.9", 5);
+    d.wait_for_log("banned host=203.0.113.9", SOON);
+    // A stop does not wait on the hung nft longer than its deadline.
+    let started = Instant::now();
+    let status = d.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "stopping took {:?}",
+        started.elapsed()
+    );
+}

@@ -85,29 +85,40 @@ pub async fn run(
         .transpose()?;
 
     let engine_stop = CancellationToken::new();
-    let mut firewall = AnyFirewall::from_config(&config.firewall);
-    // Bans in the kernel that the state lacks are adopted, not orphaned.
-    let found = match firewall.existing(Timestamp::now()).await {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!("cannot list the bans already in the kernel ({e}); none adopted");
-            Vec::new()
-        }
-    };
+    let firewall = AnyFirewall::from_config(&config.firewall);
     let (engine, engine_task) = engine::spawn(
         &config.jail,
         &config.state.dir,
         firewall,
         engine_stop.clone(),
     )?;
-    if !found.is_empty() {
-        let adopted = engine.adopt(found).await.unwrap_or_default();
-        if adopted > 0 {
-            tracing::warn!(
-                adopted,
-                "bans in the kernel that the ban state lacked were adopted with the time they have left"
-            );
-        }
+    // Bans in the kernel that the state lacks are adopted, not orphaned;
+    // off the start path, so that a slow or hung nft delays nothing.
+    {
+        let mut lister = AnyFirewall::from_config(&config.firewall);
+        let engine = engine.clone();
+        let stop = engine_stop.clone();
+        tokio::spawn(async move {
+            let found = tokio::select! {
+                () = stop.cancelled() => return,
+                found = lister.existing(Timestamp::now()) => found,
+            };
+            match found {
+                Ok(found) if !found.is_empty() => {
+                    let adopted = engine.adopt(found).await.unwrap_or_default();
+                    if adopted > 0 {
+                        tracing::warn!(
+                            adopted,
+                            "bans in the kernel that the ban state lacked were adopted with the time they have left"
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("cannot list the bans already in the kernel ({e}); none adopted")
+                }
+            }
+        });
     }
 
     let shutdown = CancellationToken::new();

@@ -25,6 +25,9 @@ use tokio::time::{Instant, sleep_until};
 
 use super::{ActiveBan, Change, Firewall, FirewallError, FirewallStatus};
 
+/// Longest a stop waits for the firewall's last transaction.
+pub(crate) const FINISH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The engine's side of the applier task.
 #[derive(Debug)]
 pub(crate) struct Applier {
@@ -72,11 +75,22 @@ impl Applier {
     }
 
     /// Lets the task make one last attempt with what is queued, and waits
-    /// for it to end.
+    /// for it to end, at most [`FINISH_DEADLINE`]: a hung `nft` must not
+    /// hold up a stop (the kernel keeps the bans it has, each with its
+    /// timeout, and the journal has the rest for the next start).
     pub(crate) async fn finish(self) {
         drop(self.changes);
-        if let Err(e) = self.task.await {
-            tracing::error!("firewall task failed: {e}");
+        let mut task = self.task;
+        match tokio::time::timeout(FINISH_DEADLINE, &mut task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("firewall task failed: {e}"),
+            Err(_) => {
+                task.abort();
+                tracing::warn!(
+                    "the firewall did not finish within {}s of the stop; the kernel keeps what it has, the rest is applied at the next start",
+                    FINISH_DEADLINE.as_secs()
+                );
+            }
         }
     }
 }

@@ -62,6 +62,9 @@ const MAX_ELEMENTS_PER_TRANSACTION: usize = 30_000;
 /// How long one nft run may take before it is killed.
 const NFT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// After this long without an answer from nft, astban says so.
+const NFT_SLOW: Duration = Duration::from_secs(5);
+
 /// Seconds before its end within which a ban missing from the kernel is
 /// not missed.
 const EXPIRY_SLACK: i64 = 2;
@@ -329,11 +332,27 @@ impl NftFirewall {
                 None => Ok(()),
             }
         };
-        let (fed, output) = tokio::time::timeout(NFT_TIMEOUT, async {
+        let run = tokio::time::timeout(NFT_TIMEOUT, async {
             tokio::join!(feed, child.wait_with_output())
-        })
-        .await
-        .map_err(|_| FirewallError::Timeout(NFT_TIMEOUT))?;
+        });
+        tokio::pin!(run);
+        // Said once, early: an nft that hangs (a wedged netlink socket, a
+        // kernel busy with a huge set) is worth knowing before it times out.
+        let slow = tokio::time::sleep(NFT_SLOW);
+        tokio::pin!(slow);
+        let finished = tokio::select! {
+            finished = &mut run => finished,
+            () = &mut slow => {
+                tracing::warn!(
+                    "{} has not answered for {}s; still waiting (at most {}s)",
+                    self.program,
+                    NFT_SLOW.as_secs(),
+                    NFT_TIMEOUT.as_secs()
+                );
+                run.await
+            }
+        };
+        let (fed, output) = finished.map_err(|_| FirewallError::Timeout(NFT_TIMEOUT))?;
         let spawn_error = |source| FirewallError::Spawn {
             program: self.program.clone(),
             source,
