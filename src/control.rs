@@ -91,7 +91,24 @@ impl Response {
 /// Carries out requests; the daemon implements it over the engine.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
-    fn handle(&self, request: Request) -> impl Future<Output = Response> + Send;
+    fn handle(&self, request: Request) -> impl Future<Output = Reply> + Send;
+}
+
+/// A handler's answer.
+pub enum Reply {
+    /// One response, sent as one line.
+    Whole(Response),
+    /// A success whose `data` arrives in pieces of JSON text that together
+    /// make one value (a list of 100,000 bans): written to the socket as
+    /// they come, on the same one line, so that the daemon never holds the
+    /// whole answer.
+    Pieces(tokio::sync::mpsc::Receiver<String>),
+}
+
+impl From<Response> for Reply {
+    fn from(response: Response) -> Reply {
+        Reply::Whole(response)
+    }
 }
 
 /// Why the control socket could not be served or reached.
@@ -247,10 +264,10 @@ async fn serve_client<H: Handler>(stream: UnixStream, handler: &H) -> Result<(),
             Ok(Some(line)) => line,
             Ok(None) | Err(_) => return Ok(()),
         };
-        let response = match line {
+        let reply = match line {
             Ok(line) => match serde_json::from_str::<Request>(&line) {
                 Ok(request) => handler.handle(request).await,
-                Err(e) => Response::error(format!("bad request: {e}")),
+                Err(e) => Response::error(format!("bad request: {e}")).into(),
             },
             Err(LinesCodecError::MaxLineLengthExceeded) => {
                 let response = Response::error("request too long");
@@ -259,7 +276,18 @@ async fn serve_client<H: Handler>(stream: UnixStream, handler: &H) -> Result<(),
             }
             Err(e) => return Err(e),
         };
-        framed.send(to_line(&response)).await?;
+        match reply {
+            Reply::Whole(response) => framed.send(to_line(&response)).await?,
+            Reply::Pieces(mut pieces) => {
+                use tokio::io::AsyncWriteExt as _;
+                let stream = framed.get_mut();
+                stream.write_all(b"{\"ok\":true,\"data\":").await?;
+                while let Some(piece) = pieces.recv().await {
+                    stream.write_all(piece.as_bytes()).await?;
+                }
+                stream.write_all(b"}\n").await?;
+            }
+        }
     }
 }
 
@@ -335,13 +363,23 @@ mod tests {
     struct Echo(Mutex<Vec<Request>>);
 
     impl Handler for Echo {
-        async fn handle(&self, request: Request) -> Response {
+        async fn handle(&self, request: Request) -> Reply {
             if let Ok(mut seen) = self.0.lock() {
                 seen.push(request.clone());
             }
             match request {
-                Request::Unban { host } if host == "bad" => Response::error("not banned"),
-                other => Response::ok(serde_json::to_value(other).unwrap_or(Value::Null)),
+                Request::Unban { host } if host == "bad" => Response::error("not banned").into(),
+                // A list in pieces, as the daemon sends its bans.
+                Request::Bans => {
+                    let (tx, rx) = tokio::sync::mpsc::channel(2);
+                    tokio::spawn(async move {
+                        for piece in ["[1", ",2", ",3]"] {
+                            let _ = tx.send(piece.to_owned()).await;
+                        }
+                    });
+                    Reply::Pieces(rx)
+                }
+                other => Response::ok(serde_json::to_value(other).unwrap_or(Value::Null)).into(),
             }
         }
     }
@@ -385,7 +423,11 @@ mod tests {
             .await
             .expect("request");
         assert_eq!(response.error.as_deref(), Some("not banned"));
-        assert_eq!(handler.0.lock().expect("lock").len(), 2);
+        // An answer sent in pieces is one line, one value.
+        let response = request(&path, &Request::Bans).await.expect("request");
+        assert!(response.ok);
+        assert_eq!(response.data, Some(serde_json::json!([1, 2, 3])));
+        assert_eq!(handler.0.lock().expect("lock").len(), 3);
 
         shutdown.cancel();
         task.await.expect("server");

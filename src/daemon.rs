@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ami::client::Health;
 use crate::config::{Backend, Config, InputMode, format_net, parse_duration, parse_net};
-use crate::control::{self, Handler, Request, Response};
+use crate::control::{self, Handler, Reply, Request, Response};
 use crate::demo::Demo;
 use crate::engine::EngineStats;
 use crate::engine::{self, EngineEvent, EngineHandle};
@@ -487,8 +487,53 @@ impl Control {
     }
 }
 
+/// Bans per page when `astban bans` streams its answer: small enough that
+/// the daemon holds next to nothing, large enough to cost few round trips.
+const BANS_PAGE: usize = 500;
+
 impl Handler for Control {
-    async fn handle(&self, request: Request) -> Response {
+    async fn handle(&self, request: Request) -> Reply {
+        match request {
+            Request::Bans => Reply::Pieces(stream_bans(self.engine.clone())),
+            other => self.answer(other).await.into(),
+        }
+    }
+}
+
+/// The bans as pieces of one JSON array, a page at a time.
+fn stream_bans(engine: EngineHandle) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        let mut after = None;
+        let mut piece = String::from("[");
+        let mut first = true;
+        loop {
+            let Ok(page) = engine.bans_page(after, BANS_PAGE).await else {
+                break;
+            };
+            let Some(last) = page.last() else { break };
+            after = Some((last.expires, last.net));
+            for ban in &page {
+                if !std::mem::take(&mut first) {
+                    piece.push(',');
+                }
+                match serde_json::to_string(ban) {
+                    Ok(json) => piece.push_str(&json),
+                    Err(_) => piece.push_str("null"),
+                }
+            }
+            if tx.send(std::mem::take(&mut piece)).await.is_err() {
+                return;
+            }
+        }
+        piece.push(']');
+        let _ = tx.send(piece).await;
+    });
+    rx
+}
+
+impl Control {
+    async fn answer(&self, request: Request) -> Response {
         let gone = |_| Response::error("the ban engine has stopped");
         match request {
             Request::Status => match self.engine.stats().await {

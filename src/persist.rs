@@ -27,6 +27,15 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
 /// directory. The file is created mode 0600 (it lists who is banned and
 /// why).
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |f| f.write_all(data))
+}
+
+/// Like [`write_atomic`], with the content written by `write` to a
+/// buffered file: a large state is streamed, never held whole in memory.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut io::BufWriter<&File>) -> io::Result<()>,
+) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
 
     let dir = path
@@ -40,13 +49,16 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     tmp_name.push(format!(".tmp.{}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
+        let f = fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(data)?;
+        let mut out = io::BufWriter::with_capacity(1 << 16, &f);
+        write(&mut out)?;
+        out.flush()?;
+        drop(out);
         f.sync_all()?;
         fs::rename(&tmp, path)?;
         File::open(dir)?.sync_all()
@@ -57,10 +69,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     result
 }
 
-/// Serialises `value` as JSON and writes it with [`write_atomic`].
+/// Serialises `value` as JSON, streamed, and writes it like
+/// [`write_atomic`].
 pub fn save_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let data = serde_json::to_vec(value).map_err(io::Error::other)?;
-    write_atomic(path, &data)
+    write_atomic_with(path, |out| {
+        serde_json::to_writer(out, value).map_err(io::Error::other)
+    })
 }
 
 /// What [`load_json`] found.

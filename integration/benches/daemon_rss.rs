@@ -1,6 +1,8 @@
-//! Memory of the whole daemon (`astban run`, the real binary): idle, and
-//! after 100,000 distinct hosts have each failed once (kept in the engine,
-//! none banned). Log input with the dry-run firewall, so no root is needed.
+//! Memory of the whole daemon (`astban run`, the real binary): idle; after
+//! 100,000 distinct hosts have each failed once (kept in the engine, none
+//! banned); with 100,000 active bans (`maxretry = 1`), and what `astban
+//! bans --json` costs then. Log input with the dry-run firewall, so no root
+//! is needed.
 //!
 //! `cargo bench --bench daemon_rss`
 
@@ -12,6 +14,12 @@ use std::time::{Duration, Instant};
 const HOSTS: u32 = 100_000;
 
 fn main() {
+    run(None);
+    run(Some(1));
+}
+
+/// One daemon: with `maxretry` set, every failing host is banned.
+fn run(maxretry: Option<u32>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("messages");
     std::fs::File::create(&log).expect("log");
@@ -21,10 +29,11 @@ fn main() {
         &config,
         format!(
             "[input]\nmode = \"log\"\n[log]\npath = \"{}\"\n[firewall]\nbackend = \"dry-run\"\n\
-             [control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n",
+             [control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n[jail]\nmax_tracked_hosts = 200000\n{}",
             log.display(),
             socket.display(),
-            dir.path().join("state").display()
+            dir.path().join("state").display(),
+            maxretry.map_or(String::new(), |m| format!("maxretry = {m}\n"))
         ),
     )
     .expect("config");
@@ -45,28 +54,60 @@ fn main() {
     }
     std::thread::sleep(Duration::from_secs(2));
     let (idle_rss, _) = memory(pid);
-    println!("idle:                  VmRSS {:6.1} MB", mb(idle_rss));
+    if maxretry.is_none() {
+        println!("idle:                  VmRSS {:6.1} MB", mb(idle_rss));
+    }
 
     let start = Instant::now();
     write_failures(&log, HOSTS);
-    let counted = |s: serde_json::Value| s["engine"]["failures_counted"].as_u64();
-    while status(&socket).and_then(counted) < Some(u64::from(HOSTS)) {
+    let done = |s: serde_json::Value| match maxretry {
+        None => s["engine"]["failures_counted"].as_u64(),
+        Some(_) => s["engine"]["active_bans"].as_u64(),
+    };
+    while status(&socket).and_then(done) < Some(u64::from(HOSTS)) {
         assert!(
             start.elapsed() < Duration::from_secs(300),
-            "failures not counted"
+            "not all counted or banned"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     let took = start.elapsed();
+    // Let the state be saved (a second after the last change), so that
+    // the peak includes it.
+    std::thread::sleep(Duration::from_secs(3));
     let s = status(&socket).expect("status");
     let (rss, hwm) = memory(pid);
-    println!(
-        "{HOSTS} failing hosts: VmRSS {:6.1} MB, peak {:6.1} MB (tracked {}, read and counted in {:.2} s)",
-        mb(rss),
-        mb(hwm),
-        s["engine"]["tracked_hosts"],
-        took.as_secs_f64()
-    );
+    match maxretry {
+        None => println!(
+            "{HOSTS} failing hosts: VmRSS {:6.1} MB, peak {:6.1} MB (tracked {}, read and counted in {:.2} s)",
+            mb(rss),
+            mb(hwm),
+            s["engine"]["tracked_hosts"],
+            took.as_secs_f64()
+        ),
+        Some(_) => {
+            println!(
+                "{HOSTS} active bans:    VmRSS {:6.1} MB, peak {:6.1} MB (banned in {:.2} s)",
+                mb(rss),
+                mb(hwm),
+                took.as_secs_f64()
+            );
+            let listed = Command::new(env!("CARGO_BIN_EXE_astban"))
+                .args(["bans", "--json", "--socket"])
+                .arg(&socket)
+                .output()
+                .expect("bans");
+            assert!(listed.status.success());
+            let (after, hwm_after) = memory(pid);
+            println!(
+                "bans --json ({:.1} MB): VmRSS {:6.1} MB afterwards, peak {:6.1} MB (+{:.1} MB over the peak before)",
+                listed.stdout.len() as f64 / 1e6,
+                mb(after),
+                mb(hwm_after),
+                mb(hwm_after.saturating_sub(hwm))
+            );
+        }
+    }
 
     // SAFETY: kill with our child's pid and a valid signal.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };

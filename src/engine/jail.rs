@@ -446,6 +446,23 @@ impl Jail {
     }
 
     /// The bans in force, oldest first.
+    /// Up to `limit` bans, soonest to end first, after `after` (the
+    /// expiry and network of the last one of the previous page): a long
+    /// list is handed out a page at a time, never copied whole.
+    pub(crate) fn bans_page(
+        &self,
+        after: Option<(Timestamp, IpNet)>,
+        limit: usize,
+    ) -> Vec<BanInfo> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.expiry
+            .range((from, Bound::Unbounded))
+            .filter_map(|(_, net)| self.bans.get(net).cloned())
+            .take(limit)
+            .collect()
+    }
+
     pub(crate) fn bans(&self) -> Vec<BanInfo> {
         let mut bans: Vec<BanInfo> = self.bans.values().cloned().collect();
         bans.sort_by_key(|b| (b.banned_at, b.net));

@@ -292,6 +292,21 @@ impl EngineHandle {
         self.ask(|reply| Command::Adopt { bans, reply }).await
     }
 
+    /// Up to `limit` bans in force, soonest to end first, after the one
+    /// that ends at `after` (expiry, network); for long lists.
+    pub async fn bans_page(
+        &self,
+        after: Option<(Timestamp, IpNet)>,
+        limit: usize,
+    ) -> Result<Vec<BanInfo>, EngineGone> {
+        self.ask(|reply| Command::BansPage {
+            after,
+            limit,
+            reply,
+        })
+        .await
+    }
+
     /// The bans in force, oldest first.
     pub async fn bans(&self) -> Result<Vec<BanInfo>, EngineGone> {
         self.ask(|reply| Command::Bans { reply }).await

@@ -48,6 +48,11 @@ pub(super) enum Command {
     Bans {
         reply: oneshot::Sender<Vec<BanInfo>>,
     },
+    BansPage {
+        after: Option<(Timestamp, IpNet)>,
+        limit: usize,
+        reply: oneshot::Sender<Vec<BanInfo>>,
+    },
     Stats {
         reply: oneshot::Sender<EngineStats>,
     },
@@ -171,6 +176,13 @@ impl Engine {
             }
             Command::Bans { reply } => {
                 let _ = reply.send(jail.bans());
+            }
+            Command::BansPage {
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(jail.bans_page(after, limit));
             }
             Command::Stats { reply } => {
                 let mut stats = jail.stats(self.parts.firewall.status());
