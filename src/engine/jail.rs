@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::{IpNet, Ipv6Net};
@@ -216,7 +217,9 @@ pub(crate) struct Jail {
     settings: Settings,
     ignore: IgnoreList,
     tracked: HashMap<IpNet, Tracked>,
-    bans: HashMap<IpNet, BanInfo>,
+    /// Shared with a snapshot being written, so that saving 100,000 bans
+    /// copies pointers, not bans.
+    bans: HashMap<IpNet, Arc<BanInfo>>,
     /// Bans not shaped like a counting key (CIDRs, single IPv6 addresses):
     /// few, and found by containment rather than by lookup.
     odd: BTreeSet<IpNet>,
@@ -458,13 +461,13 @@ impl Jail {
         let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.expiry
             .range((from, Bound::Unbounded))
-            .filter_map(|(_, net)| self.bans.get(net).cloned())
+            .filter_map(|(_, net)| self.bans.get(net).map(|b| BanInfo::clone(b)))
             .take(limit)
             .collect()
     }
 
     pub(crate) fn bans(&self) -> Vec<BanInfo> {
-        let mut bans: Vec<BanInfo> = self.bans.values().cloned().collect();
+        let mut bans: Vec<BanInfo> = self.bans.values().map(|b| BanInfo::clone(b)).collect();
         bans.sort_by_key(|b| (b.banned_at, b.net));
         bans
     }
@@ -496,8 +499,10 @@ impl Jail {
             })
             .collect();
         offenders.sort_by_key(|o| o.host);
+        let mut bans: Vec<Arc<BanInfo>> = self.bans.values().cloned().collect();
+        bans.sort_by_key(|b| (b.banned_at, b.net));
         Saved {
-            bans: self.bans(),
+            bans,
             offenders,
             journal: 0,
         }
@@ -522,7 +527,8 @@ impl Jail {
         // is recognised as covered.
         bans.sort_by_key(|b| b.net.prefix_len());
         let mut lifted = Vec::new();
-        for mut ban in bans {
+        for ban in bans {
+            let mut ban = Arc::unwrap_or_clone(ban);
             ban.net = canonical_net(ban.net);
             if self.covering(ban.net).is_some() {
                 continue;
@@ -724,7 +730,7 @@ impl Jail {
         if !self.key_shaped(net) {
             self.odd.insert(net);
         }
-        self.bans.insert(net, info);
+        self.bans.insert(net, Arc::new(info));
     }
 
     /// Takes `net`, which is not a ban, out of the firewall, unless a ban
@@ -741,7 +747,7 @@ impl Jail {
 
     /// Removes a ban from every index, without telling anyone.
     fn take_ban(&mut self, net: IpNet) -> Option<BanInfo> {
-        let info = self.bans.remove(&net)?;
+        let info = Arc::unwrap_or_clone(self.bans.remove(&net)?);
         self.expiry.remove(&(info.expires, net));
         self.odd.remove(&net);
         Some(info)
@@ -1582,6 +1588,7 @@ mod tests {
                     services: Vec::new(),
                     accounts: vec![AttackerText::new("x"); 9],
                 })
+                .map(Arc::new)
                 .collect(),
             offenders: Vec::new(),
             journal: 0,
@@ -1620,13 +1627,16 @@ mod tests {
             accounts: Vec::new(),
         };
         let saved = Saved {
-            bans: vec![
+            bans: [
                 ban("192.0.2.1/32", 100),
                 ban("192.0.2.2/32", 1000),
                 ban("198.51.100.0/24", 100),
                 ban("203.0.113.0/24", 100),
                 ban("203.0.113.9/32", 1000),
-            ],
+            ]
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
             offenders: Vec::new(),
             journal: 0,
         };

@@ -151,7 +151,7 @@ pub(crate) fn apply(saved: &mut Saved, record: Record) {
                 offenses: info.offense,
                 last_expires: info.expires,
             });
-            saved.bans.push(info);
+            saved.bans.push(std::sync::Arc::new(info));
         }
         Record::Unban(net) => saved.bans.retain(|b| b.net != net),
     }

@@ -18,7 +18,7 @@ pub const STATE_FILE: &str = "bans.json";
 #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Saved {
     #[serde(default)]
-    pub(crate) bans: Vec<BanInfo>,
+    pub(crate) bans: Vec<std::sync::Arc<BanInfo>>,
     #[serde(default)]
     pub(crate) offenders: Vec<SavedOffender>,
     /// The first ban journal (see [`super::journal`]) whose records came

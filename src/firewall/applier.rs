@@ -206,6 +206,10 @@ impl<F: Firewall> Worker<F> {
             return self.failed(e);
         }
         self.pending.clear();
+        // A flood's batch must not keep its table for good.
+        if self.pending.capacity() > 4096 {
+            self.pending.shrink_to(1024);
+        }
         if self.last_error.take().is_some() {
             tracing::info!(applied = count, "firewall recovered");
         }
