@@ -59,11 +59,25 @@ fn sigkill_during_a_ban_flood_loses_no_reported_ban() {
         return;
     }
     let ns = netns::Netns::create("crash").expect("namespace");
+    // Kill points spread over the flood, drawn from the process id.
+    let mut seed = u64::from(std::process::id()) | 1;
+    for round in 0..3 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let kill_after = 1_000 + (seed % 40_000) as usize;
+        kill_and_restart(&ns, round, kill_after);
+    }
+}
+
+/// One run: a fresh state and table, a flood, SIGKILL after `kill_after`
+/// bans were reported, a restart, and the checks.
+fn kill_and_restart(ns: &netns::Netns, round: u32, kill_after: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("messages");
     std::fs::write(&log, "").expect("log");
     let socket = dir.path().join("run/astban.sock");
-    let table = format!("astban_crash_{}", std::process::id());
+    let table = format!("astban_crash_{}_{round}", std::process::id());
     let nft: Vec<String> = ns.nft_command().iter().map(|s| format!("{s:?}")).collect();
     let config = dir.path().join("astban.toml");
     std::fs::write(
@@ -80,76 +94,64 @@ fn sigkill_during_a_ban_flood_loses_no_reported_ban() {
     )
     .expect("config");
 
-    // Kill points spread over the flood, the same every run of the test.
-    let mut seed = u64::from(std::process::id()) | 1;
-    let mut all_reported = BTreeSet::new();
-    for round in 0..3 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let kill_after = 1_000 + (seed % 30_000) as usize;
-        let mut d = Daemon::start(&config, &socket);
-        d.wait_for_log("following", SOON);
-        flood(&log);
-        let mut bans_seen = 0;
-        let deadline = Instant::now() + SOON;
-        while bans_seen < kill_after {
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: only {bans_seen} bans"
-            );
-            if let Some(line) = d.next_line(Duration::from_secs(5))
-                && line.contains("banned host=")
-            {
-                bans_seen += 1;
-            }
-        }
-        let lines = d.kill();
-        let reported = reported(&lines);
-        assert!(reported.len() >= kill_after, "round {round}");
-        all_reported.extend(reported);
-
-        // Restart: everything reported is banned, once, in astban and in
-        // the kernel; the kernel holds nothing more.
-        let d = Daemon::start(&config, &socket);
-        let bans = d.bans();
-        let listed: BTreeSet<String> = bans
-            .iter()
-            .filter_map(|b| b["host"].as_str().map(str::to_owned))
-            .collect();
-        let missing: Vec<_> = all_reported.difference(&listed).take(5).collect();
+    let mut d = Daemon::start(&config, &socket);
+    d.wait_for_log("following", SOON);
+    flood(&log);
+    let mut bans_seen = 0;
+    let deadline = Instant::now() + SOON;
+    while bans_seen < kill_after {
         assert!(
-            missing.is_empty(),
-            "round {round}: {} reported bans lost, e.g. {missing:?}",
-            all_reported.difference(&listed).count()
+            Instant::now() < deadline,
+            "round {round}: only {bans_seen} bans"
         );
-        assert!(
-            bans.iter().all(|b| b["offense"] == 1),
-            "round {round}: a first ban with another offense count"
-        );
-        let deadline = Instant::now() + SOON;
-        loop {
-            let kernel: BTreeSet<String> = ns
-                .set_elements(&table, "v4")
-                .expect("set")
-                .into_iter()
-                .collect();
-            if kernel == listed {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: kernel {} elements, astban {} bans; only in the kernel: {:?}",
-                kernel.len(),
-                listed.len(),
-                kernel.difference(&listed).take(5).collect::<Vec<_>>()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        if let Some(line) = d.next_line(Duration::from_secs(5))
+            && line.contains("banned host=")
+        {
+            bans_seen += 1;
         }
-        // Stop cleanly, so the next round starts from the end of the log.
-        let status = d.stop();
-        assert!(status.success(), "round {round}: {status}");
     }
+    let reported = reported(&d.kill());
+    assert!(reported.len() >= kill_after, "round {round}");
+
+    // Restart: everything reported is banned, once, in astban and in the
+    // kernel; the kernel holds nothing more.
+    let d = Daemon::start(&config, &socket);
+    let bans = d.bans();
+    let listed: BTreeSet<String> = bans
+        .iter()
+        .filter_map(|b| b["host"].as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<_> = reported.difference(&listed).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "round {round}: {} reported bans lost (of {}), e.g. {missing:?}",
+        reported.difference(&listed).count(),
+        reported.len()
+    );
+    assert!(
+        bans.iter().all(|b| b["offense"] == 1),
+        "round {round}: a first ban with another offense count"
+    );
+    let deadline = Instant::now() + SOON;
+    loop {
+        let kernel: BTreeSet<String> = ns
+            .set_elements(&table, "v4")
+            .expect("set")
+            .into_iter()
+            .collect();
+        if kernel == listed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "round {round}: kernel {} elements, astban {} bans; only in the kernel: {:?}",
+            kernel.len(),
+            listed.len(),
+            kernel.difference(&listed).take(5).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(d);
     let _ = ns.nft(&["delete", "table", "inet", &table]);
 }
 
