@@ -53,6 +53,51 @@ fn reported(lines: &[String]) -> BTreeSet<String> {
         .collect()
 }
 
+/// A log-only daemon's setup in a temporary directory, with nftables in
+/// `ns` under `table` and `jail` settings added.
+struct Setup {
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    socket: std::path::PathBuf,
+}
+
+impl Setup {
+    fn new(ns: &netns::Netns, table: &str, jail: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("messages");
+        std::fs::write(&log, "").expect("log");
+        let socket = dir.path().join("run/astban.sock");
+        let nft: Vec<String> = ns.nft_command().iter().map(|s| format!("{s:?}")).collect();
+        let config = dir.path().join("astban.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[input]\nmode = \"log\"\n[log]\npath = \"{}\"\n[jail]\n{jail}\n\
+                 [firewall]\nbackend = \"nftables\"\ntable = \"{table}\"\nnft = [{}]\n\
+                 [control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n",
+                log.display(),
+                nft.join(", "),
+                socket.display(),
+                dir.path().join("state").display()
+            ),
+        )
+        .expect("config");
+        Setup {
+            dir,
+            config,
+            socket,
+        }
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("messages")
+    }
+
+    fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+}
+
 #[test]
 fn sigkill_during_a_ban_flood_loses_no_reported_ban() {
     if !netns::require_root("sigkill_during_a_ban_flood_loses_no_reported_ban") {
@@ -73,30 +118,12 @@ fn sigkill_during_a_ban_flood_loses_no_reported_ban() {
 /// One run: a fresh state and table, a flood, SIGKILL after `kill_after`
 /// bans were reported, a restart, and the checks.
 fn kill_and_restart(ns: &netns::Netns, round: u32, kill_after: usize) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("messages");
-    std::fs::write(&log, "").expect("log");
-    let socket = dir.path().join("run/astban.sock");
     let table = format!("astban_crash_{}_{round}", std::process::id());
-    let nft: Vec<String> = ns.nft_command().iter().map(|s| format!("{s:?}")).collect();
-    let config = dir.path().join("astban.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[input]\nmode = \"log\"\n[log]\npath = \"{}\"\n[jail]\nmaxretry = 1\nmax_tracked_hosts = 100000\n\
-             [firewall]\nbackend = \"nftables\"\ntable = \"{table}\"\nnft = [{}]\n\
-             [control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n",
-            log.display(),
-            nft.join(", "),
-            socket.display(),
-            dir.path().join("state").display()
-        ),
-    )
-    .expect("config");
-
-    let mut d = Daemon::start(&config, &socket);
+    let setup = Setup::new(ns, &table, "maxretry = 1\nmax_tracked_hosts = 100000");
+    let (config, socket) = (&setup.config, &setup.socket);
+    let mut d = Daemon::start(config, socket);
     d.wait_for_log("following", SOON);
-    flood(&log);
+    flood(&setup.log());
     let mut bans_seen = 0;
     let deadline = Instant::now() + SOON;
     while bans_seen < kill_after {
@@ -115,7 +142,7 @@ fn kill_and_restart(ns: &netns::Netns, round: u32, kill_after: usize) {
 
     // Restart: everything reported is banned, once, in astban and in the
     // kernel; the kernel holds nothing more.
-    let d = Daemon::start(&config, &socket);
+    let d = Daemon::start(config, socket);
     let bans = d.bans();
     let listed: BTreeSet<String> = bans
         .iter()
@@ -161,28 +188,10 @@ fn bans_in_the_kernel_that_the_state_lost_are_adopted() {
         return;
     }
     let ns = netns::Netns::create("adopt").expect("namespace");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("messages");
-    std::fs::write(&log, "").expect("log");
-    let socket = dir.path().join("run/astban.sock");
-    let state = dir.path().join("state");
     let table = format!("astban_adopt_{}", std::process::id());
-    let nft: Vec<String> = ns.nft_command().iter().map(|s| format!("{s:?}")).collect();
-    let config = dir.path().join("astban.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[input]\nmode = \"log\"\n[log]\npath = \"{}\"\n\
-             [firewall]\nbackend = \"nftables\"\ntable = \"{table}\"\nnft = [{}]\n\
-             [control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n",
-            log.display(),
-            nft.join(", "),
-            socket.display(),
-            state.display()
-        ),
-    )
-    .expect("config");
-    let d = Daemon::start(&config, &socket);
+    let setup = Setup::new(&ns, &table, "");
+    let (config, socket, state) = (&setup.config, &setup.socket, setup.state());
+    let d = Daemon::start(config, socket);
     let out = d.cli(&["ban", "198.51.100.77", "--for", "1h"]);
     assert!(
         out.status.success(),
@@ -194,7 +203,7 @@ fn bans_in_the_kernel_that_the_state_lost_are_adopted() {
     // The state is lost (a disk replaced, a file removed by hand); the
     // kernel still holds the ban.
     std::fs::remove_dir_all(&state).expect("rm state");
-    let mut d = Daemon::start(&config, &socket);
+    let mut d = Daemon::start(config, socket);
     d.wait_for_log("adopted", SOON);
     let after = d.bans();
     assert_eq!(after.len(), 1, "{after:?}");
