@@ -35,10 +35,16 @@ pub const BYSTANDER_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0xb, 0, 0, 0, 2);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Whether the test runs as root; when not, says loudly that it is skipped.
+/// Whether the test runs as root; when not, says loudly that it is skipped
+/// (and fails under `CI=true`).
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
+    // Under CI a skip would pass unseen: there it is a failure.
+    assert!(
+        root || std::env::var_os("CI").is_none_or(|v| v != "true"),
+        "{test} needs root (network namespaces and nftables), and CI=true does not allow skipping it"
+    );
     if !root {
         // Straight to the stderr file descriptor: the test harness would
         // capture (and hide) `eprintln!`.

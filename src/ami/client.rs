@@ -324,11 +324,10 @@ impl Input {
             .ok_or_else(|| SessionError::NoChallenge {
                 manager: self.manager.clone(),
             })?;
-        let key = Md5::new()
-            .chain_update(challenge)
-            .chain_update(self.config.secret.expose())
-            .finalize();
-        Ok(format!("{key:x}"))
+        Ok(challenge_key(
+            challenge,
+            self.config.secret.expose().as_bytes(),
+        ))
     }
 
     /// Sends `action` and waits for its successful response. Events that
@@ -524,6 +523,15 @@ struct Keepalive {
     checked_read_permission: bool,
 }
 
+/// The `Key` of an MD5 login: md5hex(challenge + secret).
+fn challenge_key(challenge: &[u8], secret: &[u8]) -> String {
+    let key = Md5::new()
+        .chain_update(challenge)
+        .chain_update(secret)
+        .finalize();
+    format!("{key:x}")
+}
+
 /// Sanitised, bounded text from the server for an error message.
 fn quote(raw: &[u8]) -> String {
     crate::failure::quote(raw, QUOTE_MAX)
@@ -617,10 +625,9 @@ mod tests {
     fn md5_key_matches_the_capture() {
         // From ami-login-variants-dialogue.txt: challenge 119281354, secret
         // astban-secret, Key 44aa94644d68d1150ec34febdd69fc93.
-        let key = Md5::new()
-            .chain_update("119281354")
-            .chain_update("astban-secret")
-            .finalize();
-        assert_eq!(format!("{key:x}"), "44aa94644d68d1150ec34febdd69fc93");
+        assert_eq!(
+            challenge_key(b"119281354", b"astban-secret"),
+            "44aa94644d68d1150ec34febdd69fc93"
+        );
     }
 }
