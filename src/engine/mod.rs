@@ -504,6 +504,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_burst_from_an_ignored_address_never_pushes_a_ban_out_of_the_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shutdown = CancellationToken::new();
+        let (engine, task) =
+            spawn(&jail(), dir.path(), Recorder::default(), shutdown.clone()).expect("spawn");
+        let mut events = engine.subscribe();
+        for _ in 0..5 {
+            engine.report(failure("192.0.2.1")).await.expect("report");
+        }
+        // More failures of an ignored address than the events hold.
+        for _ in 0..(4 * EVENT_QUEUE) {
+            engine.report(failure("10.0.0.1")).await.expect("report");
+        }
+        engine.stats().await.expect("all handled");
+        assert!(matches!(
+            next_event(&mut events).await,
+            EngineEvent::Banned(b) if b.net.to_string() == "192.0.2.1/32"
+        ));
+        stop(&shutdown, task).await;
+    }
+
+    #[tokio::test]
     async fn reports_that_arrive_together_make_one_transaction() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fw = Recorder::default();

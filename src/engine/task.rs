@@ -269,6 +269,12 @@ impl Engine {
         }
         for event in fx.events {
             log(&event);
+            // Only bans and unbans go to subscribers (mail): the broadcast
+            // drops its oldest under load, and a burst of failures from an
+            // ignored address must never push a ban out of it.
+            if matches!(event, EngineEvent::Ignored { .. }) {
+                continue;
+            }
             // No subscribers is fine.
             let _ = self.parts.events.send(event);
         }

@@ -758,7 +758,9 @@ impl<'a> Scanner<'a> {
                     return Err("ends with a lone backslash".into());
                 };
                 self.pos += e.len_utf8();
-                if e.is_ascii_punctuation() || e == ' ' {
+                // `\<` and `\>` are word-boundary assertions (regex 1.10),
+                // not the characters: never literal text.
+                if (e.is_ascii_punctuation() && e != '<' && e != '>') || e == ' ' {
                     Token::Literal(vec![e as u8])
                 } else {
                     // \d, \w, \b, \x41, \p{L}...: a class or an assertion.
@@ -1017,5 +1019,17 @@ mod tests {
         assert_eq!(read(re, &target), Reading::Ambiguous);
         let target = format!("x {}'192.0.2.1'", "'192.0.2.1' ".repeat(MAX_READINGS - 1));
         assert_eq!(read(re, &target), host("192.0.2.1"));
+    }
+
+    #[test]
+    fn word_boundary_escapes_are_assertions_not_text() {
+        let r = r"\<Host <HOST> failed$";
+        assert_eq!(read(r, "Host 203.0.113.5 failed"), host("203.0.113.5"));
+        assert!(matches!(
+            read(r, "<Host 203.0.113.6 failed"),
+            Reading::Nothing { .. }
+        ));
+        let r = r"Host\> <HOST> failed$";
+        assert_eq!(read(r, "Host 203.0.113.5 failed"), host("203.0.113.5"));
     }
 }
