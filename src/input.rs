@@ -265,7 +265,17 @@ pub async fn run<S: ReportSink>(mut gate: Gate, inputs: Inputs<S>, shutdown: Can
     loop {
         let report = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                // What the inputs already handed over (the log input has
+                // moved its cursor past it) still reaches the engine,
+                // which stops only after the gate.
+                for report in drain(&mut ami).chain(drain(&mut log)) {
+                    if !judge(&mut gate, &sink, &stats, report).await {
+                        return;
+                    }
+                }
+                return;
+            }
             changed = health.changed(), if health_open => {
                 match changed {
                     Ok(()) => gate.set_health(&health.borrow_and_update()),
@@ -283,16 +293,32 @@ pub async fn run<S: ReportSink>(mut gate: Gate, inputs: Inputs<S>, shutdown: Can
             },
             else => return,
         };
-        let counted = gate.admit(&report);
-        stats.send_modify(|s| s.record(report.source(), counted));
-        if counted {
-            if sink.deliver(report).await.is_err() {
-                return;
-            }
-        } else {
-            tracing::trace!(host = %report.host(), source = %report.source(), "not counted: the other input covers this moment");
+        if !judge(&mut gate, &sink, &stats, report).await {
+            return;
         }
     }
+}
+
+/// The reports already queued in `rx`, without waiting for more.
+fn drain(rx: &mut mpsc::Receiver<Report>) -> impl Iterator<Item = Report> + '_ {
+    std::iter::from_fn(move || rx.try_recv().ok())
+}
+
+/// Passes one report through the gate to the sink; false once the sink is
+/// gone.
+async fn judge<S: ReportSink>(
+    gate: &mut Gate,
+    sink: &S,
+    stats: &watch::Sender<GateStats>,
+    report: Report,
+) -> bool {
+    let counted = gate.admit(&report);
+    stats.send_modify(|s| s.record(report.source(), counted));
+    if counted {
+        return sink.deliver(report).await.is_ok();
+    }
+    tracing::trace!(host = %report.host(), source = %report.source(), "not counted: the other input covers this moment");
+    true
 }
 
 #[cfg(test)]
@@ -458,6 +484,42 @@ mod tests {
         // In `ami` mode the log never counts.
         let mut g = Gate::new(InputMode::Ami, &ami_events);
         assert!(!g.admit(&of_kind(FailureKind::ExtensionNotFound)));
+    }
+
+    #[tokio::test]
+    async fn reports_queued_at_shutdown_still_reach_the_engine() {
+        let (_health_tx, health_rx) = watch::channel(Health::Connecting);
+        let (_ami_tx, ami_rx) = mpsc::channel(8);
+        let (log_tx, log_rx) = mpsc::channel(8);
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let (stats_tx, _) = watch::channel(GateStats::default());
+        let shutdown = CancellationToken::new();
+        // Queued, then shut down before the gate ever ran.
+        for host in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+            log_tx
+                .send(failure(Source::Log, host, 1_000))
+                .await
+                .expect("send");
+        }
+        shutdown.cancel();
+        let inputs = Inputs {
+            health: health_rx,
+            ami: ami_rx,
+            log: log_rx,
+            sink: out_tx,
+            stats: stats_tx,
+        };
+        run(
+            Gate::new(InputMode::Log, &FailureKind::ALL),
+            inputs,
+            shutdown,
+        )
+        .await;
+        let mut delivered = Vec::new();
+        while let Ok(r) = out_rx.try_recv() {
+            delivered.push(r.host().to_string());
+        }
+        assert_eq!(delivered, ["192.0.2.1", "192.0.2.2", "192.0.2.3"]);
     }
 
     #[tokio::test]
