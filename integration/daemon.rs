@@ -456,3 +456,20 @@ fn a_hung_nft_is_reported_and_never_holds_up_a_stop() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_changed_secret_on_reload_says_a_restart_applies_it() {
+    let s = Setup::new();
+    let config = s.config(&format!("{DRY_RUN}[ami]\nsecret = \"first\"\n"));
+    let mut d = Daemon::start(&config, &s.socket());
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("\"first\"", "\"second\"")).expect("config");
+    hangup(&d);
+    let line = d.wait_for_log("changed on reload", SOON);
+    assert!(line.contains("ami"), "{line}");
+    assert!(
+        !d.logged().contains("second"),
+        "the secret leaked: {}",
+        d.logged()
+    );
+}

@@ -305,7 +305,11 @@ async fn reload(
         }
     }
     let restart_needed = [
-        ("ami", toml_eq(&old.ami, &new.ami)),
+        // Secrets serialise masked: compare them themselves.
+        (
+            "ami",
+            toml_eq(&old.ami, &new.ami) && old.ami.secret == new.ami.secret,
+        ),
         ("input", toml_eq(&old.input, &new.input)),
         (
             "jail.ignore_self",
@@ -316,7 +320,10 @@ async fn reload(
             old.jail.ipv6_prefix == new.jail.ipv6_prefix,
         ),
         ("firewall", toml_eq(&old.firewall, &new.firewall)),
-        ("mail", toml_eq(&old.mail, &new.mail)),
+        (
+            "mail",
+            toml_eq(&old.mail, &new.mail) && old.mail.password == new.mail.password,
+        ),
         ("control", toml_eq(&old.control, &new.control)),
         ("state", toml_eq(&old.state, &new.state)),
         ("log (other than rules)", {
