@@ -686,6 +686,13 @@ pub fn render_status(data: &Value) -> String {
     if let Some(error) = fw["last_error"].as_str() {
         let _ = write!(out, "; last error: {error}");
     }
+    if let Some(refused) = fw["last_refused"].as_str() {
+        let _ = write!(
+            out,
+            "; {} change(s) refused by nft, last {refused}",
+            text(&fw["refused"])
+        );
+    }
     out.push('\n');
     out
 }

@@ -577,6 +577,12 @@ impl Jail {
             .collect()
     }
 
+    /// Takes back the ban of `net`, which nft refused: it is not enforced,
+    /// so it must not be listed as if it were.
+    pub(crate) fn refused(&mut self, net: IpNet, fx: &mut Effects) {
+        self.remove_ban(net, UnbanReason::Refused, fx);
+    }
+
     /// Takes over `found` (bans in the kernel at start) where no ban covers
     /// them yet: the state file was lost or set aside, or lagged. They keep
     /// the time the kernel gives them; what `ignoreip` now protects is
@@ -1787,5 +1793,22 @@ mod tests {
                 .iter()
                 .any(|c| matches!(c, Change::Unban { net: n } if *n == net("10.1.2.3/32")))
         );
+    }
+
+    #[test]
+    fn a_ban_nft_refused_is_taken_back() {
+        let mut jail = Jail::new(&config());
+        fail(&mut jail, "192.0.2.9", 5, t(0));
+        let mut fx = Effects::default();
+        jail.refused(net("192.0.2.9/32"), &mut fx);
+        assert!(jail.bans().is_empty());
+        assert!(matches!(
+            fx.events.as_slice(),
+            [EngineEvent::Unbanned {
+                reason: UnbanReason::Refused,
+                ..
+            }]
+        ));
+        assert!(matches!(fx.journal.as_slice(), [Record::Unban(_)]));
     }
 }

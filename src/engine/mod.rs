@@ -93,6 +93,8 @@ pub enum UnbanReason {
     Superseded,
     /// A reloaded `jail.ignoreip` now covers it.
     Ignored,
+    /// nft refused to add it: it was never enforced.
+    Refused,
 }
 
 impl fmt::Display for UnbanReason {
@@ -102,6 +104,7 @@ impl fmt::Display for UnbanReason {
             UnbanReason::Manual => "manual",
             UnbanReason::Superseded => "superseded by a wider ban",
             UnbanReason::Ignored => "now in jail.ignoreip",
+            UnbanReason::Refused => "nft refused it",
         })
     }
 }

@@ -128,6 +128,9 @@ impl Engine {
                     self.save_in_background();
                 }
                 _ = housekeeping.tick() => self.housekeep(),
+                net = self.parts.firewall.refused() => {
+                    self.parts.jail.refused(net, &mut fx);
+                }
                 command = self.parts.commands.recv() => {
                     let Some(command) = command else { break };
                     self.handle(command, &mut fx, &mut replies);

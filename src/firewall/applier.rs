@@ -34,6 +34,9 @@ pub(crate) struct Applier {
     changes: mpsc::UnboundedSender<Vec<Change>>,
     status: watch::Receiver<FirewallStatus>,
     task: JoinHandle<()>,
+    /// Bans nft refused (dropped from the kernel's view): the engine takes
+    /// them back, so that `astban bans` never lists what is not enforced.
+    refused: mpsc::UnboundedReceiver<IpNet>,
 }
 
 impl Applier {
@@ -41,10 +44,13 @@ impl Applier {
     /// then applies whatever is sent.
     pub(crate) fn spawn<F: Firewall>(firewall: F, restored: Vec<ActiveBan>) -> Applier {
         let (changes, rx) = mpsc::unbounded_channel();
+        let (refused_tx, refused) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(FirewallStatus {
             healthy: false,
             pending: restored.len(),
             last_error: None,
+            refused: 0,
+            last_refused: None,
         });
         let worker = Worker {
             firewall,
@@ -54,11 +60,23 @@ impl Applier {
             synced: false,
             pending: HashMap::new(),
             last_error: None,
+            refused: refused_tx,
+            refused_count: 0,
+            last_refused: None,
         };
         Applier {
             changes,
             status,
             task: tokio::spawn(worker.run()),
+            refused,
+        }
+    }
+
+    /// The next ban nft refused; pending forever once the task has ended.
+    pub(crate) async fn refused(&mut self) -> IpNet {
+        match self.refused.recv().await {
+            Some(net) => net,
+            None => std::future::pending().await,
         }
     }
 
@@ -107,6 +125,10 @@ struct Worker<F> {
     /// Changes not yet in the kernel, one per network.
     pending: HashMap<IpNet, Change>,
     last_error: Option<String>,
+    /// Where refused bans are told.
+    refused: mpsc::UnboundedSender<IpNet>,
+    refused_count: u64,
+    last_refused: Option<String>,
 }
 
 impl<F: Firewall> Worker<F> {
@@ -309,6 +331,11 @@ impl<F: Firewall> Worker<F> {
                 host = %net,
                 "nft refused the {what} of {net}, which is dropped (the other changes were applied): {reason}"
             );
+            self.refused_count += 1;
+            self.last_refused = Some(format!("the {what} of {net}: {reason}"));
+            if what == "ban" {
+                let _ = self.refused.send(net);
+            }
         }
     }
 
@@ -363,6 +390,8 @@ impl<F: Firewall> Worker<F> {
             healthy: self.synced && self.last_error.is_none(),
             pending: self.waiting(),
             last_error: self.last_error.clone(),
+            refused: self.refused_count,
+            last_refused: self.last_refused.clone(),
         });
     }
 }
@@ -686,7 +715,7 @@ mod tests {
     async fn a_change_nft_refuses_is_dropped_and_the_rest_applied() {
         let fw = FakeKernel::default();
         fw.state().refuse = Some(net("192.0.2.66/32"));
-        let applier = Applier::spawn(
+        let mut applier = Applier::spawn(
             fw.clone(),
             vec![restored("192.0.2.1/32"), restored("192.0.2.66/32")],
         );
@@ -711,6 +740,19 @@ mod tests {
         .await;
         let status = wait_for(&applier, |s| s.pending == 0).await;
         assert!(status.healthy && status.last_error.is_none(), "{status:?}");
+        // The refusal is counted, said, and handed back to the engine.
+        assert!(status.refused >= 1, "{status:?}");
+        assert!(
+            status
+                .last_refused
+                .as_deref()
+                .is_some_and(|r| r.contains("192.0.2.66")),
+            "{status:?}"
+        );
+        let back = tokio::time::timeout(Duration::from_secs(5), applier.refused())
+            .await
+            .expect("told");
+        assert_eq!(back, net("192.0.2.66/32"));
 
         // Later bans are not held back, and a rebuilt table does not try
         // the refused one again.

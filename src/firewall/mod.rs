@@ -203,6 +203,11 @@ pub struct FirewallStatus {
     pub pending: usize,
     /// Why the last attempt failed, if it did.
     pub last_error: Option<String>,
+    /// Changes nft refused since start (each dropped alone, the others
+    /// applied); a refused ban is taken back by the engine.
+    pub refused: u64,
+    /// The last of them, with nft's reason.
+    pub last_refused: Option<String>,
 }
 
 /// The backend chosen by `firewall.backend`, so the daemon can pick one at
