@@ -262,6 +262,104 @@ impl FromStr for FailureKind {
     }
 }
 
+/// A set of items with a bit each, kept in one integer: a ban's failure
+/// kinds and services (100,000 bans, two small sets each). Serialised as
+/// the list of its items, in declaration order.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BitSet<T: Flag> {
+    bits: u32,
+    _of: std::marker::PhantomData<T>,
+}
+
+/// Something a [`BitSet`] can hold.
+pub trait Flag: Copy + Eq + 'static {
+    /// Every value, in order; at most 32.
+    const ALL: &'static [Self];
+}
+
+impl Flag for FailureKind {
+    const ALL: &'static [FailureKind] = &FailureKind::ALL;
+}
+
+impl Flag for Service {
+    const ALL: &'static [Service] = &[
+        Service::Sip,
+        Service::Pjsip,
+        Service::Iax2,
+        Service::Ami,
+        Service::Other,
+    ];
+}
+
+/// The failure kinds of a ban.
+pub type KindSet = BitSet<FailureKind>;
+/// The services of a ban.
+pub type ServiceSet = BitSet<Service>;
+
+impl<T: Flag> BitSet<T> {
+    fn bit(item: T) -> u32 {
+        T::ALL
+            .iter()
+            .position(|&x| x == item)
+            .map_or(0, |i| 1 << (i % 32))
+    }
+
+    /// Adds `item`.
+    pub fn insert(&mut self, item: T) {
+        self.bits |= Self::bit(item);
+    }
+
+    /// Whether `item` is in.
+    pub fn contains(&self, item: T) -> bool {
+        self.bits & Self::bit(item) != 0
+    }
+
+    /// Whether nothing is in.
+    pub fn is_empty(&self) -> bool {
+        self.bits == 0
+    }
+
+    /// The items, in declaration order.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        T::ALL.iter().copied().filter(|&x| self.contains(x))
+    }
+}
+
+impl<T: Flag> Default for BitSet<T> {
+    fn default() -> Self {
+        BitSet {
+            bits: 0,
+            _of: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Flag> FromIterator<T> for BitSet<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(items: I) -> Self {
+        let mut set = BitSet::default();
+        items.into_iter().for_each(|item| set.insert(item));
+        set
+    }
+}
+
+impl<T: Flag + fmt::Debug> fmt::Debug for BitSet<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<T: Flag + Serialize> Serialize for BitSet<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de, T: Flag + Deserialize<'de>> Deserialize<'de> for BitSet<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Vec::<T>::deserialize(d)?.into_iter().collect())
+    }
+}
+
 /// The Asterisk service an attempt targeted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -2,9 +2,14 @@
 //! 100,000 distinct hosts have each failed once (kept in the engine, none
 //! banned); with 100,000 active bans (`maxretry = 1`), and what `astban
 //! bans --json` costs then. Log input with the dry-run firewall, so no root
-//! is needed.
+//! is needed. The bans are made once through the log input and once
+//! through the AMI input (a fake AMI over TCP sending 100,000
+//! `InvalidPassword` events, each with its account and session).
 //!
 //! `cargo bench --bench daemon_rss`
+
+#[path = "../support/fake_ami.rs"]
+mod fake_ami;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -14,12 +19,36 @@ use std::time::{Duration, Instant};
 const HOSTS: u32 = 100_000;
 
 fn main() {
-    run(None);
-    run(Some(1));
+    run(None, None);
+    run(Some(1), None);
+    let fake = fake_ami::AmiThread::start(fake_ami::Script {
+        after_login: vec![ami_failures(HOSTS)],
+        ..fake_ami::Script::default()
+    });
+    run(Some(1), Some(fake.ami().addr().port()));
 }
 
-/// One daemon: with `maxretry` set, every failing host is banned.
-fn run(maxretry: Option<u32>) {
+/// 100,000 `InvalidPassword` events, each from its own address, stamped now.
+fn ami_failures(hosts: u32) -> Vec<u8> {
+    let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3f%z");
+    let mut out = Vec::with_capacity(hosts as usize * 420);
+    for i in 0..hosts {
+        let ip = std::net::Ipv4Addr::from(0x6440_0000u32 + i);
+        write!(
+            out,
+            "Event: InvalidPassword\r\nPrivilege: security,all\r\nEventTV: {now}\r\nSeverity: Error\r\n\
+             Service: SIP\r\nEventVersion: 2\r\nAccountID: {i}\r\nSessionID: 0x7fcb{i:08x}\r\n\
+             LocalAddress: IPV4/UDP/127.0.0.1/5060\r\nRemoteAddress: IPV4/UDP/{ip}/5060\r\n\
+             Challenge: 45249bab\r\nReceivedChallenge: 45249bab\r\nReceivedHash: 6bb25df6b17e01ca6fca682b1b7c0ad2\r\n\r\n"
+        )
+        .expect("write");
+    }
+    out
+}
+
+/// One daemon: with `maxretry` set, every failing host is banned; with
+/// `ami` (a port), through the AMI input instead of the log.
+fn run(maxretry: Option<u32>, ami: Option<u16>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("messages");
     std::fs::File::create(&log).expect("log");
@@ -28,11 +57,17 @@ fn run(maxretry: Option<u32>) {
     std::fs::write(
         &config,
         format!(
-            "[input]\nmode = \"log\"\n[log]\npath = \"{}\"\n[firewall]\nbackend = \"dry-run\"\n\
-             [control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n[jail]\nmax_tracked_hosts = 200000\n{}",
+            "[input]\nmode = \"{}\"\n[log]\npath = \"{}\"\n[firewall]\nbackend = \"dry-run\"\n\
+             [control]\nsocket = \"{}\"\n[state]\ndir = \"{}\"\n{}[jail]\nmax_tracked_hosts = 200000\n{}",
+            if ami.is_some() { "ami" } else { "log" },
             log.display(),
             socket.display(),
             dir.path().join("state").display(),
+            ami.map_or(String::new(), |port| format!(
+                "[ami]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"{}\"\nsecret = \"{}\"\nauth = \"md5\"\n",
+                fake_ami::USERNAME,
+                fake_ami::SECRET
+            )),
             maxretry.map_or(String::new(), |m| format!("maxretry = {m}\n"))
         ),
     )
@@ -59,7 +94,9 @@ fn run(maxretry: Option<u32>) {
     }
 
     let start = Instant::now();
-    write_failures(&log, HOSTS);
+    if ami.is_none() {
+        write_failures(&log, HOSTS);
+    }
     let done = |s: serde_json::Value| match maxretry {
         None => s["engine"]["failures_counted"].as_u64(),
         Some(_) => s["engine"]["active_bans"].as_u64(),
@@ -87,7 +124,8 @@ fn run(maxretry: Option<u32>) {
         ),
         Some(_) => {
             println!(
-                "{HOSTS} active bans:    VmRSS {:6.1} MB, peak {:6.1} MB (banned in {:.2} s)",
+                "{HOSTS} active bans ({}): VmRSS {:6.1} MB, peak {:6.1} MB (banned in {:.2} s)",
+                if ami.is_some() { "AMI" } else { "log" },
                 mb(rss),
                 mb(hwm),
                 took.as_secs_f64()

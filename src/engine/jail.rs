@@ -606,8 +606,8 @@ impl Jail {
                 failures: 0,
                 offense,
                 manual: false,
-                kinds: Vec::new(),
-                services: Vec::new(),
+                kinds: Default::default(),
+                services: Default::default(),
                 accounts: Vec::new(),
             };
             for inner in self.inside(net) {
@@ -954,8 +954,11 @@ mod tests {
             panic!("{:?}", fx.events)
         };
         assert_eq!((info.failures, info.offense, info.manual), (5, 1, false));
-        assert_eq!(info.kinds, [FailureKind::InvalidPassword]);
-        assert_eq!(info.services, [Service::Pjsip]);
+        assert_eq!(
+            info.kinds.iter().collect::<Vec<_>>(),
+            [FailureKind::InvalidPassword]
+        );
+        assert_eq!(info.services.iter().collect::<Vec<_>>(), [Service::Pjsip]);
         assert_eq!(info.accounts, [AttackerText::new("1000")]);
         assert!(fx.persist);
         assert_eq!(jail.stats(FirewallStatus::default()).tracked_hosts, 0);
@@ -1417,7 +1420,7 @@ mod tests {
         let accounts: Vec<&str> = info.accounts.iter().map(AttackerText::as_str).collect();
         assert_eq!(accounts, ["a", "b", "c"]);
         assert_eq!(
-            info.kinds,
+            info.kinds.iter().collect::<Vec<_>>(),
             [FailureKind::InvalidAccountId, FailureKind::InvalidPassword]
         );
     }
@@ -1590,8 +1593,8 @@ mod tests {
                     failures: 5,
                     offense: 1,
                     manual: false,
-                    kinds: Vec::new(),
-                    services: Vec::new(),
+                    kinds: Default::default(),
+                    services: Default::default(),
                     accounts: vec![AttackerText::new("x"); 9],
                 })
                 .map(Arc::new)
@@ -1628,8 +1631,8 @@ mod tests {
             failures: 5,
             offense: 1,
             manual: false,
-            kinds: Vec::new(),
-            services: Vec::new(),
+            kinds: Default::default(),
+            services: Default::default(),
             accounts: Vec::new(),
         };
         let saved = Saved {

@@ -170,8 +170,8 @@ mod tests {
             failures: 5,
             offense,
             manual: false,
-            kinds: vec![],
-            services: vec![],
+            kinds: Default::default(),
+            services: Default::default(),
             accounts: vec![],
         }
     }

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{JailConfig, format_net};
-use crate::failure::{AttackerText, FailureKind, Report, Service};
+use crate::failure::{AttackerText, KindSet, Report, ServiceSet};
 use crate::firewall::{ActiveBan, Applier, Firewall, FirewallStatus};
 
 pub use ignore::IgnoreReason;
@@ -66,9 +66,9 @@ pub struct BanInfo {
     /// Banned through the control socket rather than by failures.
     pub manual: bool,
     /// Kinds of failures seen.
-    pub kinds: Vec<FailureKind>,
+    pub kinds: KindSet,
     /// Services attacked.
-    pub services: Vec<Service>,
+    pub services: ServiceSet,
     /// Distinct accounts tried, at most [`MAX_ACCOUNTS`]; for humans only.
     pub accounts: Vec<AttackerText>,
 }
@@ -410,6 +410,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::failure::Service;
     use crate::failure::{Failure, Source};
     use crate::firewall::{ActiveBan, Change, FirewallError};
 
@@ -665,8 +666,10 @@ mod tests {
             failures: 5,
             offense: 1,
             manual: false,
-            kinds: vec![crate::failure::FailureKind::InvalidPassword],
-            services: vec![Service::Pjsip],
+            kinds: [crate::failure::FailureKind::InvalidPassword]
+                .into_iter()
+                .collect(),
+            services: [Service::Pjsip].into_iter().collect(),
             accounts: vec![AttackerText::new("1000")],
         };
         let json = serde_json::to_value(&info).expect("json");
