@@ -446,15 +446,10 @@ fn a_hung_nft_is_reported_and_never_holds_up_a_stop() {
     // Protection goes on meanwhile: the engine still bans.
     log_attempts(&s.path("messages"), "203.0.113.9", 5);
     d.wait_for_log("banned host=203.0.113.9", SOON);
-    // A stop does not wait on the hung nft longer than its deadline.
-    let started = Instant::now();
+    // A stop does not wait on the hung nft (its timeout is 60 s; the stop
+    // helper fails a daemon still running 30 s after SIGTERM).
     let status = d.stop();
     assert!(status.success(), "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(25),
-        "stopping took {:?}",
-        started.elapsed()
-    );
 }
 
 #[test]

@@ -500,10 +500,7 @@ const BANS_PAGE: usize = 500;
 
 impl Handler for Control {
     async fn handle(&self, request: Request) -> Reply {
-        match request {
-            Request::Bans => Reply::Pieces(stream_bans(self.engine.clone())),
-            other => self.answer(other).await.into(),
-        }
+        self.answer(request).await
     }
 }
 
@@ -540,17 +537,15 @@ fn stream_bans(engine: EngineHandle) -> mpsc::Receiver<String> {
 }
 
 impl Control {
-    async fn answer(&self, request: Request) -> Response {
+    async fn answer(&self, request: Request) -> Reply {
         let gone = |_| Response::error("the ban engine has stopped");
-        match request {
+        let response = match request {
             Request::Status => match self.engine.stats().await {
                 Ok(stats) => to_response(&self.status(stats)),
                 Err(e) => gone(e),
             },
-            Request::Bans => match self.engine.bans().await {
-                Ok(bans) => to_response(&bans),
-                Err(e) => gone(e),
-            },
+            // Streamed: 100,000 bans are never held whole.
+            Request::Bans => return Reply::Pieces(stream_bans(self.engine.clone())),
             Request::Ban {
                 host,
                 duration,
@@ -558,11 +553,11 @@ impl Control {
             } => {
                 let net = match parse_net(&host) {
                     Ok(n) => n,
-                    Err(e) => return Response::error(e),
+                    Err(e) => return Response::error(e).into(),
                 };
                 let duration = match duration.as_deref().map(parse_duration).transpose() {
                     Ok(d) => d,
-                    Err(e) => return Response::error(e),
+                    Err(e) => return Response::error(e).into(),
                 };
                 match self.engine.ban(net, duration, force).await {
                     Ok(ban) => to_response(&ban),
@@ -572,7 +567,7 @@ impl Control {
             Request::Unban { host } => {
                 let net: IpNet = match parse_net(&host) {
                     Ok(n) => n,
-                    Err(e) => return Response::error(e),
+                    Err(e) => return Response::error(e).into(),
                 };
                 match self.engine.unban(net).await {
                     Ok(Some(ban)) => to_response(&ban),
@@ -583,7 +578,8 @@ impl Control {
                     Err(e) => gone(e),
                 }
             }
-        }
+        };
+        response.into()
     }
 }
 

@@ -486,22 +486,21 @@ mod tests {
         assert!(!g.admit(&of_kind(FailureKind::ExtensionNotFound)));
     }
 
-    #[tokio::test]
-    async fn reports_queued_at_shutdown_still_reach_the_engine() {
-        let (_health_tx, health_rx) = watch::channel(Health::Connecting);
-        let (_ami_tx, ami_rx) = mpsc::channel(8);
-        let (log_tx, log_rx) = mpsc::channel(8);
-        let (out_tx, mut out_rx) = mpsc::channel(8);
-        let (stats_tx, _) = watch::channel(GateStats::default());
-        let shutdown = CancellationToken::new();
-        // Queued, then shut down before the gate ever ran.
-        for host in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
-            log_tx
-                .send(failure(Source::Log, host, 1_000))
-                .await
-                .expect("send");
-        }
-        shutdown.cancel();
+    /// The gate task's channels, from the test's side.
+    struct Harness {
+        health: watch::Sender<Health>,
+        ami: mpsc::Sender<Report>,
+        log: mpsc::Sender<Report>,
+        out: mpsc::Receiver<Report>,
+        stats: watch::Receiver<GateStats>,
+    }
+
+    fn harness() -> (Harness, Inputs<mpsc::Sender<Report>>) {
+        let (health, health_rx) = watch::channel(Health::Connecting);
+        let (ami, ami_rx) = mpsc::channel(8);
+        let (log, log_rx) = mpsc::channel(8);
+        let (out_tx, out) = mpsc::channel(8);
+        let (stats_tx, stats) = watch::channel(GateStats::default());
         let inputs = Inputs {
             health: health_rx,
             ami: ami_rx,
@@ -509,6 +508,30 @@ mod tests {
             sink: out_tx,
             stats: stats_tx,
         };
+        (
+            Harness {
+                health,
+                ami,
+                log,
+                out,
+                stats,
+            },
+            inputs,
+        )
+    }
+
+    #[tokio::test]
+    async fn reports_queued_at_shutdown_still_reach_the_engine() {
+        let (mut h, inputs) = harness();
+        let shutdown = CancellationToken::new();
+        // Queued, then shut down before the gate ever ran.
+        for host in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+            h.log
+                .send(failure(Source::Log, host, 1_000))
+                .await
+                .expect("send");
+        }
+        shutdown.cancel();
         run(
             Gate::new(InputMode::Log, &FailureKind::ALL),
             inputs,
@@ -516,7 +539,7 @@ mod tests {
         )
         .await;
         let mut delivered = Vec::new();
-        while let Ok(r) = out_rx.try_recv() {
+        while let Ok(r) = h.out.try_recv() {
             delivered.push(r.host().to_string());
         }
         assert_eq!(delivered, ["192.0.2.1", "192.0.2.2", "192.0.2.3"]);
@@ -524,19 +547,15 @@ mod tests {
 
     #[tokio::test]
     async fn run_forwards_what_counts() {
-        let (health_tx, health_rx) = watch::channel(Health::Connecting);
-        let (ami_tx, ami_rx) = mpsc::channel(8);
-        let (log_tx, log_rx) = mpsc::channel(8);
-        let (out_tx, mut out_rx) = mpsc::channel(8);
-        let (stats_tx, stats_rx) = watch::channel(GateStats::default());
+        let (h, inputs) = harness();
+        let Harness {
+            health: health_tx,
+            ami: ami_tx,
+            log: log_tx,
+            out: mut out_rx,
+            stats: stats_rx,
+        } = h;
         let shutdown = CancellationToken::new();
-        let inputs = Inputs {
-            health: health_rx,
-            ami: ami_rx,
-            log: log_rx,
-            sink: out_tx,
-            stats: stats_tx,
-        };
         let gate = Gate::new(InputMode::Auto, &FailureKind::ALL);
         let task = tokio::spawn(run(gate, inputs, shutdown.clone()));
 

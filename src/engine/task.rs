@@ -146,7 +146,7 @@ impl Engine {
             }
             // Durable first: nothing is logged, mailed, answered or sent
             // to the kernel that a crash right now would lose.
-            self.commit(&fx.journal).await;
+            self.commit(std::mem::take(&mut fx.journal)).await;
             self.publish(fx);
             for reply in replies {
                 reply();
@@ -217,7 +217,7 @@ impl Engine {
     /// Appends the batch's bans and unbans to the journal and fsyncs it,
     /// off the runtime thread; the engine waits (that is the point), the
     /// inputs and the control socket do not.
-    async fn commit(&mut self, records: &[Record]) {
+    async fn commit(&mut self, records: Vec<Record>) {
         if records.is_empty() {
             return;
         }
@@ -225,7 +225,6 @@ impl Engine {
             self.journal_failed(&std::io::Error::other("no journal is open"));
             return;
         };
-        let records = records.to_vec();
         let done = tokio::task::spawn_blocking(move || {
             let result = journal.commit(&records);
             (journal, result)

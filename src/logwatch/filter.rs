@@ -204,9 +204,6 @@ pub enum LineMatch<'l> {
         /// The address, when the rule writes it before any attacker text
         /// ([`Rule::host_first`]): the cut line then still names it.
         host: Option<IpAddr>,
-        /// Whether the line got as far as the address (else it stopped in
-        /// attacker text before it, and the address is still to come).
-        reached_host: bool,
         /// Whether an ignoreregex matched the line.
         ignored: bool,
     },
@@ -497,7 +494,6 @@ impl RuleSet {
                     prefix,
                     rule,
                     host: None,
-                    reached_host: false,
                     ignored: false,
                 },
                 None => LineMatch::Missed { prefix },
@@ -513,7 +509,6 @@ impl RuleSet {
             prefix,
             rule: id,
             host,
-            reached_host: true,
             ignored: host.is_some() && self.ignored(line),
         }
     }
@@ -607,10 +602,6 @@ mod tests {
             LineMatch::Failure { rule, host, .. } => format!("{} {host}", set.rules()[rule].name()),
             LineMatch::Ambiguous { .. } => "ambiguous".into(),
             LineMatch::Ignored { .. } => "ignored".into(),
-            LineMatch::Cut {
-                reached_host: false,
-                ..
-            } => "cut before the host".into(),
             LineMatch::Cut { host: Some(h), .. } => format!("cut {h}"),
             LineMatch::Cut { host: None, .. } => "cut".into(),
             LineMatch::Missed { .. } => "missed".into(),
