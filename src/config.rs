@@ -7,7 +7,6 @@
 //! silently does not protect anything.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::failure::FailureKind;
 use crate::logwatch::filter::RuleDef;
+use crate::units::{duration, net_list};
 
 /// Where `astban` looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/astban/astban.toml";
@@ -794,102 +794,6 @@ fn read_secret_file(key: &'static str, path: &Path) -> Result<Secret, ConfigErro
         source,
     })?;
     Ok(Secret::new(text.lines().next().unwrap_or("").trim()))
-}
-
-/// Parses `"1.2.3.4"` as `1.2.3.4/32` and `"10.0.0.0/8"` as itself.
-pub fn parse_net(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .map(|n| n.trunc())
-        .map_err(|_| {
-            format!(
-                "{s:?} is not an IP address or CIDR (e.g. 192.0.2.7, 10.0.0.0/8, 2001:db8::/32)"
-            )
-        })
-}
-
-/// Formats a network the way [`parse_net`] reads it: `192.0.2.7` for a
-/// single host, `10.0.0.0/8` for a network.
-pub fn format_net(net: IpNet) -> String {
-    if net.prefix_len() == net.max_prefix_len() {
-        net.addr().to_string()
-    } else {
-        net.to_string()
-    }
-}
-
-/// Longest duration accepted anywhere: ten years is "forever" for a ban,
-/// and keeps every deadline far from overflowing a clock.
-pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
-/// Parses `"90"`, `"10m"`, `"3d"`, `"1h 30m"`, at most [`MAX_DURATION`].
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let d = match s.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(s).map_err(|e| {
-            format!("{s:?} is not a duration ({e}); use seconds or e.g. \"90s\", \"10m\", \"3d\"")
-        })?,
-    };
-    check_duration(d)
-}
-
-fn check_duration(d: Duration) -> Result<Duration, String> {
-    if d > MAX_DURATION {
-        return Err(format!(
-            "{} is too long (at most {})",
-            format_duration(d),
-            format_duration(MAX_DURATION)
-        ));
-    }
-    Ok(d)
-}
-
-/// Formats a duration the way the config accepts it (`3days 2h`).
-pub fn format_duration(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-}
-
-/// Serde for durations given as seconds or humantime strings.
-pub mod duration {
-    use super::*;
-
-    /// Accepts an integer number of seconds or a string like `"10m"`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(s) => check_duration(Duration::from_secs(s)),
-            Raw::Text(t) => parse_duration(&t),
-        }
-        .map_err(serde::de::Error::custom)
-    }
-
-    /// Writes the humantime form.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_duration(*d))
-    }
-}
-
-/// Serde for lists of addresses and CIDRs.
-mod net_list {
-    use super::*;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .iter()
-            .map(|s| parse_net(s).map_err(serde::de::Error::custom))
-            .collect()
-    }
-
-    pub fn serialize<S: Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(nets.iter().map(|n| n.to_string()))
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ami::client::Health;
-use crate::config::{Backend, Config, InputMode, format_net, parse_duration, parse_net};
+use crate::config::{Backend, Config, InputMode};
 use crate::control::{self, Handler, Reply, Request, Response};
 use crate::demo::Demo;
 use crate::engine::EngineStats;
@@ -24,6 +24,7 @@ use crate::firewall::{AnyFirewall, Firewall as _};
 use crate::input::{self, Gate, GateStats, Inputs, ReportSink};
 use crate::logwatch::{self, LogStats, filter::RuleSet};
 use crate::notify::{self, BanNotice, Mailer, Notice};
+use crate::units::{format_net, parse_duration, parse_net};
 
 /// Reports buffered between an input and the gate. Enough to absorb a
 /// burst; when full, the input waits (AMI's TCP window or the log file
@@ -731,10 +732,10 @@ fn describe(config: &Config) -> String {
         "input mode: {:?}\njail: {} failures within {} ban for {} (x{} for repeat offenders, at most {})\nfirewall: {:?}, table inet {}",
         config.input.mode,
         j.maxretry,
-        crate::config::format_duration(j.findtime),
-        crate::config::format_duration(j.bantime),
+        crate::units::format_duration(j.findtime),
+        crate::units::format_duration(j.bantime),
         j.bantime_factor,
-        crate::config::format_duration(j.bantime_max),
+        crate::units::format_duration(j.bantime_max),
         config.firewall.backend,
         config.firewall.table,
     )

@@ -19,3 +19,4 @@ pub mod logwatch;
 pub mod notify;
 pub mod persist;
 pub mod throttle;
+pub mod units;

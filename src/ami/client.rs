@@ -10,6 +10,7 @@
 //! TLS (manager.conf `[general] tlsenable`) is not supported: AMI normally
 //! listens on localhost next to astban, and plain TCP keeps this small.
 
+use crate::ami::quote;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::time::Duration;
@@ -74,92 +75,59 @@ const SKIP_WARN_INTERVAL: Duration = Duration::from_secs(60);
 /// before it; this only bounds a misbehaving peer).
 const EARLY_EVENTS_MAX: usize = 64;
 
-/// Longest text from the server quoted in an error.
-const QUOTE_MAX: usize = 120;
-
 /// Why a session ended. Its `Display` is the `reason` of [`Health::Down`],
 /// so it must say what to fix and never contain the secret.
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+#[error("AMI at {manager}: {failure}")]
+struct SessionError {
+    /// `host:port`.
+    manager: String,
+    failure: Failure,
+}
+
+/// What went wrong with a session; [`SessionError`] adds which manager.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
     /// The TCP connection could not be made.
     #[error(
-        "cannot connect to AMI at {manager}: {source} (is Asterisk running, and are ami.host/ami.port its manager.conf bindaddr/port?)"
+        "cannot connect: {0} (is Asterisk running, and are ami.host/ami.port its manager.conf bindaddr/port?)"
     )]
-    Connect {
-        /// `host:port`.
-        manager: String,
-        /// The socket error.
-        source: std::io::Error,
-    },
+    Connect(std::io::Error),
     /// Connecting, the banner or the login took longer than allowed.
-    #[error(
-        "AMI at {manager} did not complete connect and login within {after:?} (ami.connect_timeout)"
-    )]
-    LoginTimeout {
-        /// `host:port`.
-        manager: String,
-        /// The timeout.
-        after: Duration,
-    },
+    #[error("connect and login did not complete within {0:?} (ami.connect_timeout)")]
+    LoginTimeout(Duration),
     /// Asterisk answered the login (or the MD5 challenge) with an error.
     #[error(
-        "AMI login as {username:?} refused by {manager}: {message:?}. Check manager.conf on the Asterisk host: \
+        "login as {username:?} refused: {message:?}. Check manager.conf on the Asterisk host: \
          a [{username}] section must exist, its `secret` must match ami.secret (or ami.secret_file), \
          it needs `read = security` (or `read = all`), and its permit/deny must allow this host"
     )]
     LoginRefused {
-        /// `host:port`.
-        manager: String,
         /// The manager.conf section astban logs in as.
         username: String,
         /// Asterisk's `Message:` (`Authentication failed`).
         message: String,
     },
     /// The MD5 challenge response did not carry a usable challenge.
-    #[error(
-        "AMI at {manager} answered the MD5 challenge without a Challenge value; try ami.auth = \"plain\""
-    )]
-    NoChallenge {
-        /// `host:port`.
-        manager: String,
-    },
+    #[error("the MD5 challenge came without a Challenge value; try ami.auth = \"plain\"")]
+    NoChallenge,
     /// Logged in, but Asterisk never announced astban's own login as a
     /// security event: the user cannot read the `security` class.
     #[error(
-        "logged in to AMI at {manager} as {username:?}, but Asterisk did not send this login's own SuccessfulAuth security event: \
-         the [{username}] section of manager.conf lacks `read = security` (or `read = all`), so AMI shows no attacks; \
+        "logged in as {0:?}, but Asterisk did not send this login's own SuccessfulAuth security event: \
+         the [{0}] section of manager.conf lacks `read = security` (or `read = all`), so AMI shows no attacks; \
          treating AMI as down so that the log counts meanwhile"
     )]
-    NoSecurityEvents {
-        /// `host:port`.
-        manager: String,
-        /// The manager.conf section astban logs in as.
-        username: String,
-    },
+    NoSecurityEvents(String),
     /// The server closed the connection.
-    #[error("AMI at {manager} closed the connection")]
-    Closed {
-        /// `host:port`.
-        manager: String,
-    },
+    #[error("the server closed the connection")]
+    Closed,
     /// A Ping got no Pong in time, or could not even be sent.
-    #[error(
-        "no Pong from AMI at {manager} within {after:?} of a Ping (ami.ping_timeout); the link is dead"
-    )]
-    PingTimeout {
-        /// `host:port`.
-        manager: String,
-        /// The timeout.
-        after: Duration,
-    },
+    #[error("no Pong within {0:?} of a Ping (ami.ping_timeout); the link is dead")]
+    PingTimeout(Duration),
     /// Reading or decoding failed (including an oversized message).
-    #[error("AMI at {manager}: {source}")]
-    Codec {
-        /// `host:port`.
-        manager: String,
-        /// What went wrong.
-        source: CodecError,
-    },
+    #[error(transparent)]
+    Codec(CodecError),
 }
 
 /// Runs the AMI input until `shutdown`: keeps a session up, reconnecting
@@ -255,11 +223,7 @@ impl Input {
             Ok(Ok(logged_in)) => logged_in,
             Ok(Err(error)) => return error.into(),
             Err(_) => {
-                return SessionError::LoginTimeout {
-                    manager: self.manager.clone(),
-                    after: limit,
-                }
-                .into();
+                return self.failed(Failure::LoginTimeout(limit)).into();
             }
         };
         backoff.reset();
@@ -281,10 +245,7 @@ impl Input {
     async fn connect_and_login(&mut self) -> Result<(Connection, Vec<Message>), SessionError> {
         let stream = TcpStream::connect((self.config.host.as_str(), self.config.port))
             .await
-            .map_err(|source| SessionError::Connect {
-                manager: self.manager.clone(),
-                source,
-            })?;
+            .map_err(|e| self.failed(Failure::Connect(e)))?;
         let mut conn = Framed::new(stream, AmiCodec::new(self.config.max_message_size));
         match self.next_frame(&mut conn).await? {
             Frame::Banner(banner) => {
@@ -321,9 +282,7 @@ impl Input {
         let challenge = response
             .get("Challenge")
             .filter(|c| !c.is_empty())
-            .ok_or_else(|| SessionError::NoChallenge {
-                manager: self.manager.clone(),
-            })?;
+            .ok_or_else(|| self.failed(Failure::NoChallenge))?;
         Ok(challenge_key(
             challenge,
             self.config.secret.expose().as_bytes(),
@@ -351,11 +310,10 @@ impl Input {
                     if status.eq_ignore_ascii_case(b"Success") {
                         return Ok(message);
                     }
-                    return Err(SessionError::LoginRefused {
-                        manager: self.manager.clone(),
+                    return Err(self.failed(Failure::LoginRefused {
                         username: self.config.username.clone(),
                         message: quote(message.get("Message").unwrap_or(status)),
-                    });
+                    }));
                 }
                 MessageKind::Event { .. } if early.len() < EARLY_EVENTS_MAX => early.push(message),
                 _ => {}
@@ -424,13 +382,8 @@ impl Input {
                     if !keepalive.checked_read_permission {
                         keepalive.checked_read_permission = true;
                         if !keepalive.saw_own_login {
-                            return Some(
-                                SessionError::NoSecurityEvents {
-                                    manager: self.manager.clone(),
-                                    username: self.config.username.clone(),
-                                }
-                                .into(),
-                            );
+                            let username = self.config.username.clone();
+                            return Some(self.failed(Failure::NoSecurityEvents(username)).into());
                         }
                     }
                 }
@@ -488,27 +441,27 @@ impl Input {
         format!("astban-{}", self.next_action_id)
     }
 
+    /// `failure`, on this input's manager.
+    fn failed(&self, failure: Failure) -> SessionError {
+        SessionError {
+            manager: self.manager.clone(),
+            failure,
+        }
+    }
+
     fn codec_error(&self, source: CodecError) -> SessionError {
         match source {
             CodecError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => self.closed(),
-            source => SessionError::Codec {
-                manager: self.manager.clone(),
-                source,
-            },
+            source => self.failed(Failure::Codec(source)),
         }
     }
 
     fn closed(&self) -> SessionError {
-        SessionError::Closed {
-            manager: self.manager.clone(),
-        }
+        self.failed(Failure::Closed)
     }
 
     fn ping_timeout(&self) -> SessionError {
-        SessionError::PingTimeout {
-            manager: self.manager.clone(),
-            after: self.config.ping_timeout,
-        }
+        self.failed(Failure::PingTimeout(self.config.ping_timeout))
     }
 }
 
@@ -530,11 +483,6 @@ fn challenge_key(challenge: &[u8], secret: &[u8]) -> String {
         .chain_update(secret)
         .finalize();
     format!("{key:x}")
-}
-
-/// Sanitised, bounded text from the server for an error message.
-fn quote(raw: &[u8]) -> String {
-    crate::failure::quote(raw, QUOTE_MAX)
 }
 
 /// Capped exponential backoff with jitter: each delay is drawn from the
@@ -603,10 +551,12 @@ mod tests {
 
     #[test]
     fn refused_login_names_the_settings_to_check() {
-        let msg = SessionError::LoginRefused {
+        let msg = SessionError {
             manager: "127.0.0.1:5038".into(),
-            username: "astban".into(),
-            message: "Authentication failed".into(),
+            failure: Failure::LoginRefused {
+                username: "astban".into(),
+                message: "Authentication failed".into(),
+            },
         }
         .to_string();
         for needle in [

@@ -17,6 +17,7 @@
 //! real event, where a second `RemoteAddress` makes the host ambiguous
 //! (see [`super::security`]).
 
+use crate::ami::quote;
 use std::fmt;
 
 use memchr::memmem;
@@ -26,9 +27,6 @@ use nom::sequence::{preceded, terminated};
 use nom::{IResult, Offset, Parser};
 use tokio_util::bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
-
-/// Longest piece of unexpected input quoted in an error message.
-const QUOTE_MAX: usize = 64;
 
 /// Why the byte stream cannot be decoded (the connection must be closed).
 #[derive(Debug, thiserror::Error)]
@@ -102,11 +100,6 @@ fn banner_line(input: &[u8]) -> IResult<&[u8], (&[u8], bool)> {
         terminated(opt(tag(&b"\r"[..])), tag(&b"\n"[..])).map(|cr| cr.is_some()),
     )
         .parse(input)
-}
-
-/// Sanitised, bounded text for error messages about unexpected input.
-fn quote(bytes: &[u8]) -> String {
-    crate::failure::quote(bytes, QUOTE_MAX)
 }
 
 /// One AMI message: its raw bytes and where each key and value lies in them.

@@ -9,6 +9,15 @@ pub mod client;
 pub mod codec;
 pub mod security;
 
+/// Longest quote of server text in an error message: enough to recognise
+/// it, short enough that a hostile server cannot flood the log.
+const QUOTE_MAX: usize = 120;
+
+/// Text from the AMI server, sanitised and bounded for an error message.
+fn quote(raw: &[u8]) -> String {
+    crate::failure::quote(raw, QUOTE_MAX)
+}
+
 /// The byte-exact captures from a real Asterisk 20, for the unit tests.
 #[cfg(test)]
 pub(crate) mod fixtures {

@@ -5,6 +5,7 @@
 //! humans only. Pure apart from [`Attempts`], the small bounded table that
 //! folds the several events Asterisk raises for one attempt into one.
 
+use crate::ami::quote;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use jiff::Timestamp;
@@ -12,9 +13,6 @@ use jiff::Timestamp;
 use super::attempt::{Attempts, Step};
 use super::codec::{Message, MessageKind};
 use crate::failure::{AttackerText, Failure, FailureKind, Report, Service, Source, Success};
-
-/// Longest piece of an unparsable address quoted in a [`Skip`].
-const QUOTE_MAX: usize = 64;
 
 /// A security event that should have counted but cannot be attributed to a
 /// host. The caller logs it; the event is dropped, never guessed at.
@@ -202,10 +200,6 @@ fn service(message: &Message) -> Service {
         .get("Service")
         .and_then(|s| std::str::from_utf8(s).ok())
         .map_or(Service::Other, Service::from_ami)
-}
-
-fn quote(raw: &[u8]) -> String {
-    crate::failure::quote(raw, QUOTE_MAX)
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::BanInfo;
-use super::state::{Saved, SavedOffender, host_format};
+use super::state::{Saved, SavedOffender};
+use crate::units::host_format;
 
 /// One change to the bans.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,9 +26,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{JailConfig, format_net};
+use crate::config::JailConfig;
 use crate::failure::{AttackerText, KindSet, Report, ServiceSet};
 use crate::firewall::{ActiveBan, Applier, Firewall, FirewallStatus};
+use crate::units::format_net;
 
 pub use ignore::IgnoreReason;
 pub use state::STATE_FILE;
@@ -52,7 +53,7 @@ pub const MAX_ACCOUNTS: usize = 3;
 pub struct BanInfo {
     /// The banned network: a single host (written without `/32`), or an
     /// IPv6 prefix, or a manually banned CIDR.
-    #[serde(rename = "host", with = "state::host_format")]
+    #[serde(rename = "host", with = "crate::units::host_format")]
     pub net: IpNet,
     /// When the ban began.
     pub banned_at: Timestamp,
@@ -118,7 +119,7 @@ pub enum EngineEvent {
     /// A ban ended.
     Unbanned {
         /// The network that is no longer banned.
-        #[serde(rename = "host", with = "state::host_format")]
+        #[serde(rename = "host", with = "crate::units::host_format")]
         net: IpNet,
         /// Why.
         reason: UnbanReason,

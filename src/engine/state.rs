@@ -30,7 +30,7 @@ pub(crate) struct Saved {
 /// A network's ban history, kept to escalate its next ban.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SavedOffender {
-    #[serde(with = "host_format")]
+    #[serde(with = "crate::units::host_format")]
     pub(crate) host: IpNet,
     /// Bans so far within the history window.
     pub(crate) offenses: u32,
@@ -63,22 +63,6 @@ pub(crate) fn load(path: &Path) -> Result<Saved, EngineError> {
 /// Writes the state file atomically.
 pub(crate) fn save(path: &Path, saved: &Saved) -> io::Result<()> {
     persist::save_json(path, saved)
-}
-
-/// A network in JSON: a single host as a bare address (`192.0.2.7`),
-/// anything wider as a CIDR (`2001:db8::/64`).
-pub(crate) mod host_format {
-    use ipnet::IpNet;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(net: &IpNet, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::config::format_net(*net))
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {
-        let text = String::deserialize(d)?;
-        crate::config::parse_net(&text).map_err(serde::de::Error::custom)
-    }
 }
 
 #[cfg(test)]

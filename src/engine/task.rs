@@ -16,9 +16,10 @@ use super::jail::{Effects, Jail, Verdict};
 use super::journal::{Journal, Record};
 use super::state::{self, Saved};
 use super::{BanError, BanInfo, EngineEvent, EngineStats};
-use crate::config::{JailConfig, format_duration, format_net};
+use crate::config::JailConfig;
 use crate::failure::Report;
 use crate::firewall::{ActiveBan, Applier};
+use crate::units::{format_duration, format_net};
 
 /// Most commands handled before the resulting changes go to the firewall:
 /// large enough to batch a burst, small enough to keep latency low.

@@ -5,7 +5,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use super::{ActiveBan, Change, Firewall, FirewallError, timeout_secs};
-use crate::config::{FirewallConfig, format_duration};
+use crate::config::FirewallConfig;
+use crate::units::format_duration;
 
 /// Logs the bans it would enforce and never touches the kernel.
 #[derive(Debug, Clone)]

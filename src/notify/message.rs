@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::config::format_duration;
+use crate::units::format_duration;
 
 /// One ban, as a mail reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
