@@ -210,6 +210,12 @@ fn sighup_reloads_rules_and_refuses_a_broken_config() {
     d.wait_for_log("log rules reloaded", SOON);
     d.wait_for_log("unbanned host=203.0.113.1", SOON);
     d.wait_for_log("jail settings reloaded", SOON);
+    let st = d.wait_status("the reload reported", SOON, |st| !st["reload"].is_null());
+    assert_eq!(
+        st["reload"]["applied"],
+        serde_json::json!(["log rules", "jail"])
+    );
+    assert_eq!(st["reload"]["restart_needed"], serde_json::json!([]));
     log_attempts(&s.path("messages"), "192.0.2.77", 5);
     log_attempts(&s.path("messages"), "203.0.113.2", 5);
     d.wait_for_log("banned host=203.0.113.2", SOON);
@@ -219,11 +225,38 @@ fn sighup_reloads_rules_and_refuses_a_broken_config() {
         "ignoreip lifted 203.0.113.1 and ignoreregex kept 192.0.2.77 out"
     );
 
+    // A moved log file waits for a restart: status keeps showing the file
+    // actually read, and says what needs the restart.
+    let old_log = s.path("messages").display().to_string();
+    let moved = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace(&old_log, &s.path("elsewhere").display().to_string());
+    std::fs::write(&config, moved).expect("config");
+    hangup(&d);
+    let st = d.wait_status("the restart-needed reload", SOON, |st| {
+        st["reload"]["restart_needed"] == serde_json::json!(["log (other than its rules)"])
+    });
+    assert_eq!(st["log"]["detail"], old_log.as_str());
+    let human = text(&d.cli(&["status"]).stdout);
+    assert!(
+        human.contains("RESTART NEEDED for log (other than its rules)"),
+        "{human}"
+    );
+
     // A broken config is refused and the daemon keeps running on the old.
     std::fs::write(&config, "[jail]\nmaxretry = \"many\"\n").expect("config");
     hangup(&d);
     d.wait_for_log("reload refused", SOON);
-    assert_eq!(d.status()["engine"]["active_bans"], 1);
+    let st = d.wait_status("the refusal reported", SOON, |st| {
+        st["reload"]["refused"].is_string()
+    });
+    assert_eq!(st["engine"]["active_bans"], 1);
+    assert!(
+        st["reload"]["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("maxretry")),
+        "{st}"
+    );
 }
 
 #[test]

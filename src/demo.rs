@@ -14,6 +14,37 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backend, Config, InputMode, StartAt};
+use crate::daemon::{self, ConfigSource, DaemonError, Setup};
+
+/// Runs the demo: prepares its directory, says what it does, and runs the
+/// daemon on it while replaying the capture, until SIGTERM or SIGINT.
+pub async fn run() -> Result<(), DemoError> {
+    let demo = Demo::prepare().map_err(DemoError::Prepare)?;
+    demo.print_banner();
+    let stop = CancellationToken::new();
+    let replay = tokio::spawn(demo.clone().replay(stop.clone()));
+    let setup = Setup {
+        config: demo.config(),
+        source: ConfigSource::BuiltIn("the demo's settings are built in"),
+    };
+    let outcome = daemon::run(setup).await;
+    stop.cancel();
+    let _ = replay.await;
+    // The directory goes only after the daemon is done with it.
+    drop(demo);
+    Ok(outcome?)
+}
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Its directory could not be made.
+    #[error("preparing the demo: {0}")]
+    Prepare(io::Error),
+    /// The daemon failed.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+}
 
 /// The attack the demo replays: SIP wrong passwords, ACL rejections, AMI
 /// login failures and a 30-host REGISTER flood, as a real Asterisk logged

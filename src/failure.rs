@@ -410,9 +410,18 @@ impl fmt::Display for Service {
 /// Text chosen by an attacker (an account name, a session id), made safe to
 /// store and print: at most [`MAX_ATTACKER_TEXT`] bytes, control characters
 /// replaced, so it can neither blow up memory nor forge log lines.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct AttackerText(Box<str>);
+
+/// Read back (a state file, the control socket) through
+/// [`AttackerText::new`], so that the type's promise holds whatever the
+/// bytes on disk say.
+impl<'de> Deserialize<'de> for AttackerText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|raw| AttackerText::new(&raw))
+    }
+}
 
 impl AttackerText {
     /// Sanitises `raw`: control characters become `?`, and the result is

@@ -18,5 +18,7 @@ pub mod input;
 pub mod logwatch;
 pub mod notify;
 pub mod persist;
+pub mod reload;
+pub mod service;
 pub mod throttle;
 pub mod units;

@@ -5,15 +5,18 @@ use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use serde_json::Value;
+use ipnet::IpNet;
+use serde::Serialize;
 
 use astban::config::{Config, DEFAULT_CONFIG_PATH};
-use astban::control::{self, Request};
+use astban::control::{Client, render};
+use astban::daemon::{self, ConfigSource, Setup};
+use astban::demo;
 use astban::logwatch::filter::RuleSet;
 use astban::logwatch::testlog::{self, TestLogArgs};
-use astban::{daemon, demo};
+use astban::units::{parse_duration, parse_net};
 
 /// Bans Asterisk brute-force and account-scanning attackers with nftables,
 /// from AMI security events and the messages log.
@@ -91,10 +94,11 @@ enum Command {
     /// Ban an address or network now.
     Ban {
         /// Address or CIDR.
-        host: String,
+        #[arg(value_parser = parse_net)]
+        host: IpNet,
         /// Ban length, e.g. 1h or 3d [default: the jail's bantime].
-        #[arg(long = "for", value_name = "DURATION")]
-        duration: Option<String>,
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
         /// Ban even an address covered by ignoreip.
         #[arg(long)]
         force: bool,
@@ -104,7 +108,8 @@ enum Command {
     /// Lift a ban.
     Unban {
         /// Address or CIDR.
-        host: String,
+        #[arg(value_parser = parse_net)]
+        host: IpNet,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -129,12 +134,15 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             let runtime = runtime()?;
             runtime.block_on(async {
                 if demo {
-                    let demo = demo::Demo::prepare().context("preparing the demo")?;
-                    demo.print_banner();
-                    daemon::run(demo.config(), None, Some(demo)).await?;
+                    demo::run().await?;
                 } else {
                     let cfg = Config::load(config.config.as_deref())?;
-                    daemon::run(cfg, config.config, None).await?;
+                    let source = ConfigSource::File(config.config);
+                    daemon::run(Setup {
+                        config: cfg,
+                        source,
+                    })
+                    .await?;
                 }
                 Ok(ExitCode::SUCCESS)
             })
@@ -176,20 +184,18 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { socket, json } => {
-            let data = ask(&socket, Request::Status)?;
-            if json {
-                print_json(&data)?;
-            } else {
-                print!("{}", daemon::render_status(&data));
+            let status = ask(&socket, |c| async move { c.status().await })?;
+            match json {
+                true => print_json(&status)?,
+                false => print!("{}", render::status(&status)),
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bans { socket, json } => {
-            let data = ask(&socket, Request::Bans)?;
-            if json {
-                print_json(&data)?;
-            } else {
-                print!("{}", daemon::render_bans(&data));
+            let bans = ask(&socket, |c| async move { c.bans().await })?;
+            match json {
+                true => print_json(&bans)?,
+                false => print!("{}", render::bans(&bans)),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -199,20 +205,16 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             force,
             socket,
         } => {
-            let data = ask(
+            let ban = ask(
                 &socket,
-                Request::Ban {
-                    host,
-                    duration,
-                    force,
-                },
+                |c| async move { c.ban(host, duration, force).await },
             )?;
-            println!("banned {}", daemon::render_ban_line(&data));
+            println!("banned {}", render::ban_line(&ban));
             Ok(ExitCode::SUCCESS)
         }
         Command::Unban { host, socket } => {
-            ask(&socket, Request::Unban { host: host.clone() })?;
-            println!("unbanned {host}");
+            let ban = ask(&socket, |c| async move { c.unban(host).await })?;
+            println!("unbanned {}", astban::units::format_net(ban.net));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -234,22 +236,18 @@ fn describe(error: &anyhow::Error) -> String {
 }
 
 /// One request to the running daemon; its error becomes ours.
-fn ask(socket: &SocketArg, request: Request) -> Result<Value> {
+fn ask<T, F: Future<Output = Result<T, astban::control::ControlError>>>(
+    socket: &SocketArg,
+    call: impl FnOnce(Client) -> F,
+) -> Result<T> {
     let path = match &socket.socket {
         Some(p) => p.clone(),
         None => Config::control_socket(socket.config.config.as_deref())?,
     };
-    let response = runtime()?.block_on(control::request(&path, &request))?;
-    match (response.ok, response.data, response.error) {
-        (true, data, _) => Ok(data.unwrap_or(Value::Null)),
-        (false, _, error) => bail!(
-            "{}",
-            error.unwrap_or_else(|| "the daemon refused the request".into())
-        ),
-    }
+    Ok(runtime()?.block_on(call(Client::new(path)))?)
 }
 
-fn print_json(value: &Value) -> Result<()> {
+fn print_json(value: &impl Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;

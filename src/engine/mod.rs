@@ -135,7 +135,7 @@ pub enum EngineEvent {
 }
 
 /// Counters for `astban status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineStats {
     /// Hosts with failures, or a reset by a success, within `findtime`
     /// (not banned).
@@ -165,8 +165,9 @@ pub struct EngineStats {
 #[error("the ban engine has stopped")]
 pub struct EngineGone;
 
-/// Why a manual ban was not made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a manual ban was not made; sent as is to the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BanError {
     /// The network is or contains an address that is never banned.
     #[error(
@@ -175,6 +176,7 @@ pub enum BanError {
     )]
     Ignored {
         /// The network asked for.
+        #[serde(with = "crate::units::host_format")]
         net: IpNet,
         /// What protects it.
         reason: IgnoreReason,
@@ -187,8 +189,10 @@ pub enum BanError {
     )]
     Covered {
         /// The network asked for.
+        #[serde(with = "crate::units::host_format")]
         net: IpNet,
         /// The ban that covers it.
+        #[serde(with = "crate::units::host_format")]
         by: IpNet,
     },
     /// An address no packet comes from (unspecified, multicast,
@@ -196,6 +200,7 @@ pub enum BanError {
     #[error("{} is not an address an attacker sends from (unspecified, multicast or broadcast); nothing to ban", format_net(*net))]
     NotUnicast {
         /// The address asked for.
+        #[serde(with = "crate::units::host_format")]
         net: IpNet,
     },
     /// A ban of no time at all.
@@ -210,12 +215,15 @@ pub enum BanError {
     )]
     TooWide {
         /// The network asked for.
+        #[serde(with = "crate::units::host_format")]
         net: IpNet,
         /// The widest prefix banned without --force.
         min: u8,
     },
-    /// The engine has stopped.
+    /// The engine has stopped (never sent: the control socket answers
+    /// it as its own refusal).
     #[error(transparent)]
+    #[serde(skip)]
     Gone(#[from] EngineGone),
 }
 

@@ -18,7 +18,7 @@ use super::state::{self, Saved};
 use super::{BanError, BanInfo, EngineEvent, EngineStats};
 use crate::config::JailConfig;
 use crate::failure::Report;
-use crate::firewall::{ActiveBan, Applier};
+use crate::firewall::{ActiveBan, Applier, FirewallNews};
 use crate::units::{format_duration, format_net};
 
 /// Most commands handled before the resulting changes go to the firewall:
@@ -129,9 +129,13 @@ impl Engine {
                     self.save_in_background();
                 }
                 _ = housekeeping.tick() => self.housekeep(),
-                net = self.parts.firewall.refused() => {
-                    self.parts.jail.refused(net, &mut fx);
-                }
+                news = self.parts.firewall.news() => match news {
+                    FirewallNews::Refused(net) => self.parts.jail.refused(net, &mut fx),
+                    FirewallNews::Died(why) => {
+                        tracing::error!("the firewall task failed ({why}); the ban engine stops so that astban is restarted");
+                        break;
+                    }
+                },
                 command = self.parts.commands.recv() => {
                     let Some(command) = command else { break };
                     self.handle(command, &mut fx, &mut replies);

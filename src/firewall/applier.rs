@@ -28,12 +28,22 @@ use super::{ActiveBan, Change, Firewall, FirewallError, FirewallStatus};
 /// Longest a stop waits for the firewall's last transaction.
 pub(crate) const FINISH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What the applier tells the engine.
+#[derive(Debug)]
+pub(crate) enum FirewallNews {
+    /// nft refused to add this ban: the engine takes it back.
+    Refused(IpNet),
+    /// The worker task is gone, and why.
+    Died(String),
+}
+
 /// The engine's side of the applier task.
 #[derive(Debug)]
 pub(crate) struct Applier {
     changes: mpsc::UnboundedSender<Vec<Change>>,
     status: watch::Receiver<FirewallStatus>,
-    task: JoinHandle<()>,
+    /// The worker; `None` once it has been seen to end.
+    task: Option<JoinHandle<()>>,
     /// Bans nft refused (dropped from the kernel's view): the engine takes
     /// them back, so that `astban bans` never lists what is not enforced.
     refused: mpsc::UnboundedReceiver<IpNet>,
@@ -67,16 +77,28 @@ impl Applier {
         Applier {
             changes,
             status,
-            task: tokio::spawn(worker.run()),
+            task: Some(tokio::spawn(worker.run())),
             refused,
         }
     }
 
-    /// The next ban nft refused; pending forever once the task has ended.
-    pub(crate) async fn refused(&mut self) -> IpNet {
-        match self.refused.recv().await {
-            Some(net) => net,
-            None => std::future::pending().await,
+    /// What the worker has to tell the engine: a ban nft refused, or its
+    /// own death (only a panic ends it while the engine still feeds it; the
+    /// engine then stops too, so that astban is restarted rather than run on
+    /// with bans that reach no kernel).
+    pub(crate) async fn news(&mut self) -> FirewallNews {
+        let Some(task) = self.task.as_mut() else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            Some(net) = self.refused.recv() => FirewallNews::Refused(net),
+            ended = task => {
+                self.task = None;
+                FirewallNews::Died(match ended {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "it ended".into(),
+                })
+            }
         }
     }
 
@@ -98,7 +120,7 @@ impl Applier {
     /// timeout, and the journal has the rest for the next start).
     pub(crate) async fn finish(self) {
         drop(self.changes);
-        let mut task = self.task;
+        let Some(mut task) = self.task else { return };
         match tokio::time::timeout(FINISH_DEADLINE, &mut task).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!("firewall task failed: {e}"),
@@ -439,6 +461,8 @@ mod tests {
         elements: BTreeSet<IpNet>,
         /// A network nft refuses to add or remove.
         refuse: Option<IpNet>,
+        /// The next apply panics, as a bug in a backend would.
+        panics: bool,
     }
 
     impl FakeKernel {
@@ -513,6 +537,8 @@ mod tests {
             changes: &[Change],
             _now: Timestamp,
         ) -> Result<(), FirewallError> {
+            let panics = self.state().panics;
+            assert!(!panics, "a backend bug");
             let nets: Vec<IpNet> = changes.iter().map(Change::net).collect();
             let shown: Vec<String> = changes.iter().map(Change::to_string).collect();
             let mut state = self.state();
@@ -658,6 +684,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_worker_that_dies_is_told_to_the_engine() {
+        let fw = FakeKernel::default();
+        let mut applier = Applier::spawn(fw.clone(), vec![]);
+        wait_for(&applier, |s| s.healthy).await;
+        fw.state().panics = true;
+        applier.send(vec![ban("192.0.2.1/32")]);
+        let news = tokio::time::timeout(Duration::from_secs(5), applier.news())
+            .await
+            .expect("told");
+        assert!(
+            matches!(&news, FirewallNews::Died(why) if why.contains("panic")),
+            "{news:?}"
+        );
+        // Finishing a dead worker returns at once.
+        applier.finish().await;
+    }
+
+    #[tokio::test]
     async fn finishing_flushes_what_is_queued() {
         let fw = FakeKernel::default();
         let applier = Applier::spawn(fw.clone(), Vec::new());
@@ -749,10 +793,13 @@ mod tests {
                 .is_some_and(|r| r.contains("192.0.2.66")),
             "{status:?}"
         );
-        let back = tokio::time::timeout(Duration::from_secs(5), applier.refused())
+        let back = tokio::time::timeout(Duration::from_secs(5), applier.news())
             .await
             .expect("told");
-        assert_eq!(back, net("192.0.2.66/32"));
+        assert!(
+            matches!(back, FirewallNews::Refused(n) if n == net("192.0.2.66/32")),
+            "{back:?}"
+        );
 
         // Later bans are not held back, and a rebuilt table does not try
         // the refused one again.

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Backend, FirewallConfig};
 
-pub(crate) use applier::Applier;
+pub(crate) use applier::{Applier, FirewallNews};
 pub use dry_run::DryRunFirewall;
 pub use nft::NftFirewall;
 
@@ -195,7 +195,7 @@ pub enum FirewallError {
 }
 
 /// What the firewall is doing, for `astban status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirewallStatus {
     /// The last attempt succeeded and nothing is waiting.
     pub healthy: bool,

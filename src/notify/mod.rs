@@ -6,6 +6,7 @@
 //! and the next digest says so. A failing MTA costs a bounded number of
 //! retries per mail and is logged; it never stops the daemon.
 
+mod forward;
 mod message;
 mod transport;
 
@@ -18,6 +19,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+pub use forward::{describe, forward_bans, system_name};
 pub use message::{BanNotice, Mail, ban_mail, digest_mail, started_mail, stopped_mail};
 pub use transport::{NotifyError, Transport};
 
@@ -64,6 +66,12 @@ impl Mailer {
             }
             Err(TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Counts `n` notices that never reached the mailer (its source fell
+    /// behind), so that the next digest says so.
+    pub fn missed(&self, n: usize) {
+        self.missed.fetch_add(n, Ordering::Relaxed);
     }
 }
 

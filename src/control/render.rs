@@ -1,0 +1,138 @@
+//! The control socket's answers as text for humans: what `astban status`,
+//! `bans` and `ban` print without `--json`.
+
+use std::fmt::Write as _;
+
+use super::protocol::{InputStatus, ReloadReport, Status};
+use crate::config::InputMode;
+use crate::engine::BanInfo;
+use crate::units::format_net;
+
+/// `astban status`.
+pub fn status(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "astban {} running since {}", s.version, s.started);
+    let _ = writeln!(out, "input mode: {}", mode(s.input_mode));
+    input(&mut out, "ami", &s.ami);
+    input(&mut out, "log", &s.log);
+    let read = &s.log_read;
+    let _ = writeln!(
+        out,
+        "log read: {} lines, {} failures found, {} folded into an attempt, {} too long",
+        read.lines, read.failures, read.folded, read.too_long
+    );
+    let _ = writeln!(
+        out,
+        "log lines not attributed: {} ambiguous, {} cut short, {} continuation, {} unparsable",
+        read.ambiguous, read.cut, read.continuation, read.unparsable
+    );
+    let c = &s.counted;
+    let _ = writeln!(
+        out,
+        "counted: ami {} ({} not counted), log {} ({} not counted)",
+        c.ami_counted, c.ami_dropped, c.log_counted, c.log_dropped
+    );
+    let e = &s.engine;
+    let _ = writeln!(
+        out,
+        "engine: {} active bans, {} hosts tracked, {} offenders remembered, {} failures counted, {} bans since start",
+        e.active_bans, e.tracked_hosts, e.offenders, e.failures_counted, e.bans_total
+    );
+    let _ = writeln!(
+        out,
+        "engine dropped: {} failures older than findtime, {} hosts evicted at jail.max_tracked_hosts",
+        e.failures_stale, e.hosts_evicted
+    );
+    match &e.state_error {
+        None => out.push_str("state: saved\n"),
+        Some(error) => {
+            let _ = writeln!(out, "state: NOT DURABLE ({error})");
+        }
+    }
+    let fw = &e.firewall;
+    let health = if fw.healthy { "healthy" } else { "FAILING" };
+    let _ = write!(out, "firewall: {health}, {} changes pending", fw.pending);
+    if let Some(error) = &fw.last_error {
+        let _ = write!(out, "; last error: {error}");
+    }
+    if let Some(refused) = &fw.last_refused {
+        let _ = write!(
+            out,
+            "; {} change(s) refused by nft, last {refused}",
+            fw.refused
+        );
+    }
+    out.push('\n');
+    if let Some(reload) = &s.reload {
+        self::reload(&mut out, reload);
+    }
+    out
+}
+
+fn mode(mode: InputMode) -> &'static str {
+    match mode {
+        InputMode::Auto => "auto",
+        InputMode::Ami => "ami",
+        InputMode::Log => "log",
+    }
+}
+
+fn input(out: &mut String, name: &str, i: &InputStatus) {
+    let _ = write!(out, "  {name:<4} {}", i.state.as_str());
+    if let Some(since) = i.since {
+        let _ = write!(out, " since {since}");
+    }
+    if let Some(detail) = &i.detail {
+        let _ = write!(out, " ({detail})");
+    }
+    let counting = if i.counting {
+        "counting"
+    } else {
+        "not counting"
+    };
+    let _ = writeln!(out, ", {counting}");
+}
+
+fn reload(out: &mut String, r: &ReloadReport) {
+    let _ = write!(out, "last reload: {}", r.at);
+    if let Some(why) = &r.refused {
+        let _ = writeln!(out, ", REFUSED ({why}); the running config was kept");
+        return;
+    }
+    let list = |items: &[String]| match items {
+        [] => "nothing".to_owned(),
+        items => items.join(", "),
+    };
+    let _ = write!(out, ", applied {}", list(&r.applied));
+    if !r.restart_needed.is_empty() {
+        let _ = write!(out, "; RESTART NEEDED for {}", r.restart_needed.join(", "));
+    }
+    out.push('\n');
+}
+
+/// `astban bans`: a header and one ban per line.
+pub fn bans(bans: &[BanInfo]) -> String {
+    if bans.is_empty() {
+        return "no active bans\n".into();
+    }
+    let mut out = format!(
+        "{:<40} {:<26} {:>8}  accounts\n",
+        "host", "expires", "failures"
+    );
+    for ban in bans {
+        let _ = writeln!(out, "{}", ban_line(ban));
+    }
+    out
+}
+
+/// One ban as a line: host, expiry, failures, accounts tried.
+pub fn ban_line(ban: &BanInfo) -> String {
+    let accounts: Vec<&str> = ban.accounts.iter().map(|a| a.as_str()).collect();
+    format!(
+        "{:<40} {:<26} {:>8}  {}",
+        format_net(ban.net),
+        ban.expires.to_string(),
+        ban.failures,
+        accounts.join(", ")
+    )
+}
