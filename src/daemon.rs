@@ -2,12 +2,13 @@
 //! control socket into one service, and owns its lifecycle: start, SIGHUP
 //! reload, supervision of every task, and a stop with a deadline.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ami::client::Health;
@@ -19,7 +20,7 @@ use crate::failure::Report;
 use crate::firewall::{AnyFirewall, Firewall as _};
 use crate::input::{self, Gate, GateStats, Inputs, ReportSink};
 use crate::logwatch::{self, LogStats, filter::RuleSet};
-use crate::notify::{self, Notice};
+use crate::notify::{self, Mailer, Notice};
 use crate::reload::Plan;
 use crate::service::{self, Readiness, Signal, Signals};
 
@@ -98,164 +99,292 @@ pub enum DaemonError {
 pub async fn run(setup: Setup) -> Result<(), DaemonError> {
     let Setup { config, source } = setup;
     let mut signals = Signals::install().map_err(DaemonError::Signals)?;
-    crate::persist::create_private_dir(&config.state.dir).map_err(|source| {
-        DaemonError::StateDir {
-            path: config.state.dir.clone(),
-            source,
-        }
-    })?;
-    // The control socket is also the one-instance lock: take it before
-    // touching the firewall, and compile the rules before starting anything.
-    let server = control::Server::bind(&config.control.socket).await?;
-    let mode = config.input.mode;
-    let rules = mode
-        .uses_log()
-        .then(|| RuleSet::from_config(&config.log))
-        .transpose()?;
-
-    let engine_stop = CancellationToken::new();
-    let firewall = AnyFirewall::from_config(&config.firewall);
-    let (engine, engine_task) = engine::spawn(
-        &config.jail,
-        &config.state.dir,
-        firewall,
-        engine_stop.clone(),
-    )?;
-    // The engine outlives the other tasks at a stop, so it is supervised
-    // apart from them.
-    let mut core = Tasks::default();
-    core.spawn("the ban engine", async move {
-        let _ = engine_task.await;
-    });
-    tokio::spawn(adopt_kernel_bans(
-        AnyFirewall::from_config(&config.firewall),
-        engine.clone(),
-        engine_stop.clone(),
-    ));
-
-    let shutdown = CancellationToken::new();
-    let (health_tx, health_rx) = watch::channel(Health::Connecting);
-    let (ami_tx, ami_rx) = mpsc::channel(REPORT_QUEUE);
-    let (log_tx, log_rx) = mpsc::channel(REPORT_QUEUE);
-    let (log_stats_tx, log_stats) = watch::channel(LogStats::default());
-    let (gate_stats_tx, gate_stats) = watch::channel(GateStats::default());
-    let (reload_tx, reload_rx) = watch::channel(None);
-    let mut tasks = Tasks::default();
-
-    if mode.uses_ami() {
-        let run = crate::ami::client::run(config.ami.clone(), ami_tx, health_tx, shutdown.clone());
-        tasks.spawn("the AMI input", run);
-    }
-    let rules_tx = rules.map(|rules| {
-        let (rules_tx, rules_rx) = watch::channel(Arc::new(rules));
-        let (log_cfg, state_dir, stop) = (
-            config.log.clone(),
-            config.state.dir.clone(),
-            shutdown.clone(),
-        );
-        tasks.spawn("the log input", async move {
-            let run = logwatch::run(log_cfg, rules_rx, state_dir, log_tx, log_stats_tx, stop);
-            if let Err(e) = run.await {
-                tracing::error!(error = %e, "the log input failed");
-            }
-        });
-        rules_tx
-    });
-
-    let inputs = Inputs {
-        health: health_rx.clone(),
-        ami: ami_rx,
-        log: log_rx,
-        sink: engine.clone(),
-        stats: gate_stats_tx,
-    };
-    let gate = Gate::new(mode, &config.ami.events);
-    tasks.spawn("the input gate", input::run(gate, inputs, shutdown.clone()));
-
-    let handler = DaemonHandler {
-        engine: engine.clone(),
-        mode,
-        started: Timestamp::now(),
-        health: health_rx,
-        log_stats,
-        gate_stats,
-        reload: reload_rx,
-    };
-    tasks.spawn(
-        "the control socket",
-        server.serve(Arc::new(handler), shutdown.clone()),
-    );
-
-    let mail = if config.mail.enabled {
-        let (mailer, task) = notify::spawn(&config.mail, notify::system_name())?;
-        if config.mail.on_start_stop {
-            mailer.notify(Notice::Started(notify::describe(&config)));
-        }
-        let forward = notify::forward_bans(engine.subscribe(), mailer.clone(), shutdown.clone());
-        tasks.spawn("mail notifications", forward);
-        Some((mailer, task))
-    } else {
-        None
-    };
-
-    tracing::info!(
-        mode = ?mode,
-        firewall = ?config.firewall.backend,
-        socket = %config.control.socket.display(),
-        "astban running"
-    );
+    let mut daemon = Daemon::start(config).await?;
     service::notify(Readiness::Ready);
-
-    let mut running = config;
-    let outcome = loop {
-        tokio::select! {
-            signal = signals.next() => match (signal, &source) {
-                (Signal::Stop, _) => break Ok(()),
-                (Signal::Reload, ConfigSource::BuiltIn(why)) => {
-                    tracing::warn!("SIGHUP ignored: {why}");
-                }
-                (Signal::Reload, ConfigSource::File(path)) => {
-                    service::notify(Readiness::Reloading);
-                    let (applied, report) =
-                        reload(running, path.as_deref(), rules_tx.as_ref(), &engine).await;
-                    running = applied;
-                    reload_tx.send_replace(Some(report));
-                    service::notify(Readiness::Ready);
-                }
-            },
-            ended = tasks.next_ended() => {
-                tracing::error!(task = ended, "stopped unexpectedly; shutting astban down so that it is restarted");
-                break Err(DaemonError::TaskEnded(ended));
-            }
-            ended = core.next_ended() => {
-                tracing::error!(task = ended, "stopped unexpectedly; shutting astban down so that it is restarted");
-                break Err(DaemonError::TaskEnded(ended));
-            }
-        }
-    };
-
+    let outcome = daemon.serve(&mut signals, &source).await;
     tracing::info!("stopping");
     service::notify(Readiness::Stopping);
-    shutdown.cancel();
-    tasks.finish(STOP_DEADLINE).await;
-    let active_bans = engine.stats().await.map(|s| s.active_bans).unwrap_or(0);
-    engine_stop.cancel();
-    core.finish(ENGINE_STOP_DEADLINE).await;
-    if let Some((mailer, task)) = mail {
-        if running.mail.on_start_stop {
-            mailer.notify(Notice::Stopped { active_bans });
-        }
-        drop(mailer);
-        notify::finish(task).await;
-    }
-    match running.firewall.backend {
-        Backend::Nftables => tracing::info!(
-            active_bans,
-            "stopped; bans stay enforced by the kernel until they expire"
-        ),
-        Backend::DryRun => tracing::info!(active_bans, "stopped (dry-run: nothing was enforced)"),
-    }
+    daemon.stop().await;
     outcome
+}
+
+/// The running daemon: its tasks and what a reload or a stop needs.
+struct Daemon {
+    /// The config in force (not the file's, which may ask for more).
+    config: Config,
+    engine: EngineHandle,
+    /// The engine, supervised apart: it outlives the other tasks at a stop.
+    core: Tasks,
+    engine_stop: CancellationToken,
+    /// The inputs, the gate, the control socket, mail forwarding.
+    tasks: Tasks,
+    shutdown: CancellationToken,
+    /// The log input's rules, when it runs.
+    rules: Option<watch::Sender<Arc<RuleSet>>>,
+    reload: watch::Sender<Option<ReloadReport>>,
+    mail: Option<(Mailer, JoinHandle<()>)>,
+}
+
+/// What the inputs publish, for the control socket.
+struct Published {
+    health: watch::Receiver<Health>,
+    log_stats: watch::Receiver<LogStats>,
+    gate_stats: watch::Receiver<GateStats>,
+}
+
+impl Daemon {
+    /// Starts everything, in an order that makes a failed start harmless:
+    /// the state dir, the control socket (the one-instance lock) and the
+    /// rules before the firewall is touched.
+    async fn start(config: Config) -> Result<Daemon, DaemonError> {
+        crate::persist::create_private_dir(&config.state.dir).map_err(|source| {
+            DaemonError::StateDir {
+                path: config.state.dir.clone(),
+                source,
+            }
+        })?;
+        let server = control::Server::bind(&config.control.socket).await?;
+        let rules = (config.input.mode.uses_log())
+            .then(|| RuleSet::from_config(&config.log))
+            .transpose()?;
+
+        let engine_stop = CancellationToken::new();
+        let (engine, engine_task) = engine::spawn(
+            &config.jail,
+            &config.state.dir,
+            AnyFirewall::from_config(&config.firewall),
+            engine_stop.clone(),
+        )?;
+        let mut core = Tasks::default();
+        core.spawn("the ban engine", async move {
+            let _ = engine_task.await;
+        });
+        tokio::spawn(adopt_kernel_bans(
+            AnyFirewall::from_config(&config.firewall),
+            engine.clone(),
+            engine_stop.clone(),
+        ));
+
+        let mut daemon = Daemon {
+            engine,
+            core,
+            engine_stop,
+            tasks: Tasks::default(),
+            shutdown: CancellationToken::new(),
+            rules: None,
+            reload: watch::channel(None).0,
+            mail: None,
+            config,
+        };
+        let published = daemon.start_inputs(rules);
+        daemon.serve_control(server, published);
+        daemon.start_mail()?;
+        tracing::info!(
+            mode = ?daemon.config.input.mode,
+            firewall = ?daemon.config.firewall.backend,
+            socket = %daemon.config.control.socket.display(),
+            "astban running"
+        );
+        Ok(daemon)
+    }
+
+    /// The AMI and log inputs the mode asks for, and the gate between them
+    /// and the engine.
+    fn start_inputs(&mut self, rules: Option<RuleSet>) -> Published {
+        let (config, stop) = (&self.config, &self.shutdown);
+        let (health_tx, health) = watch::channel(Health::Connecting);
+        let (ami_tx, ami_rx) = mpsc::channel(REPORT_QUEUE);
+        let (log_tx, log_rx) = mpsc::channel(REPORT_QUEUE);
+        let (log_stats_tx, log_stats) = watch::channel(LogStats::default());
+        let (gate_stats_tx, gate_stats) = watch::channel(GateStats::default());
+        if config.input.mode.uses_ami() {
+            let run = crate::ami::client::run(config.ami.clone(), ami_tx, health_tx, stop.clone());
+            self.tasks.spawn("the AMI input", run);
+        }
+        if let Some(rules) = rules {
+            let (rules_tx, rules_rx) = watch::channel(Arc::new(rules));
+            let run = logwatch::run(
+                config.log.clone(),
+                rules_rx,
+                config.state.dir.clone(),
+                log_tx,
+                log_stats_tx,
+                stop.clone(),
+            );
+            self.tasks.spawn("the log input", async move {
+                if let Err(e) = run.await {
+                    tracing::error!(error = %e, "the log input failed");
+                }
+            });
+            self.rules = Some(rules_tx);
+        }
+        let inputs = Inputs {
+            health: health.clone(),
+            ami: ami_rx,
+            log: log_rx,
+            sink: self.engine.clone(),
+            stats: gate_stats_tx,
+        };
+        let gate = Gate::new(config.input.mode, &config.ami.events);
+        let run = input::run(gate, inputs, stop.clone());
+        self.tasks.spawn("the input gate", run);
+        Published {
+            health,
+            log_stats,
+            gate_stats,
+        }
+    }
+
+    fn serve_control(&mut self, server: control::Server, published: Published) {
+        let handler = DaemonHandler {
+            engine: self.engine.clone(),
+            mode: self.config.input.mode,
+            started: Timestamp::now(),
+            health: published.health,
+            log_stats: published.log_stats,
+            gate_stats: published.gate_stats,
+            reload: self.reload.subscribe(),
+        };
+        let serve = server.serve(Arc::new(handler), self.shutdown.clone());
+        self.tasks.spawn("the control socket", serve);
+    }
+
+    fn start_mail(&mut self) -> Result<(), DaemonError> {
+        let config = &self.config;
+        if !config.mail.enabled {
+            return Ok(());
+        }
+        let (mailer, task) = notify::spawn(&config.mail, notify::system_name())?;
+        if config.mail.on_start_stop {
+            mailer.notify(Notice::Started(notify::describe(config)));
+        }
+        let forward = notify::forward_bans(
+            self.engine.subscribe(),
+            mailer.clone(),
+            self.shutdown.clone(),
+        );
+        self.tasks.spawn("mail notifications", forward);
+        self.mail = Some((mailer, task));
+        Ok(())
+    }
+
+    /// Obeys signals until told to stop, or until a task ends early.
+    async fn serve(
+        &mut self,
+        signals: &mut Signals,
+        source: &ConfigSource,
+    ) -> Result<(), DaemonError> {
+        loop {
+            tokio::select! {
+                signal = signals.next() => match (signal, source) {
+                    (Signal::Stop, _) => return Ok(()),
+                    (Signal::Reload, ConfigSource::BuiltIn(why)) => {
+                        tracing::warn!("SIGHUP ignored: {why}");
+                    }
+                    (Signal::Reload, ConfigSource::File(path)) => {
+                        service::notify(Readiness::Reloading);
+                        self.reload(path.as_deref()).await;
+                        service::notify(Readiness::Ready);
+                    }
+                },
+                ended = self.tasks.next_ended() => return Err(ended_early(ended)),
+                ended = self.core.next_ended() => return Err(ended_early(ended)),
+            }
+        }
+    }
+
+    /// Stops the inputs first, then the engine (which saves its state and
+    /// hands the firewall its last changes), then mail; each with a
+    /// deadline.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.tasks.finish(STOP_DEADLINE).await;
+        let active_bans = self
+            .engine
+            .stats()
+            .await
+            .map(|s| s.active_bans)
+            .unwrap_or(0);
+        self.engine_stop.cancel();
+        self.core.finish(ENGINE_STOP_DEADLINE).await;
+        if let Some((mailer, task)) = self.mail {
+            if self.config.mail.on_start_stop {
+                mailer.notify(Notice::Stopped { active_bans });
+            }
+            drop(mailer);
+            notify::finish(task).await;
+        }
+        match self.config.firewall.backend {
+            Backend::Nftables => tracing::info!(
+                active_bans,
+                "stopped; bans stay enforced by the kernel until they expire"
+            ),
+            Backend::DryRun => {
+                tracing::info!(active_bans, "stopped (dry-run: nothing was enforced)")
+            }
+        }
+    }
+
+    /// Re-reads the config and applies what can be applied live (log
+    /// rules, `[jail]`); a broken file is refused whole and the running
+    /// config kept. What was done is published for `astban status`.
+    async fn reload(&mut self, path: Option<&Path>) {
+        let report = match Config::load(path) {
+            Ok(file) => self.apply(Plan::new(&self.config, &file)).await,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; keeping the running config");
+                ReloadReport::refused(e.to_string())
+            }
+        };
+        self.reload.send_replace(Some(report));
+    }
+
+    async fn apply(&mut self, plan: Plan) -> ReloadReport {
+        // Compile first, apply after: a bad rule must not leave half a reload.
+        let rules = match self.rules.as_ref().filter(|_| plan.rules_changed) {
+            Some(tx) => match RuleSet::from_config(&plan.applied.log) {
+                Ok(rules) => Some((tx, rules)),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused: the log rules do not compile; keeping the running config");
+                    return ReloadReport::refused(e.to_string());
+                }
+            },
+            None => None,
+        };
+        let mut report = ReloadReport::now();
+        if let Some((tx, rules)) = rules {
+            tx.send_replace(Arc::new(rules));
+            tracing::info!(rules = %plan.applied.log.rules, "log rules reloaded");
+            report.applied.push("log rules".into());
+        }
+        let previous_jail = self.config.jail.clone();
+        self.config = plan.applied;
+        if plan.jail_changed {
+            match self.engine.reconfigure(self.config.jail.clone()).await {
+                Ok(lifted) => {
+                    tracing::info!(lifted, "jail settings reloaded");
+                    report.applied.push("jail".into());
+                }
+                Err(_) => {
+                    tracing::error!("the ban engine has stopped; jail settings not applied");
+                    self.config.jail = previous_jail;
+                }
+            }
+        }
+        for &section in &plan.restart_needed {
+            tracing::warn!(section, "changed on reload; restart astban to apply it");
+            report.restart_needed.push(section.into());
+        }
+        report
+    }
+}
+
+fn ended_early(task: &'static str) -> DaemonError {
+    tracing::error!(
+        task,
+        "stopped unexpectedly; shutting astban down so that it is restarted"
+    );
+    DaemonError::TaskEnded(task)
 }
 
 /// Bans in the kernel that the state lacks are adopted, not orphaned; off
@@ -313,65 +442,6 @@ impl Tasks {
             self.0.shutdown().await;
         }
     }
-}
-
-/// Re-reads the config and applies what can be applied live (log rules,
-/// `[jail]`). Returns the config now in force and what was done; a broken
-/// file is refused whole and the running config kept.
-async fn reload(
-    running: Config,
-    path: Option<&std::path::Path>,
-    rules_tx: Option<&watch::Sender<Arc<RuleSet>>>,
-    engine: &EngineHandle,
-) -> (Config, ReloadReport) {
-    let mut report = ReloadReport {
-        at: Timestamp::now(),
-        ..ReloadReport::default()
-    };
-    let file = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "reload refused; keeping the running config");
-            report.refused = Some(e.to_string());
-            return (running, report);
-        }
-    };
-    let plan = Plan::new(&running, &file);
-    // Compile first, apply after: a bad rule must not leave half a reload.
-    let rules = match rules_tx.filter(|_| plan.rules_changed) {
-        Some(tx) => match RuleSet::from_config(&plan.applied.log) {
-            Ok(rules) => Some((tx, rules)),
-            Err(e) => {
-                tracing::error!(error = %e, "reload refused: the log rules do not compile; keeping the running config");
-                report.refused = Some(e.to_string());
-                return (running, report);
-            }
-        },
-        None => None,
-    };
-    if let Some((tx, rules)) = rules {
-        tx.send_replace(Arc::new(rules));
-        tracing::info!(rules = %plan.applied.log.rules, "log rules reloaded");
-        report.applied.push("log rules".into());
-    }
-    let mut applied = plan.applied;
-    if plan.jail_changed {
-        match engine.reconfigure(applied.jail.clone()).await {
-            Ok(lifted) => {
-                tracing::info!(lifted, "jail settings reloaded");
-                report.applied.push("jail".into());
-            }
-            Err(_) => {
-                tracing::error!("the ban engine has stopped; jail settings not applied");
-                applied.jail = running.jail;
-            }
-        }
-    }
-    for &section in &plan.restart_needed {
-        tracing::warn!(section, "changed on reload; restart astban to apply it");
-        report.restart_needed.push(section.into());
-    }
-    (applied, report)
 }
 
 impl ReportSink for EngineHandle {

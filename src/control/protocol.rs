@@ -184,7 +184,7 @@ impl InputState {
 }
 
 /// What the last reload did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadReport {
     /// When it happened.
     pub at: Timestamp,
@@ -197,4 +197,24 @@ pub struct ReloadReport {
     /// Sections that changed in the file but only take effect after a
     /// restart; until then the daemon runs with the old values.
     pub restart_needed: Vec<String>,
+}
+
+impl ReloadReport {
+    /// A reload that applied nothing yet, now.
+    pub fn now() -> ReloadReport {
+        ReloadReport {
+            at: Timestamp::now(),
+            refused: None,
+            applied: Vec::new(),
+            restart_needed: Vec::new(),
+        }
+    }
+
+    /// A reload refused for `why`: the running config was kept.
+    pub fn refused(why: String) -> ReloadReport {
+        ReloadReport {
+            refused: Some(why),
+            ..ReloadReport::now()
+        }
+    }
 }
