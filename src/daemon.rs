@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::ami::client::Health;
-use crate::config::{Backend, Config, InputMode};
+use crate::config::{self, Backend, Config, InputMode, JailSettings};
 use crate::control::{self, Handler, Reply, Request, Response};
 use crate::demo::Demo;
 use crate::engine::EngineStats;
@@ -42,6 +42,9 @@ pub enum DaemonError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A setting is not allowed (a config changed after it was loaded).
+    #[error(transparent)]
+    Config(#[from] config::Invalid),
     /// The engine could not start.
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
@@ -88,7 +91,7 @@ pub async fn run(
     let engine_stop = CancellationToken::new();
     let firewall = AnyFirewall::from_config(&config.firewall);
     let (engine, engine_task) = engine::spawn(
-        &config.jail,
+        &JailSettings::try_from(&config.jail)?,
         &config.state.dir,
         firewall,
         engine_stop.clone(),
@@ -295,12 +298,20 @@ async fn reload(
             return old;
         }
     };
+    // Config::load checked [jail]; this only gives it its type.
+    let jail = match JailSettings::try_from(&new.jail) {
+        Ok(jail) => jail,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; keeping the running config");
+            return old;
+        }
+    };
     if let (Some(tx), Some(rules)) = (rules_tx, rules) {
         tx.send_replace(Arc::new(rules));
         tracing::info!(rules = %new.log.rules, "log rules reloaded");
     }
     if !toml_eq(&old.jail, &new.jail) {
-        match control.engine.reconfigure(new.jail.clone()).await {
+        match control.engine.reconfigure(jail).await {
             Ok(lifted) => tracing::info!(lifted, "jail settings reloaded"),
             Err(_) => tracing::error!("the ban engine has stopped; jail settings not applied"),
         }
