@@ -140,7 +140,7 @@ pub async fn run(
     let rules_tx = rules.map(|rules| {
         let (rules_tx, rules_rx) = watch::channel(Arc::new(rules));
         let (log_cfg, state_dir, stop) = (
-            config.log.clone(),
+            logwatch::LogSettings::from(&config.log),
             config.state.dir.clone(),
             shutdown.clone(),
         );

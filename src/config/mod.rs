@@ -16,11 +16,13 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::failure::FailureKind;
-use crate::logwatch::filter::RuleDef;
+use crate::logwatch::LogSettings;
+use crate::logwatch::filter::{RuleDef, RuleSources};
 use crate::units::{duration, net_list};
 
 mod jail;
 
+pub use crate::logwatch::tail::StartAt;
 pub use jail::JailSettings;
 
 /// Where `astban` looks for its config when `--config` is not given.
@@ -195,15 +197,25 @@ impl Default for LogConfig {
     }
 }
 
-/// Where the log input starts reading when it has no saved cursor.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartAt {
-    /// Only lines written from now on (the default for a daemon).
-    #[default]
-    End,
-    /// The whole file (demos, first runs that should judge history).
-    Beginning,
+impl<'a> From<&'a LogConfig> for RuleSources<'a> {
+    fn from(log: &'a LogConfig) -> RuleSources<'a> {
+        RuleSources {
+            rules: &log.rules,
+            extra_rules: &log.extra_rules,
+            ignoreregex: &log.ignoreregex,
+        }
+    }
+}
+
+impl From<&LogConfig> for LogSettings {
+    fn from(log: &LogConfig) -> LogSettings {
+        LogSettings {
+            path: log.path.clone(),
+            max_line_length: log.max_line_length,
+            poll_interval: log.poll_interval,
+            start: log.start,
+        }
+    }
 }
 
 /// `[jail]`: when a host is banned and for how long.
