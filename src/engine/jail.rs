@@ -1098,6 +1098,63 @@ mod tests {
     }
 
     #[test]
+    fn the_smallest_settings_work_as_written() {
+        // The settings type holds the bounds; the policy takes them as
+        // they are: one failure bans, no escalation, one tracked host.
+        let mut jail = jail_of(JailConfig {
+            maxretry: 1,
+            bantime: Duration::from_secs(1),
+            bantime_factor: 1,
+            bantime_max: Duration::from_secs(1),
+            history: Duration::ZERO,
+            max_tracked_hosts: 1,
+            ipv6_prefix: 128,
+            ..config()
+        });
+        let (verdict, fx) = fail(&mut jail, "192.0.2.7", 1, t(0));
+        assert_eq!(verdict, Verdict::Banned(net("192.0.2.7/32")));
+        assert_eq!(
+            fx.changes,
+            [Change::Ban {
+                net: net("192.0.2.7/32"),
+                expires: t(1)
+            }]
+        );
+        let (verdict, _) = fail(&mut jail, "2001:db8::1", 1, t(0));
+        assert_eq!(verdict, Verdict::Banned(net("2001:db8::1/128")));
+    }
+
+    #[test]
+    fn escalation_stops_at_bantime_max() {
+        let mut jail = jail_of(JailConfig {
+            bantime: Duration::from_secs(100),
+            bantime_factor: u32::MAX,
+            bantime_max: Duration::from_secs(250),
+            ..config()
+        });
+        let mut expires = Vec::new();
+        for round in 0..3 {
+            let at = t(round * 1000);
+            let mut fx = Effects::default();
+            jail.expire(at, &mut fx);
+            let (_, fx) = fail(&mut jail, "192.0.2.7", 5, at);
+            let EngineEvent::Banned(info) = &fx.events[0] else {
+                panic!("{:?}", fx.events)
+            };
+            expires.push(info.expires.as_second() - at.as_second());
+        }
+        assert_eq!(expires, [100, 250, 250]);
+    }
+
+    #[test]
+    fn a_tracked_host_stays_64_bytes() {
+        // A flood makes hundreds of thousands of these: kinds and services
+        // are bit sets of one `u32` each, inside the padding.
+        assert_eq!(std::mem::size_of::<Tracked>(), 64);
+        assert_eq!(std::mem::size_of::<KindSet>(), 4);
+    }
+
+    #[test]
     fn ignoreip_wins_for_v4_v6_and_cidrs() {
         let mut jail = jail_of(JailConfig {
             ignoreip: vec![
