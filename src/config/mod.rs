@@ -1,6 +1,13 @@
 //! Configuration: built-in defaults ← TOML file ← `ASTBAN_SECTION__KEY`
 //! environment, validated into typed settings.
 //!
+//! The sections here are the raw serde form: what figment reads and
+//! `check-config` prints. A part that would otherwise check or reinterpret
+//! raw values takes a settings type made from its section instead:
+//! [`JailSettings`] (by `TryFrom`, which is also the check [`Config::load`]
+//! runs), and the log input's `LogSettings` and `RuleSources` (by `From`;
+//! logwatch needs nothing else of the config).
+//!
 //! Every struct denies unknown keys and every error names where the bad
 //! value came from (file or environment variable), the key, and what is
 //! allowed, because a daemon that guesses at a typo is a daemon that
@@ -877,6 +884,25 @@ mod tests {
             let c = Config::load(Some(Path::new("astban.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.jail.maxretry, 7);
             assert_eq!(c.firewall.backend, Backend::DryRun);
+            Ok(())
+        });
+    }
+
+    #[test]
+    // figment::Jail's closure must return figment::Error, which is large.
+    #[allow(clippy::result_large_err)]
+    fn an_invalid_override_names_key_and_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("astban.toml", "[jail]\nmaxretry = 3\n")?;
+            jail.set_env("ASTBAN_JAIL__MAXRETRY", "0");
+            let msg = Config::load(Some(Path::new("astban.toml")))
+                .expect_err("maxretry 0")
+                .to_string();
+            assert!(
+                msg.starts_with("jail.maxretry from ") && msg.contains("ASTBAN_"),
+                "{msg}"
+            );
+            assert!(msg.ends_with("must be at least 1"), "{msg}");
             Ok(())
         });
     }
