@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use astban::config::{FirewallConfig, JailConfig};
+use astban::config::{FirewallConfig, JailConfig, JailSettings};
 use astban::engine::{self, EngineEvent, EngineHandle};
 use astban::failure::{Failure, FailureKind, Report, Service, Source};
 use astban::firewall::NftFirewall;
@@ -37,8 +37,9 @@ struct Running {
 impl Running {
     fn start(jail: &JailConfig, firewall: &FirewallConfig, state: &Path) -> Running {
         let shutdown = CancellationToken::new();
+        let jail = JailSettings::try_from(jail).expect("a valid [jail]");
         let (engine, task) =
-            engine::spawn(jail, state, NftFirewall::new(firewall), shutdown.clone())
+            engine::spawn(&jail, state, NftFirewall::new(firewall), shutdown.clone())
                 .expect("engine starts");
         Running {
             engine,

@@ -194,11 +194,13 @@ impl Follow {
         let (rules_tx, rules_rx) = watch::channel(rules);
         let (tx, reports) = mpsc::channel(16);
         let shutdown = CancellationToken::new();
-        // Created by the input itself.
+        // The daemon creates the state dir at start; the input takes it
+        // as given.
         let state = dir.path().join("state");
+        astban::persist::create_private_dir(&state).expect("state dir");
         let (stats, _) = tokio::sync::watch::channel(logwatch::LogStats::default());
         let task = tokio::spawn(logwatch::run(
-            config,
+            logwatch::LogSettings::from(&config),
             rules_rx,
             state,
             tx,

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ami::client::Health;
-use crate::config::{Backend, Config};
+use crate::config::{self, Backend, Config, JailSettings};
 use crate::control::protocol::ReloadReport;
 use crate::control::{self, DaemonHandler};
 use crate::engine::{self, EngineHandle};
@@ -69,6 +69,9 @@ pub enum DaemonError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A setting is out of range.
+    #[error(transparent)]
+    Config(#[from] config::Invalid),
     /// The engine could not start.
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
@@ -150,7 +153,7 @@ impl Daemon {
 
         let engine_stop = CancellationToken::new();
         let (engine, engine_task) = engine::spawn(
-            &config.jail,
+            &JailSettings::try_from(&config.jail)?,
             &config.state.dir,
             AnyFirewall::from_config(&config.firewall),
             engine_stop.clone(),
@@ -204,7 +207,7 @@ impl Daemon {
         if let Some(rules) = rules {
             let (rules_tx, rules_rx) = watch::channel(Arc::new(rules));
             let run = logwatch::run(
-                config.log.clone(),
+                logwatch::LogSettings::from(&config.log),
                 rules_rx,
                 config.state.dir.clone(),
                 log_tx,
@@ -351,6 +354,13 @@ impl Daemon {
             },
             None => None,
         };
+        let jail = match JailSettings::try_from(&plan.applied.jail) {
+            Ok(jail) => jail,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; keeping the running config");
+                return ReloadReport::refused(e.to_string());
+            }
+        };
         let mut report = ReloadReport::now();
         if let Some((tx, rules)) = rules {
             tx.send_replace(Arc::new(rules));
@@ -360,7 +370,7 @@ impl Daemon {
         let previous_jail = self.config.jail.clone();
         self.config = plan.applied;
         if plan.jail_changed {
-            match self.engine.reconfigure(self.config.jail.clone()).await {
+            match self.engine.reconfigure(jail).await {
                 Ok(lifted) => {
                     tracing::info!(lifted, "jail settings reloaded");
                     report.applied.push("jail".into());

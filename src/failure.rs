@@ -171,12 +171,6 @@ impl FailureKind {
         FailureKind::Suspicious,
     ];
 
-    /// A distinct bit per kind, for compact sets of kinds (`u32`).
-    pub const fn bit(self) -> u32 {
-        const _: () = assert!(FailureKind::ALL.len() <= 32);
-        1 << self as u32
-    }
-
     /// The name astban uses in config, rules and JSON (`invalid_password`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -280,6 +274,8 @@ pub trait Flag: Copy + Eq + 'static {
 impl Flag for FailureKind {
     const ALL: &'static [FailureKind] = &FailureKind::ALL;
 }
+
+const _: () = assert!(FailureKind::ALL.len() <= 32, "a KindSet holds 32 kinds");
 
 impl Flag for Service {
     const ALL: &'static [Service] = &[

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ami::client::Health;
 use crate::config::InputMode;
-use crate::failure::{FailureKind, Report, Source};
+use crate::failure::{FailureKind, KindSet, Report, Source};
 
 /// Down intervals remembered: enough for a flapping link, small enough to
 /// scan per report.
@@ -59,9 +59,9 @@ impl GateStats {
 #[derive(Debug)]
 pub struct Gate {
     mode: InputMode,
-    /// The kinds AMI reports (`ami.events`, as a bit per kind); log
-    /// failures of other kinds are the log's alone and always count.
-    ami_kinds: u32,
+    /// The kinds AMI reports (those of `ami.events` it has events for);
+    /// log failures of other kinds are the log's alone and always count.
+    ami_kinds: KindSet,
     /// Closed periods when AMI was not delivering events, oldest first, as
     /// half-open `[start, end)` in milliseconds since the epoch.
     down: VecDeque<(i64, i64)>,
@@ -108,8 +108,9 @@ impl Gate {
             mode,
             ami_kinds: ami_events
                 .iter()
+                .copied()
                 .filter(|k| k.event_name().is_some())
-                .fold(0, |bits, &k| bits | k.bit()),
+                .collect(),
             down: VecDeque::new(),
             down_since: Some(i64::MIN),
             ami_recent: Recent::default(),
@@ -156,7 +157,7 @@ impl Gate {
 
     /// Whether AMI reports failures of `kind` at all.
     fn ami_reports(&self, kind: FailureKind) -> bool {
-        self.ami_kinds & kind.bit() != 0
+        self.ami_kinds.contains(kind)
     }
 
     /// Whether AMI was blind at some moment of the second starting at

@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use astban::config::{FirewallConfig, JailConfig};
+use astban::config::{FirewallConfig, JailConfig, JailSettings};
 use astban::engine::{self, EngineHandle};
 use astban::failure::{Failure, FailureKind, Report, Service, Source};
 use astban::firewall::{DryRunFirewall, NftFirewall};
@@ -41,12 +41,13 @@ async fn main() {
     restore().await;
 }
 
-fn jail() -> JailConfig {
-    JailConfig {
+fn jail() -> JailSettings {
+    JailSettings::try_from(&JailConfig {
         ignoreip: Vec::new(),
         ignore_self: false,
         ..JailConfig::default()
-    }
+    })
+    .expect("a valid [jail]")
 }
 
 fn firewall(ns: &Netns) -> FirewallConfig {

@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use astban::config::{FirewallConfig, JailConfig};
+use astban::config::{FirewallConfig, JailConfig, JailSettings};
 use astban::engine;
 use astban::failure::{AttackerText, Failure, FailureKind, Report, Service, Source};
 use astban::firewall::DryRunFirewall;
@@ -64,11 +64,12 @@ fn run(scenario: &str) {
     runtime.block_on(async {
         let (base, _) = rss();
         let state = tempfile::tempdir().expect("tempdir");
-        let jail = JailConfig {
+        let jail = JailSettings::try_from(&JailConfig {
             ignoreip: Vec::new(),
             ignore_self: false,
             ..JailConfig::default()
-        };
+        })
+        .expect("a valid [jail]");
         let shutdown = CancellationToken::new();
         let dry = DryRunFirewall::new(&FirewallConfig::default());
         let (engine, task) = engine::spawn(&jail, state.path(), dry, shutdown.clone()).expect("engine");

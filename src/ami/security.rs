@@ -12,7 +12,9 @@ use jiff::Timestamp;
 
 use super::attempt::{Attempts, Step};
 use super::codec::{Message, MessageKind};
-use crate::failure::{AttackerText, Failure, FailureKind, Report, Service, Source, Success};
+use crate::failure::{
+    AttackerText, Failure, FailureKind, KindSet, Report, Service, Source, Success,
+};
 
 /// A security event that should have counted but cannot be attributed to a
 /// host. The caller logs it; the event is dropped, never guessed at.
@@ -49,8 +51,8 @@ pub enum Skip {
 /// Turns security events into reports; one per AMI input.
 #[derive(Debug)]
 pub struct SecurityEvents {
-    /// Bit `kind as u32` is set for each kind configured in `ami.events`.
-    enabled: u32,
+    /// The kinds configured in `ami.events`.
+    enabled: KindSet,
     attempts: Attempts,
 }
 
@@ -59,7 +61,7 @@ impl SecurityEvents {
     /// are ignored.
     pub fn new(kinds: &[FailureKind]) -> SecurityEvents {
         SecurityEvents {
-            enabled: kinds.iter().fold(0, |bits, &k| bits | 1 << k as u32),
+            enabled: kinds.iter().copied().collect(),
             attempts: Attempts::default(),
         }
     }
@@ -80,9 +82,7 @@ impl SecurityEvents {
             "SuccessfulAuth" => (Step::Succeeded, None),
             "ChallengeSent" => (Step::Challenged, None),
             _ => match FailureKind::from_event_name(name) {
-                Some(kind) if self.enabled & kind.bit() != 0 => {
-                    (Step::of_failure(kind), Some(kind))
-                }
+                Some(kind) if self.enabled.contains(kind) => (Step::of_failure(kind), Some(kind)),
                 _ => return Ok(None),
             },
         };

@@ -20,12 +20,13 @@ use super::ignore::{IgnoreList, IgnoreReason, canonical_net};
 use super::journal::Record;
 use super::state::{Saved, SavedOffender};
 use super::{BanError, BanInfo, EngineEvent, EngineStats, MAX_ACCOUNTS, UnbanReason};
-use crate::config::JailConfig;
-use crate::failure::{AttackerText, Failure, FailureKind, Report, Service};
+use crate::config::JailSettings;
+use crate::failure::{AttackerText, Failure, KindSet, Report, ServiceSet};
 use crate::firewall::{ActiveBan, Change, FirewallStatus};
 
-/// Longest span astban computes with (100 years): keeps timestamp
-/// arithmetic far from overflow whatever the config says.
+/// Longest manual ban astban computes with (100 years): keeps timestamp
+/// arithmetic far from overflow whatever a caller asks (the config's
+/// numbers come bounded in [`JailSettings`]).
 const MAX_SPAN: i64 = 100 * 365 * 24 * 3600;
 
 /// The widest prefixes a manual ban takes without `--force`: a /8 of IPv4
@@ -41,15 +42,6 @@ fn is_unicast(ip: IpAddr) -> bool {
     let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
     !(ip.is_unspecified() || ip.is_multicast() || broadcast)
 }
-
-/// Every service, to turn the compact bit set back into a list.
-const SERVICES: [Service; 5] = [
-    Service::Sip,
-    Service::Pjsip,
-    Service::Iax2,
-    Service::Ami,
-    Service::Other,
-];
 
 /// What one call produced: firewall changes, events, and whether the
 /// persistent state changed.
@@ -89,50 +81,18 @@ pub(crate) enum Verdict {
     Unchanged,
 }
 
-/// The policy numbers, in seconds.
-#[derive(Debug, Clone)]
-struct Settings {
-    maxretry: u32,
-    findtime: i64,
-    bantime: i64,
-    bantime_factor: u64,
-    bantime_max: i64,
-    history: i64,
-    ipv6_prefix: u8,
-    max_tracked: usize,
-    reset_on_success: bool,
-}
-
-impl Settings {
-    fn new(config: &JailConfig) -> Settings {
-        let span = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(MAX_SPAN).min(MAX_SPAN);
-        Settings {
-            maxretry: config.maxretry.max(1),
-            findtime: span(config.findtime),
-            bantime: span(config.bantime).max(1),
-            bantime_factor: config.bantime_factor.max(1).into(),
-            bantime_max: span(config.bantime_max).max(1),
-            history: span(config.history),
-            ipv6_prefix: config.ipv6_prefix.clamp(1, 128),
-            max_tracked: config.max_tracked_hosts.max(1),
-            reset_on_success: config.reset_on_success,
-        }
-    }
-
-    /// `bantime × factor^(offense-1)`, at most `bantime_max`.
-    fn bantime_for(&self, offense: u32) -> i64 {
-        let factor = self
-            .bantime_factor
-            .checked_pow(offense.saturating_sub(1))
-            .unwrap_or(u64::MAX);
-        let secs = u64::try_from(self.bantime)
-            .unwrap_or(0)
-            .saturating_mul(factor);
-        i64::try_from(secs)
-            .unwrap_or(MAX_SPAN)
-            .min(self.bantime_max)
-            .max(1)
-    }
+/// `bantime × factor^(offense-1)`, at most `bantime_max`.
+fn bantime_for(settings: &JailSettings, offense: u32) -> i64 {
+    let factor = settings
+        .bantime_factor
+        .checked_pow(offense.saturating_sub(1))
+        .unwrap_or(u64::MAX);
+    // bantime ≥ 1 and bantime_max ≥ bantime: the product only needs
+    // capping.
+    let secs = u64::try_from(settings.bantime)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(factor);
+    i64::try_from(secs).map_or(settings.bantime_max, |s| s.min(settings.bantime_max))
 }
 
 /// A host that has failed but is not banned. Kept small, since a flood of
@@ -148,8 +108,8 @@ struct Tracked {
     last_seen: u32,
     /// When a success last cleared the count (0: never).
     reset_at: u32,
-    kinds: u32,
-    services: u8,
+    kinds: KindSet,
+    services: ServiceSet,
 }
 
 impl Tracked {
@@ -157,8 +117,8 @@ impl Tracked {
         self.times.retain(|&t| t > window_start);
         self.times.push(at);
         self.last_seen = now;
-        self.kinds |= failure.kind.bit();
-        self.services |= service_bit(failure.service);
+        self.kinds.insert(failure.kind);
+        self.services.insert(failure.service);
         if let Some(account) = &failure.account
             && self.accounts.len() < MAX_ACCOUNTS
             && !self.accounts.contains(account)
@@ -186,8 +146,8 @@ impl Tracked {
     fn reset(&mut self, now: u32) {
         self.times.clear();
         self.accounts.clear();
-        self.kinds = 0;
-        self.services = 0;
+        self.kinds = KindSet::default();
+        self.services = ServiceSet::default();
         self.reset_at = now;
     }
 }
@@ -214,7 +174,7 @@ struct Offender {
 /// All ban state. See the module documentation for its invariants.
 #[derive(Debug)]
 pub(crate) struct Jail {
-    settings: Settings,
+    settings: JailSettings,
     ignore: IgnoreList,
     tracked: HashMap<IpNet, Tracked>,
     /// Shared with a snapshot being written, so that saving 100,000 bans
@@ -234,10 +194,10 @@ pub(crate) struct Jail {
 }
 
 impl Jail {
-    pub(crate) fn new(config: &JailConfig) -> Jail {
+    pub(crate) fn new(settings: &JailSettings) -> Jail {
         Jail {
-            settings: Settings::new(config),
-            ignore: IgnoreList::new(&config.ignoreip),
+            settings: settings.clone(),
+            ignore: IgnoreList::new(&settings.ignoreip),
             tracked: HashMap::new(),
             bans: HashMap::new(),
             odd: BTreeSet::new(),
@@ -256,12 +216,11 @@ impl Jail {
     ///
     /// `ipv6_prefix` keeps its running value: every counting key and the
     /// shape of every ban depend on it, so it changes with a restart only.
-    pub(crate) fn reconfigure(&mut self, config: &JailConfig, fx: &mut Effects) -> usize {
-        self.settings = Settings {
-            ipv6_prefix: self.settings.ipv6_prefix,
-            ..Settings::new(config)
-        };
-        self.ignore.set_listed(&config.ignoreip);
+    pub(crate) fn reconfigure(&mut self, settings: &JailSettings, fx: &mut Effects) -> usize {
+        let ipv6_prefix = self.settings.ipv6_prefix;
+        self.settings = settings.clone();
+        self.settings.ipv6_prefix = ipv6_prefix;
+        self.ignore.set_listed(&settings.ignoreip);
         let covered: Vec<IpNet> = self
             .bans
             .values()
@@ -329,7 +288,8 @@ impl Jail {
         }
         let key = self.key(host);
         let at = unix_u32(at);
-        if !self.tracked.contains_key(&key) && self.tracked.len() >= self.settings.max_tracked {
+        if !self.tracked.contains_key(&key) && self.tracked.len() >= self.settings.max_tracked_hosts
+        {
             self.make_room(window_start);
         }
         let tracked = self.tracked.entry(key).or_default();
@@ -559,7 +519,7 @@ impl Jail {
         let mut offenders: Vec<SavedOffender> = saved.offenders;
         // The most recent first, in case the cap was lowered.
         offenders.sort_by_key(|o| std::cmp::Reverse(o.last_expires));
-        for o in offenders.into_iter().take(self.settings.max_tracked) {
+        for o in offenders.into_iter().take(self.settings.max_tracked_hosts) {
             let offender = Offender {
                 offenses: o.offenses.max(1),
                 last_expires: o.last_expires,
@@ -695,7 +655,7 @@ impl Jail {
         let offense = self
             .offender(net, now)
             .map_or(1, |o| o.offenses.saturating_add(1));
-        let secs = secs.unwrap_or_else(|| self.settings.bantime_for(offense));
+        let secs = secs.unwrap_or_else(|| bantime_for(&self.settings, offense));
         let banned_at = at_second(now.as_second());
         let expires = at_second(now.as_second().saturating_add(secs));
         let tracked = tracked.unwrap_or_default();
@@ -706,14 +666,8 @@ impl Jail {
             failures: tracked.count(),
             offense,
             manual,
-            kinds: FailureKind::ALL
-                .into_iter()
-                .filter(|&k| tracked.kinds & k.bit() != 0)
-                .collect(),
-            services: SERVICES
-                .into_iter()
-                .filter(|&s| tracked.services & service_bit(s) != 0)
-                .collect(),
+            kinds: tracked.kinds,
+            services: tracked.services,
             accounts: tracked.accounts,
         };
         self.insert_ban(info.clone());
@@ -785,7 +739,7 @@ impl Jail {
         last_expires: Timestamp,
         now: Timestamp,
     ) {
-        let cap = self.settings.max_tracked;
+        let cap = self.settings.max_tracked_hosts;
         if !self.offenders.contains_key(&net) && self.offenders.len() >= cap {
             let history = self.settings.history;
             self.offenders.retain(|_, o| !forgotten(o, now, history));
@@ -811,7 +765,7 @@ impl Jail {
     fn make_room(&mut self, window_start: i64) {
         let window_start = unix_u32(window_start);
         self.tracked.retain(|_, t| t.live(window_start));
-        let cap = self.settings.max_tracked;
+        let cap = self.settings.max_tracked_hosts;
         if self.tracked.len() >= cap {
             let count = (self.tracked.len() + 1 - cap).max(cap / 10);
             let before = self.tracked.len();
@@ -857,18 +811,6 @@ fn forgotten(offender: &Offender, now: Timestamp, history: i64) -> bool {
     offender.last_expires.as_second().saturating_add(history) < now.as_second()
 }
 
-/// The kind's bit in [`Tracked::kinds`] (none for a kind past the 32nd).
-fn service_bit(service: Service) -> u8 {
-    u8::try_from(bit(SERVICES.iter().position(|&s| s == service))).unwrap_or(0)
-}
-
-fn bit(index: Option<usize>) -> u32 {
-    index
-        .and_then(|i| u32::try_from(i).ok())
-        .and_then(|i| 1u32.checked_shl(i))
-        .unwrap_or(0)
-}
-
 /// Unix seconds as stored per tracked host (valid until 2106).
 fn unix_u32(secs: i64) -> u32 {
     u32::try_from(secs.max(0)).unwrap_or(u32::MAX)
@@ -885,7 +827,8 @@ fn at_second(secs: i64) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::failure::{Source, Success};
+    use crate::config::JailConfig;
+    use crate::failure::{FailureKind, Service, Source, Success};
 
     const T0: i64 = 1_800_000_000;
 
@@ -895,6 +838,14 @@ mod tests {
 
     fn net(s: &str) -> IpNet {
         s.parse().expect("net")
+    }
+
+    fn settings(config: JailConfig) -> JailSettings {
+        JailSettings::try_from(&config).expect("a valid [jail]")
+    }
+
+    fn jail_of(config: JailConfig) -> Jail {
+        Jail::new(&settings(config))
     }
 
     fn config() -> JailConfig {
@@ -929,7 +880,7 @@ mod tests {
 
     #[test]
     fn the_maxretry_th_failure_bans_for_bantime() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         let (verdict, fx) = fail(&mut jail, "192.0.2.7", 4, t(0));
         assert_eq!(
             verdict,
@@ -971,7 +922,7 @@ mod tests {
 
     #[test]
     fn a_reload_applies_new_numbers_and_ignoreip_wins_at_once() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         fail(&mut jail, "192.0.2.7", 5, t(0));
         let mut fx = Effects::default();
         jail.manual_ban(net("192.0.2.8/32"), None, false, t(0), &mut fx)
@@ -986,7 +937,7 @@ mod tests {
             ipv6_prefix: 48,
             ..config()
         };
-        assert_eq!(jail.reconfigure(&reloaded, &mut fx), 1);
+        assert_eq!(jail.reconfigure(&settings(reloaded), &mut fx), 1);
         // The automatic ban is lifted; the admin's own ban stays.
         assert_eq!(
             jail.bans().iter().map(|b| b.net).collect::<Vec<_>>(),
@@ -1028,7 +979,7 @@ mod tests {
 
     #[test]
     fn failures_leave_the_window_after_findtime() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         fail(&mut jail, "192.0.2.7", 3, t(0));
         // 10 minutes later the first three no longer count.
         let (verdict, _) = fail(&mut jail, "192.0.2.7", 2, t(600));
@@ -1046,7 +997,7 @@ mod tests {
 
     #[test]
     fn failures_count_by_asterisk_time_and_old_ones_do_not_count() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         let mut fx = Effects::default();
         // A log backlog read an hour late.
         for _ in 0..10 {
@@ -1074,7 +1025,7 @@ mod tests {
 
     #[test]
     fn a_success_resets_the_count_at_most_once_per_findtime() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         let key = net("192.0.2.7/32");
         let mut fx = Effects::default();
         fail(&mut jail, "192.0.2.7", 4, t(0));
@@ -1097,7 +1048,7 @@ mod tests {
         );
 
         // Once findtime has passed, a success resets again.
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         fail(&mut jail, "192.0.2.7", 4, t(0));
         jail.report(&success("192.0.2.7", t(1)), t(1), &mut fx);
         // The reset alone is remembered, not forgotten by housekeeping.
@@ -1115,7 +1066,7 @@ mod tests {
 
     #[test]
     fn a_success_resets_the_count() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         fail(&mut jail, "192.0.2.7", 4, t(0));
         let success = success("192.0.2.7", t(1));
         assert_eq!(
@@ -1131,7 +1082,7 @@ mod tests {
             }
         );
 
-        let mut jail = Jail::new(&JailConfig {
+        let mut jail = jail_of(JailConfig {
             reset_on_success: false,
             ..config()
         });
@@ -1147,8 +1098,65 @@ mod tests {
     }
 
     #[test]
+    fn the_smallest_settings_work_as_written() {
+        // The settings type holds the bounds; the policy takes them as
+        // they are: one failure bans, no escalation, one tracked host.
+        let mut jail = jail_of(JailConfig {
+            maxretry: 1,
+            bantime: Duration::from_secs(1),
+            bantime_factor: 1,
+            bantime_max: Duration::from_secs(1),
+            history: Duration::ZERO,
+            max_tracked_hosts: 1,
+            ipv6_prefix: 128,
+            ..config()
+        });
+        let (verdict, fx) = fail(&mut jail, "192.0.2.7", 1, t(0));
+        assert_eq!(verdict, Verdict::Banned(net("192.0.2.7/32")));
+        assert_eq!(
+            fx.changes,
+            [Change::Ban {
+                net: net("192.0.2.7/32"),
+                expires: t(1)
+            }]
+        );
+        let (verdict, _) = fail(&mut jail, "2001:db8::1", 1, t(0));
+        assert_eq!(verdict, Verdict::Banned(net("2001:db8::1/128")));
+    }
+
+    #[test]
+    fn escalation_stops_at_bantime_max() {
+        let mut jail = jail_of(JailConfig {
+            bantime: Duration::from_secs(100),
+            bantime_factor: u32::MAX,
+            bantime_max: Duration::from_secs(250),
+            ..config()
+        });
+        let mut expires = Vec::new();
+        for round in 0..3 {
+            let at = t(round * 1000);
+            let mut fx = Effects::default();
+            jail.expire(at, &mut fx);
+            let (_, fx) = fail(&mut jail, "192.0.2.7", 5, at);
+            let EngineEvent::Banned(info) = &fx.events[0] else {
+                panic!("{:?}", fx.events)
+            };
+            expires.push(info.expires.as_second() - at.as_second());
+        }
+        assert_eq!(expires, [100, 250, 250]);
+    }
+
+    #[test]
+    fn a_tracked_host_stays_64_bytes() {
+        // A flood makes hundreds of thousands of these: kinds and services
+        // are bit sets of one `u32` each, inside the padding.
+        assert_eq!(std::mem::size_of::<Tracked>(), 64);
+        assert_eq!(std::mem::size_of::<KindSet>(), 4);
+    }
+
+    #[test]
     fn ignoreip_wins_for_v4_v6_and_cidrs() {
-        let mut jail = Jail::new(&JailConfig {
+        let mut jail = jail_of(JailConfig {
             ignoreip: vec![
                 net("10.0.0.0/8"),
                 net("192.0.2.7/32"),
@@ -1197,7 +1205,7 @@ mod tests {
 
     #[test]
     fn own_addresses_are_ignored() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         jail.set_own_addresses(vec!["198.51.100.4".parse().expect("ip")]);
         let (verdict, _) = fail(&mut jail, "198.51.100.4", 5, t(0));
         assert_eq!(
@@ -1210,7 +1218,7 @@ mod tests {
 
     #[test]
     fn repeat_offenders_get_escalating_bans_up_to_the_maximum() {
-        let mut jail = Jail::new(&JailConfig {
+        let mut jail = jail_of(JailConfig {
             bantime: Duration::from_secs(100),
             bantime_factor: 3,
             bantime_max: Duration::from_secs(1000),
@@ -1246,7 +1254,7 @@ mod tests {
 
     #[test]
     fn offenders_are_forgotten_after_history() {
-        let mut jail = Jail::new(&JailConfig {
+        let mut jail = jail_of(JailConfig {
             bantime: Duration::from_secs(100),
             history: Duration::from_secs(1000),
             ..config()
@@ -1264,7 +1272,7 @@ mod tests {
 
     #[test]
     fn ipv6_hosts_are_counted_and_banned_per_prefix() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         fail(&mut jail, "2001:db8:1:2::1", 2, t(0));
         fail(&mut jail, "2001:db8:1:2:aaaa::7", 2, t(0));
         let (verdict, fx) = fail(&mut jail, "2001:db8:1:2:ffff::", 1, t(0));
@@ -1285,7 +1293,7 @@ mod tests {
             }
         );
 
-        let mut jail = Jail::new(&JailConfig {
+        let mut jail = jail_of(JailConfig {
             ipv6_prefix: 48,
             ..config()
         });
@@ -1300,7 +1308,7 @@ mod tests {
 
     #[test]
     fn a_prefix_that_holds_an_ignored_address_is_banned_per_address() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         jail.set_own_addresses(vec!["2001:db8:0:1::10".parse().expect("ip")]);
         let (verdict, _) = fail(&mut jail, "2001:db8:0:1::66", 5, t(0));
         assert_eq!(verdict, Verdict::Banned(net("2001:db8:0:1::66/128")));
@@ -1313,7 +1321,7 @@ mod tests {
 
     #[test]
     fn the_cap_evicts_the_stalest_hosts_not_the_banned() {
-        let mut jail = Jail::new(&JailConfig {
+        let mut jail = jail_of(JailConfig {
             max_tracked_hosts: 3,
             ..config()
         });
@@ -1344,7 +1352,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_one_failure_sources_cannot_evict_a_host_close_to_its_ban() {
-        let mut jail = Jail::new(&JailConfig {
+        let mut jail = jail_of(JailConfig {
             max_tracked_hosts: 1000,
             ..config()
         });
@@ -1365,7 +1373,7 @@ mod tests {
 
     #[test]
     fn stale_failures_are_counted_as_such() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         let old = Timestamp::from_second(t(0).as_second() - 3600).expect("time");
         let mut fx = Effects::default();
         assert_eq!(
@@ -1394,7 +1402,7 @@ mod tests {
 
     #[test]
     fn accounts_are_bounded_and_distinct() {
-        let mut jail = Jail::new(&JailConfig {
+        let mut jail = jail_of(JailConfig {
             maxretry: 10,
             ..config()
         });
@@ -1427,7 +1435,7 @@ mod tests {
 
     #[test]
     fn manual_bans_cover_supersede_and_replace() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         let mut fx = Effects::default();
         fail(&mut jail, "192.0.2.7", 5, t(0));
         fail(&mut jail, "192.0.2.8", 3, t(0));
@@ -1514,7 +1522,7 @@ mod tests {
 
     #[test]
     fn state_round_trips_through_json() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         fail(&mut jail, "192.0.2.7", 5, t(0));
         fail(&mut jail, "2001:db8:1:2::1", 5, t(0));
         let mut fx = Effects::default();
@@ -1541,7 +1549,7 @@ mod tests {
         assert_eq!(back, saved);
 
         // Restored 50 s later: the 10 s ban is over and dropped.
-        let mut restored = Jail::new(&config());
+        let mut restored = jail_of(config());
         let mut fx = Effects::default();
         let mut active = restored.restore(back, t(50), &mut fx);
         assert_eq!(
@@ -1602,7 +1610,7 @@ mod tests {
             offenders: Vec::new(),
             journal: 0,
         };
-        let mut jail = Jail::new(&JailConfig {
+        let mut jail = jail_of(JailConfig {
             ignoreip: vec![net("10.0.0.0/8")],
             ..config()
         });
@@ -1649,7 +1657,7 @@ mod tests {
             offenders: Vec::new(),
             journal: 0,
         };
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         let mut fx = Effects::default();
         let active = jail.restore(saved, t(500), &mut fx);
         let nets: Vec<IpNet> = active.iter().map(|b| b.net).collect();
@@ -1672,7 +1680,7 @@ mod tests {
 
     #[test]
     fn unbanning_what_astban_does_not_know_still_clears_the_firewall() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         jail.manual_ban(
             net("198.51.100.0/24"),
             None,
@@ -1705,7 +1713,7 @@ mod tests {
 
     #[test]
     fn addresses_nobody_sends_from_are_never_banned() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         for host in ["224.0.0.1", "255.255.255.255", "0.0.0.0", "ff02::1", "::"] {
             let (verdict, fx) = fail(&mut jail, host, 10, t(0));
             assert_eq!(verdict, Verdict::NotUnicast, "{host}");
@@ -1724,7 +1732,7 @@ mod tests {
 
     #[test]
     fn manual_bans_refuse_zero_durations_and_huge_prefixes_and_ban_ipv6_by_prefix() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         let mut fx = Effects::default();
         let zero = jail.manual_ban(
             net("192.0.2.7/32"),
@@ -1747,7 +1755,7 @@ mod tests {
             .expect("forced");
         assert_eq!(forced.net, net("2000::/3"));
         // One IPv6 address: banned as its /64, like an automatic ban.
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         let v6 = jail
             .manual_ban(net("2001:db8:1:2::7/128"), None, false, t(0), &mut fx)
             .expect("banned");
@@ -1756,7 +1764,7 @@ mod tests {
 
     #[test]
     fn kernel_bans_the_state_lacks_are_adopted_unless_covered_ignored_or_over() {
-        let mut jail = Jail::new(&JailConfig {
+        let mut jail = jail_of(JailConfig {
             ignoreip: vec![net("10.0.0.0/8")],
             ..config()
         });
@@ -1800,7 +1808,7 @@ mod tests {
 
     #[test]
     fn a_ban_nft_refused_is_taken_back() {
-        let mut jail = Jail::new(&config());
+        let mut jail = jail_of(config());
         fail(&mut jail, "192.0.2.9", 5, t(0));
         let mut fx = Effects::default();
         jail.refused(net("192.0.2.9/32"), &mut fx);

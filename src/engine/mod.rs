@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::JailConfig;
+use crate::config::JailSettings;
 use crate::failure::{AttackerText, KindSet, Report, ServiceSet};
 use crate::firewall::{ActiveBan, Applier, Firewall, FirewallStatus};
 use crate::units::format_net;
@@ -230,16 +230,6 @@ pub enum BanError {
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// The state directory cannot be created.
-    #[error(
-        "cannot create the state directory {path}: {source} (set state.dir to a writable directory)"
-    )]
-    StateDir {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
     /// The state file exists but cannot be read (a corrupt one is set
     /// aside instead, never an error).
     #[error("cannot read the state file {path}: {source} (check its permissions)")]
@@ -332,7 +322,7 @@ impl EngineHandle {
     /// Applies a reloaded `[jail]` (SIGHUP); returns how many bans the new
     /// `ignoreip` lifted. `ignore_self` and `ipv6_prefix` are read at start
     /// only.
-    pub async fn reconfigure(&self, jail: JailConfig) -> Result<usize, EngineGone> {
+    pub async fn reconfigure(&self, jail: JailSettings) -> Result<usize, EngineGone> {
         self.ask(|reply| Command::Reconfigure {
             jail: Box::new(jail),
             reply,
@@ -363,17 +353,17 @@ impl EngineHandle {
 /// kernel with the restored bans, retrying until it can), then serves
 /// until `shutdown` fires, when it saves state and lets the firewall flush.
 ///
+/// `state_dir` must exist: the daemon creates it once at start (0700, see
+/// [`crate::persist::create_private_dir`]), so that one error names
+/// `[state] dir` and every part that keeps state there can rely on it.
+///
 /// Must be called within a tokio runtime (current-thread is enough).
 pub fn spawn<F: Firewall>(
-    jail: &JailConfig,
+    jail: &JailSettings,
     state_dir: &Path,
     firewall: F,
     shutdown: CancellationToken,
 ) -> Result<(EngineHandle, JoinHandle<()>), EngineError> {
-    crate::persist::create_private_dir(state_dir).map_err(|source| EngineError::StateDir {
-        path: state_dir.to_path_buf(),
-        source,
-    })?;
     let mut policy = jail::Jail::new(jail);
     if jail.ignore_self {
         policy.set_own_addresses(ignore::own_addresses().map_err(EngineError::OwnAddresses)?);
@@ -481,12 +471,13 @@ mod tests {
         }
     }
 
-    fn jail() -> JailConfig {
-        JailConfig {
+    fn jail() -> JailSettings {
+        JailSettings::try_from(&crate::config::JailConfig {
             ignoreip: vec!["10.0.0.0/8".parse().expect("net")],
             ignore_self: false,
-            ..JailConfig::default()
-        }
+            ..Default::default()
+        })
+        .expect("a valid [jail]")
     }
 
     fn failure(host: &str) -> Report {

@@ -16,7 +16,7 @@ use super::jail::{Effects, Jail, Verdict};
 use super::journal::{Journal, Record};
 use super::state::{self, Saved};
 use super::{BanError, BanInfo, EngineEvent, EngineStats};
-use crate::config::JailConfig;
+use crate::config::JailSettings;
 use crate::failure::Report;
 use crate::firewall::{ActiveBan, Applier, FirewallNews};
 use crate::units::{format_duration, format_net};
@@ -58,7 +58,7 @@ pub(super) enum Command {
         reply: oneshot::Sender<EngineStats>,
     },
     Reconfigure {
-        jail: Box<JailConfig>,
+        jail: Box<JailSettings>,
         reply: oneshot::Sender<usize>,
     },
     Adopt {

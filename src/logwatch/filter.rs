@@ -23,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use super::host;
 use super::prefix::{self, Prefix};
 use super::rule::{self, Reading, Rule, Step};
-use crate::config::LogConfig;
 use crate::failure::{FailureKind, Service};
 
 /// The built-in rule sets, by name; `asterisk` is the default.
@@ -291,11 +290,25 @@ impl fmt::Debug for RuleSet {
     }
 }
 
+/// What a rule set is built from: `[log]`'s `rules`, `[[log.rule]]` and
+/// `ignoreregex` (`&LogConfig` converts into it), so that the filter needs
+/// nothing else of the config.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleSources<'a> {
+    /// A built-in set's name (`asterisk`, `book`) or a rules file's path.
+    pub rules: &'a str,
+    /// Rules added to the set.
+    pub extra_rules: &'a [RuleDef],
+    /// Lines matching any of these never count.
+    pub ignoreregex: &'a [String],
+}
+
 impl RuleSet {
     /// The set `config.rules` names (built-in or a file), plus
     /// `config.extra_rules` and `config.ignoreregex`.
-    pub fn from_config(config: &LogConfig) -> Result<RuleSet, FilterError> {
-        let (origin, file) = load_file(&config.rules)?;
+    pub fn from_config<'a>(config: impl Into<RuleSources<'a>>) -> Result<RuleSet, FilterError> {
+        let config = config.into();
+        let (origin, file) = load_file(config.rules)?;
         let mut defs: Vec<(RuleDef, String)> =
             file.rule.into_iter().map(|d| (d, origin.clone())).collect();
         defs.extend(
@@ -329,9 +342,10 @@ impl RuleSet {
 
     /// A built-in set alone (`asterisk`, `book`), or a rules file.
     pub fn load(name_or_path: &str) -> Result<RuleSet, FilterError> {
-        RuleSet::from_config(&LogConfig {
-            rules: name_or_path.to_owned(),
-            ..LogConfig::default()
+        RuleSet::from_config(RuleSources {
+            rules: name_or_path,
+            extra_rules: &[],
+            ignoreregex: &[],
         })
     }
 
@@ -922,25 +936,26 @@ mod tests {
 
     #[test]
     fn config_adds_rules_and_ignoreregex() {
-        let config = LogConfig {
-            extra_rules: vec![RuleDef {
-                name: "custom".into(),
-                kind: FailureKind::Suspicious,
-                service: None,
-                failregex: "Friendly Scanner from <HOST>$".into(),
-                module: None,
-                anchor: Anchor::Message,
-                attempt: None,
-                step: Default::default(),
-                host_first: false,
-                starts_unique: false,
-                sender_text_max: None,
-                session: None,
-            }],
-            ignoreregex: vec!["<sip:trusted@".into()],
-            ..LogConfig::default()
-        };
-        let set = RuleSet::from_config(&config).expect("compiles");
+        let extra = [RuleDef {
+            name: "custom".into(),
+            kind: FailureKind::Suspicious,
+            service: None,
+            failregex: "Friendly Scanner from <HOST>$".into(),
+            module: None,
+            anchor: Anchor::Message,
+            attempt: None,
+            step: Default::default(),
+            host_first: false,
+            starts_unique: false,
+            sender_text_max: None,
+            session: None,
+        }];
+        let set = RuleSet::from_config(RuleSources {
+            rules: "asterisk",
+            extra_rules: &extra,
+            ignoreregex: &["<sip:trusted@".into()],
+        })
+        .expect("compiles");
         assert_eq!(
             judge(
                 &set,
@@ -956,33 +971,35 @@ mod tests {
 
     #[test]
     fn errors_name_the_rule_and_the_fix() {
-        let bad = |failregex: &str| LogConfig {
-            extra_rules: vec![RuleDef {
-                name: "mine".into(),
-                kind: FailureKind::Suspicious,
-                service: None,
-                failregex: failregex.into(),
-                module: None,
-                anchor: Anchor::Message,
-                attempt: None,
-                step: Default::default(),
-                host_first: false,
-                starts_unique: false,
-                sender_text_max: None,
-                session: None,
-            }],
-            ..LogConfig::default()
+        let rule = |name: &str, failregex: &str| RuleDef {
+            name: name.into(),
+            kind: FailureKind::Suspicious,
+            service: None,
+            failregex: failregex.into(),
+            module: None,
+            anchor: Anchor::Message,
+            attempt: None,
+            step: Default::default(),
+            host_first: false,
+            starts_unique: false,
+            sender_text_max: None,
+            session: None,
         };
-        let msg = RuleSet::from_config(&bad("no host"))
+        let with = |extra_rules: &[RuleDef], ignoreregex: &[String]| {
+            RuleSet::from_config(RuleSources {
+                rules: "asterisk",
+                extra_rules,
+                ignoreregex,
+            })
+        };
+        let msg = with(&[rule("mine", "no host")], &[])
             .expect_err("no host")
             .to_string();
         assert!(
             msg.contains("\"mine\"") && msg.contains("log.rule[0]") && msg.contains("<HOST>"),
             "{msg}"
         );
-        let mut dup = bad("from <HOST>");
-        dup.extra_rules[0].name = "sip_wrong_password".into();
-        let msg = RuleSet::from_config(&dup)
+        let msg = with(&[rule("sip_wrong_password", "from <HOST>")], &[])
             .expect_err("duplicate")
             .to_string();
         assert!(msg.contains("unique"), "{msg}");
@@ -993,11 +1010,7 @@ mod tests {
             msg.contains("asterisk, book") && msg.contains("/nonexistent/rules.toml"),
             "{msg}"
         );
-        let config = LogConfig {
-            ignoreregex: vec!["(".into()],
-            ..LogConfig::default()
-        };
-        let msg = RuleSet::from_config(&config)
+        let msg = with(&[], &["(".into()])
             .expect_err("bad ignoreregex")
             .to_string();
         assert!(msg.contains("log.ignoreregex[0]"), "{msg}");

@@ -29,8 +29,7 @@ use tokio_util::sync::CancellationToken;
 use self::clock::Clock;
 use self::filter::RuleSet;
 use self::scan::{Event, Scanner};
-use self::tail::{Cursor, Follower, Notice, Poll, SavedCursor};
-use crate::config::{LogConfig, StartAt};
+use self::tail::{Cursor, Follower, Notice, Poll, SavedCursor, StartAt};
 use crate::failure::{Failure, Report, Source};
 use crate::persist::{self, Loaded};
 use crate::throttle::Throttle;
@@ -164,6 +163,20 @@ pub enum LogError {
     Reader(#[from] tokio::task::JoinError),
 }
 
+/// What the log input needs of `[log]` besides its rules (those come
+/// compiled, as a [`RuleSet`]); `&LogConfig` converts into it.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// The file to follow; `None` picks a default (see [`choose_path`]).
+    pub path: Option<PathBuf>,
+    /// Longest line read whole.
+    pub max_line_length: usize,
+    /// How often to look at the file when inotify cannot be used.
+    pub poll_interval: Duration,
+    /// Where to start without a saved cursor.
+    pub start: StartAt,
+}
+
 /// Follows `config.path` (or the default file, see [`choose_path`]) and
 /// reports every counted attempt until `shutdown` fires.
 ///
@@ -172,8 +185,10 @@ pub enum LogError {
 /// keeps its cursor in `state_dir` so that lines written while astban was
 /// stopped are still read. `stats` is updated after each batch's reports
 /// have been handed on.
+///
+/// `state_dir` must exist: the daemon creates it once at start.
 pub async fn run(
-    config: LogConfig,
+    config: LogSettings,
     mut rules: watch::Receiver<Arc<RuleSet>>,
     state_dir: PathBuf,
     reports: mpsc::Sender<Report>,
@@ -181,7 +196,6 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), LogError> {
     let cursor_path = state_dir.join(CURSOR_FILE);
-    ensure_dir(&state_dir);
     let (mut path, chosen) = choose_path(config.path.as_deref());
     if let Some(why) = chosen {
         tracing::info!("{why}");
@@ -472,17 +486,6 @@ fn wakes(event: &notify::Result<notify::Event>, name: Option<&std::ffi::OsStr>) 
             !matches!(event.kind, notify::EventKind::Access(_))
                 && event.paths.iter().any(|p| p.file_name() == name)
         }
-    }
-}
-
-/// Creates the state directory (0700: it says who is banned) if needed;
-/// without it the cursor is not kept, which is worth a warning, not a stop.
-fn ensure_dir(dir: &Path) {
-    if let Err(e) = persist::create_private_dir(dir) {
-        tracing::warn!(
-            "cannot create state directory {}: {e}; the log cursor will not be kept across restarts",
-            dir.display()
-        );
     }
 }
 

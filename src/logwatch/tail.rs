@@ -26,10 +26,21 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::lines::{Line, LineReader, Stop};
-use crate::config::StartAt;
 
 /// Bytes read per read(2) call.
 const READ_SIZE: usize = 256 * 1024;
+
+/// Where to start reading a file there is no saved cursor for
+/// (`log.start`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// Only lines written from now on (the default for a daemon).
+    #[default]
+    End,
+    /// The whole file (demos, first runs that should judge history).
+    Beginning,
+}
 
 /// A file and a position in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,13 @@
 //! Configuration: built-in defaults ← TOML file ← `ASTBAN_SECTION__KEY`
 //! environment, validated into typed settings.
 //!
+//! The sections here are the raw serde form: what figment reads and
+//! `check-config` prints. A part that would otherwise check or reinterpret
+//! raw values takes a settings type made from its section instead:
+//! [`JailSettings`] (by `TryFrom`, which is also the check [`Config::load`]
+//! runs), and the log input's `LogSettings` and `RuleSources` (by `From`;
+//! logwatch needs nothing else of the config).
+//!
 //! Every struct denies unknown keys and every error names where the bad
 //! value came from (file or environment variable), the key, and what is
 //! allowed, because a daemon that guesses at a typo is a daemon that
@@ -16,8 +23,14 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::failure::FailureKind;
-use crate::logwatch::filter::RuleDef;
+use crate::logwatch::LogSettings;
+use crate::logwatch::filter::{RuleDef, RuleSources};
 use crate::units::{duration, net_list};
+
+mod jail;
+
+pub use crate::logwatch::tail::StartAt;
+pub use jail::JailSettings;
 
 /// Where `astban` looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/astban/astban.toml";
@@ -191,15 +204,25 @@ impl Default for LogConfig {
     }
 }
 
-/// Where the log input starts reading when it has no saved cursor.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartAt {
-    /// Only lines written from now on (the default for a daemon).
-    #[default]
-    End,
-    /// The whole file (demos, first runs that should judge history).
-    Beginning,
+impl<'a> From<&'a LogConfig> for RuleSources<'a> {
+    fn from(log: &'a LogConfig) -> RuleSources<'a> {
+        RuleSources {
+            rules: &log.rules,
+            extra_rules: &log.extra_rules,
+            ignoreregex: &log.ignoreregex,
+        }
+    }
+}
+
+impl From<&LogConfig> for LogSettings {
+    fn from(log: &LogConfig) -> LogSettings {
+        LogSettings {
+            path: log.path.clone(),
+            max_line_length: log.max_line_length,
+            poll_interval: log.poll_interval,
+            start: log.start,
+        }
+    }
 }
 
 /// `[jail]`: when a host is banned and for how long.
@@ -495,6 +518,36 @@ pub enum ConfigError {
     },
 }
 
+/// A value that parsed but is not allowed: the key and what is allowed.
+/// Settings types' `TryFrom` return it; [`Config::load`] adds where the
+/// value came from ([`ConfigError::Invalid`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct Invalid {
+    /// The dotted key (`jail.maxretry`).
+    pub key: &'static str,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// `invalid`, with the file or variable that set its key.
+    fn invalid(invalid: Invalid, figment: &Figment) -> ConfigError {
+        let origin = figment
+            .find_metadata(invalid.key)
+            .map(|m| match &m.source {
+                Some(source) => format!(" in {source}"),
+                None => format!(" from {}", m.name),
+            })
+            .unwrap_or_default();
+        ConfigError::Invalid {
+            key: invalid.key.into(),
+            origin,
+            message: invalid.message,
+        }
+    }
+}
+
 impl Config {
     /// What is valid but probably not what the admin wants, for
     /// `check-config` (checks that need no I/O; see
@@ -544,60 +597,18 @@ impl Config {
         let mut config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Parse(Box::new(e)))?;
-        config.validate(&figment)?;
+        config
+            .check()
+            .map_err(|e| ConfigError::invalid(e, &figment))?;
         config.resolve_secret_files()?;
         Ok(config)
     }
 
-    fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| {
-            let origin = figment
-                .find_metadata(key)
-                .map(|m| match &m.source {
-                    Some(source) => format!(" in {source}"),
-                    None => format!(" from {}", m.name),
-                })
-                .unwrap_or_default();
-            Err(ConfigError::Invalid {
-                key: key.into(),
-                origin,
-                message,
-            })
-        };
-        let j = &self.jail;
-        if j.maxretry == 0 {
-            return invalid("jail.maxretry", "must be at least 1".into());
-        }
-        if j.findtime.is_zero() {
-            return invalid(
-                "jail.findtime",
-                "must be longer than 0s (e.g. \"10m\")".into(),
-            );
-        }
-        if j.bantime.as_secs() == 0 {
-            return invalid("jail.bantime", "must be at least 1s (e.g. \"3d\")".into());
-        }
-        if j.bantime_factor == 0 {
-            return invalid(
-                "jail.bantime_factor",
-                "must be at least 1 (1 = no escalation)".into(),
-            );
-        }
-        if j.bantime_max < j.bantime {
-            return invalid(
-                "jail.bantime_max",
-                "must not be shorter than jail.bantime".into(),
-            );
-        }
-        if !(1..=128).contains(&j.ipv6_prefix) {
-            return invalid(
-                "jail.ipv6_prefix",
-                "must be between 1 and 128 (default 64)".into(),
-            );
-        }
-        if j.max_tracked_hosts == 0 {
-            return invalid("jail.max_tracked_hosts", "must be at least 1".into());
-        }
+    /// Every check, each section's by building its settings where it has
+    /// them; the first problem found, by key.
+    fn check(&self) -> Result<(), Invalid> {
+        let invalid = |key: &'static str, message: String| Err(Invalid { key, message });
+        JailSettings::try_from(&self.jail)?;
         let fw = &self.firewall;
         if fw.table.is_empty()
             || fw.table.len() > 32
@@ -878,6 +889,25 @@ mod tests {
     }
 
     #[test]
+    // figment::Jail's closure must return figment::Error, which is large.
+    #[allow(clippy::result_large_err)]
+    fn an_invalid_override_names_key_and_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("astban.toml", "[jail]\nmaxretry = 3\n")?;
+            jail.set_env("ASTBAN_JAIL__MAXRETRY", "0");
+            let msg = Config::load(Some(Path::new("astban.toml")))
+                .expect_err("maxretry 0")
+                .to_string();
+            assert!(
+                msg.starts_with("jail.maxretry from ") && msg.contains("ASTBAN_"),
+                "{msg}"
+            );
+            assert!(msg.ends_with("must be at least 1"), "{msg}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn the_cli_finds_the_socket_in_a_config_broken_elsewhere() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("astban.toml");
@@ -959,7 +989,7 @@ mod tests {
 
     #[test]
     fn shipped_config_states_the_defaults() {
-        let shipped = load(include_str!("../conf/astban.toml")).expect("conf/astban.toml loads");
+        let shipped = load(include_str!("../../conf/astban.toml")).expect("conf/astban.toml loads");
         let render = |c: &Config| c.to_masked_toml().expect("renders");
         assert_eq!(render(&shipped), render(&Config::default()));
     }
@@ -967,7 +997,7 @@ mod tests {
     #[test]
     fn example_configs_load() {
         let log_only =
-            load(include_str!("../examples/log-only.toml")).expect("log-only.toml loads");
+            load(include_str!("../../examples/log-only.toml")).expect("log-only.toml loads");
         assert_eq!(log_only.input.mode, InputMode::Log);
         assert_eq!(log_only.log.start, StartAt::Beginning);
     }
