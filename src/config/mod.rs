@@ -714,6 +714,18 @@ impl Config {
                     format!("{:?} is not a mail address", mail.sender),
                 );
             }
+            if mail.retries == 0 {
+                return invalid(
+                    "mail.retries",
+                    "must be at least 1 (the first try counts)".into(),
+                );
+            }
+            if mail.digest_max_bans == 0 {
+                return invalid(
+                    "mail.digest_max_bans",
+                    "must be at least 1 (bans listed in one digest)".into(),
+                );
+            }
             if mail.starttls && !cfg!(feature = "tls") {
                 return invalid(
                     "mail.starttls",
@@ -813,6 +825,21 @@ mod tests {
 
     fn load(toml: &str) -> Result<Config, ConfigError> {
         Config::from_figment(Figment::new().merge(Toml::string(toml)))
+    }
+
+    #[test]
+    fn mail_settings_that_would_send_nothing_are_refused_by_key() {
+        let mail = "[mail]\nenabled = true\ndestemail = \"root@localhost\"\nsender = \"astban@localhost\"\n";
+        for (extra, key) in [
+            ("retries = 0", "mail.retries"),
+            ("digest_max_bans = 0", "mail.digest_max_bans"),
+        ] {
+            let msg = load(&format!("{mail}{extra}\n"))
+                .expect_err(extra)
+                .to_string();
+            assert!(msg.contains(key) && msg.contains("at least 1"), "{msg}");
+        }
+        load(mail).expect("the defaults send");
     }
 
     #[test]

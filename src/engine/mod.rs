@@ -239,6 +239,16 @@ pub enum EngineError {
         /// Why.
         source: std::io::Error,
     },
+    /// The ban journal in the state directory cannot be replayed or opened.
+    #[error(
+        "cannot use the ban journal in {dir}: {source} (the state directory must exist and be writable by astban)"
+    )]
+    Journal {
+        /// The state directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// `jail.ignore_self` is on but this host's addresses cannot be listed.
     #[error(
         "cannot list this host's addresses for jail.ignore_self: {0} (set jail.ignore_self = false and list them in jail.ignoreip)"
@@ -369,13 +379,13 @@ pub fn spawn<F: Firewall>(
         policy.set_own_addresses(ignore::own_addresses().map_err(EngineError::OwnAddresses)?);
     }
     let path = state_dir.join(STATE_FILE);
-    let state_error = |source| EngineError::State {
-        path: state_dir.to_path_buf(),
+    let journal_error = |source| EngineError::Journal {
+        dir: state_dir.to_path_buf(),
         source,
     };
     let mut saved = state::load(&path)?;
-    let next = journal::replay(state_dir, saved.journal, &mut saved).map_err(state_error)?;
-    let journal = journal::Journal::open(state_dir, next).map_err(state_error)?;
+    let next = journal::replay(state_dir, saved.journal, &mut saved).map_err(journal_error)?;
+    let journal = journal::Journal::open(state_dir, next).map_err(journal_error)?;
     let mut lifted = jail::Effects::default();
     let restored = policy.restore(saved, Timestamp::now(), &mut lifted);
     tracing::info!(
@@ -527,6 +537,25 @@ mod tests {
             EngineEvent::Banned(b) if b.net.to_string() == "192.0.2.1/32"
         ));
         stop(&shutdown, task).await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_state_dir_is_named_in_the_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("not-created");
+        let err = spawn(
+            &jail(),
+            &missing,
+            Recorder::default(),
+            CancellationToken::new(),
+        )
+        .expect_err("the daemon creates the dir, not the engine");
+        let msg = err.to_string();
+        assert!(matches!(err, EngineError::Journal { .. }), "{msg}");
+        assert!(
+            msg.contains("not-created") && msg.contains("must exist"),
+            "{msg}"
+        );
     }
 
     #[tokio::test]

@@ -23,6 +23,8 @@ pub use forward::{describe, forward_bans, system_name};
 pub use message::{BanNotice, Mail, ban_mail, digest_mail, started_mail, stopped_mail};
 pub use transport::{NotifyError, Transport};
 
+#[cfg(doc)]
+use crate::config::Config;
 use crate::config::MailConfig;
 
 /// Notices queued before new ones are counted as missed.
@@ -75,7 +77,8 @@ impl Mailer {
     }
 }
 
-/// Starts the mailer task. It ends after a `Stopped` notice has been
+/// Starts the mailer task, with `config` as [`Config::load`] validated it
+/// (at least one try per mail, at least one ban per digest). It ends after a `Stopped` notice has been
 /// mailed (or given up on), or when every [`Mailer`] is dropped.
 pub fn spawn(config: &MailConfig, system: String) -> Result<(Mailer, JoinHandle<()>), NotifyError> {
     let transport = Transport::from_config(config)?;
@@ -87,7 +90,7 @@ pub fn spawn(config: &MailConfig, system: String) -> Result<(Mailer, JoinHandle<
         system,
         rx,
         batch: Batch::new(config.digest_interval, config.digest_max_bans),
-        retries: config.retries.max(1),
+        retries: config.retries,
     };
     Ok((Mailer { tx, missed }, tokio::spawn(task.run())))
 }
@@ -213,7 +216,7 @@ impl Batch {
     fn new(interval: Duration, max: usize) -> Batch {
         Batch {
             interval,
-            max: max.max(1),
+            max,
             pending: Vec::new(),
             omitted: 0,
             last_sent: None,
