@@ -1120,4 +1120,277 @@ mod tests {
         let r = r"Host\> <HOST> failed$";
         assert_eq!(read(r, "Host 203.0.113.5 failed"), host("203.0.113.5"));
     }
+
+    /// `<HOST>` as a plain regex, for the reference reading: an IPv4
+    /// address as the table writes one, with or without its port.
+    const HOST_RE: &str = r"(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?";
+
+    /// Rules using the escapes, classes, flags and assertions the regex
+    /// crate supports, each with lines the whole rule matches (all naming
+    /// 203.0.113.5) and lines it does not.
+    #[allow(clippy::type_complexity)]
+    const CASES: &[(&str, &[&[u8]], &[&[u8]])] = &[
+        (
+            r"\<Host <HOST> failed$",
+            &[b"Host 203.0.113.5 failed"],
+            &[b"<Host 203.0.113.6 failed", b"Host 203.0.113.5 failed."],
+        ),
+        (
+            r"Host\> <HOST> failed$",
+            &[b"Host 203.0.113.5 failed"],
+            &[b"Host> 203.0.113.5 failed"],
+        ),
+        (
+            r"\bHost\b <HOST>\b failed\b$",
+            &[b"Host 203.0.113.5 failed"],
+            &[b"Host 203.0.113.5 failed_"],
+        ),
+        // Assertions next to the address see it, as in the whole rule.
+        (
+            r"Host \b<HOST>\b failed$",
+            &[b"Host 203.0.113.5 failed"],
+            &[],
+        ),
+        (r"Host <HOST>\B failed$", &[], &[b"Host 203.0.113.5 failed"]),
+        (r"Host \B<HOST> failed$", &[], &[b"Host 203.0.113.5 failed"]),
+        (
+            r"\b{start}Host <HOST>\b{end} failed\b{end-half}",
+            &[b"Host 203.0.113.5 failed", b"Host 203.0.113.5 failed."],
+            &[b"Host 203.0.113.5 failedx"],
+        ),
+        (
+            r"\<<HOST> failed$",
+            &[b"203.0.113.5 failed"],
+            &[b"x 203.0.113.5 failed"],
+        ),
+        (
+            r"\x48ost\x{20}<HOST> \u0066ailed\.$",
+            &[b"Host 203.0.113.5 failed."],
+            &[b"x48ost 203.0.113.5 failed.", b"Host 203.0.113.5 failed"],
+        ),
+        (
+            r"Host\-\. <HOST>\t\x2e$",
+            &[b"Host-. 203.0.113.5\t."],
+            &[b"Host-. 203.0.113.5\tx"],
+        ),
+        (
+            r"Host\ <HOST>\ failed\#$",
+            &[b"Host 203.0.113.5 failed#"],
+            &[b"Host\\ 203.0.113.5 failed#"],
+        ),
+        // A flag set before the address holds after it.
+        (
+            r"(?i)host <HOST> FAILED$",
+            &[b"Host 203.0.113.5 failed", b"HOST 203.0.113.5 FaIlEd"],
+            &[b"Host 203.0.113.5 failure"],
+        ),
+        (
+            r"Host <HOST> (?i)FAILED$",
+            &[b"Host 203.0.113.5 failed"],
+            &[b"host 203.0.113.5 failed"],
+        ),
+        (
+            r"(?x) Host \  <HOST> \  failed $  # the words Asterisk writes",
+            &[b"Host 203.0.113.5 failed"],
+            &[b"Host 203.0.113.5  failed", b"Host203.0.113.5failed"],
+        ),
+        (
+            r"^(?i)h\x4fst <HOST>$",
+            &[b"HoSt 203.0.113.5", b"host 203.0.113.5"],
+            &[b"hst 203.0.113.5"],
+        ),
+        (
+            r"^\A(?m:^)Host <HOST>$\z",
+            &[b"Host 203.0.113.5"],
+            &[b" Host 203.0.113.5"],
+        ),
+        (
+            r"Host <HOST>(?m:$)",
+            &[b"Host 203.0.113.5"],
+            &[b"Host 203.0.113.5 x"],
+        ),
+        (
+            r"(?Rm)Host <HOST>$",
+            &[b"Host 203.0.113.5\r", b"Host 203.0.113.5"],
+            &[b"Host 203.0.113.5 \r"],
+        ),
+        (
+            r"Call from '.*' \(<HOST>\) to '[^']*'\.$",
+            &[b"Call from 'x' (203.0.113.5) to 'y'."],
+            &[b"Call from 'x' (203.0.113.5) to 'y''."],
+        ),
+        (
+            r"[Hh]ost [[:alpha:]]+ <HOST> \w+ \S+$",
+            &[b"host via 203.0.113.5 failed auth"],
+            &[
+                b"host v1a 203.0.113.5 failed auth",
+                b"Host via 203.0.113.5 failed",
+            ],
+        ),
+        (
+            r"caf\xE9 <HOST> \xFF$",
+            &[b"caf\xE9 203.0.113.5 \xFF"],
+            &[b"caf\xC3\xA9 203.0.113.5 \xFF"],
+        ),
+        (
+            r"(?u:\w)+ <HOST>$",
+            &[b"caf\xC3\xA9 203.0.113.5"],
+            &[b"caf\xE9 203.0.113.5"],
+        ),
+        (
+            r"Host .*? '<HOST>' .+(?s:.)*$",
+            &[b"Host abc '203.0.113.5' x", b"Host '' '203.0.113.5' ''"],
+            &[b"Host abc '203.0.113.5' "],
+        ),
+        (
+            r"(?U)Host .* <HOST> failed.*$",
+            &[b"Host x y 203.0.113.5 failed z"],
+            &[b"Host 203.0.113.5 failed"],
+        ),
+        (
+            r"Host (?:a|bc){2,3} <HOST> x{2}$",
+            &[b"Host abca 203.0.113.5 xx"],
+            &[b"Host a 203.0.113.5 xx", b"Host abca 203.0.113.5 xxx"],
+        ),
+        (
+            r"(?:Host|Peer) '<HOST>'(?:,|$)",
+            &[b"Peer '203.0.113.5'", b"Host '203.0.113.5',x"],
+            &[b"Host '203.0.113.5';"],
+        ),
+        (
+            r"Host <HOST>:\d+$",
+            &[b"Host 203.0.113.5:5060"],
+            &[b"Host 203.0.113.5"],
+        ),
+        (
+            r"(?-u:\xE9)? ?Host <HOST>$",
+            &[b"\xE9 Host 203.0.113.5", b"Host 203.0.113.5"],
+            &[b"\xE9\xE9Host 203.0.113.5"],
+        ),
+    ];
+
+    /// The whole rule as the regex crate reads it, `<HOST>` an address.
+    /// (Not wrapped in a group: a `(?x)` comment would swallow its `)`.)
+    fn plain(failregex: &str) -> Regex {
+        let whole = format!("^{}", failregex.replacen(HOST, HOST_RE, 1));
+        build(&whole).expect("the reference compiles")
+    }
+
+    /// The table's rules, compiled both ways once.
+    fn compiled() -> &'static [(Rule, Regex)] {
+        static COMPILED: std::sync::OnceLock<Vec<(Rule, Regex)>> = std::sync::OnceLock::new();
+        COMPILED.get_or_init(|| CASES.iter().map(|(re, ..)| (rule(re), plain(re))).collect())
+    }
+
+    #[test]
+    fn escapes_and_assertions_read_as_the_regex_crate_reads_them() {
+        let expected = host("203.0.113.5");
+        for ((re, hits, misses), (rule, plain)) in CASES.iter().zip(compiled()) {
+            for (line, hit) in hits
+                .iter()
+                .map(|l| (l, true))
+                .chain(misses.iter().map(|l| (l, false)))
+            {
+                let shown = String::from_utf8_lossy(line);
+                assert_eq!(
+                    plain.is_match(line),
+                    hit,
+                    "the table is wrong: {re} on {shown:?}"
+                );
+                let ours = rule.read(line);
+                if hit {
+                    assert_eq!(ours, expected, "{re} on {shown:?}");
+                } else {
+                    assert!(
+                        matches!(ours, Reading::Nothing { .. }),
+                        "{re} on {shown:?}: {ours:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Pieces the property test edits lines with: the table's words and
+    /// separators, and a second address (no lone digits or colons, which
+    /// would make addresses the strict parser rightly refuses).
+    const VOCABULARY: &[&[u8]] = &[
+        b"Host",
+        b"host",
+        b"HOST",
+        b"Peer",
+        b"failed",
+        b"FAILED",
+        b"x",
+        b"xx",
+        b"abc",
+        b"_",
+        b" ",
+        b"'",
+        b"<",
+        b">",
+        b"(",
+        b")",
+        b".",
+        b"-",
+        b",",
+        b"\t",
+        b"\r",
+        b"#",
+        b"\\",
+        b"\xE9",
+        b"\xC3\xA9",
+        b"\xFF",
+        b"203.0.113.5",
+        b"198.51.100.7",
+    ];
+
+    /// Splits a line into words (letters, digits, dots, colons: an address
+    /// stays whole) and single other bytes.
+    fn pieces_of(line: &[u8]) -> Vec<Vec<u8>> {
+        let wordy = |b: &u8| b.is_ascii_alphanumeric() || *b == b'.' || *b == b':';
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        for &b in line {
+            match pieces.last_mut() {
+                Some(last) if wordy(&b) && last.last().is_some_and(wordy) => last.push(b),
+                _ => pieces.push(vec![b]),
+            }
+        }
+        pieces
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// Near misses of the table's lines: a reading exists exactly when
+        /// the whole rule matches as a plain regex.
+        #[test]
+        fn readings_agree_with_the_plain_regex(
+            case in 0..CASES.len(),
+            which in proptest::num::usize::ANY,
+            edits in proptest::collection::vec((0u8..4, proptest::num::usize::ANY, 0..VOCABULARY.len()), 1..4),
+        ) {
+            let (re, hits, misses) = CASES[case];
+            let lines: Vec<&[u8]> = hits.iter().chain(misses.iter()).copied().collect();
+            let mut pieces = pieces_of(lines[which % lines.len()]);
+            for (op, at, word) in edits {
+                let word = VOCABULARY[word].to_vec();
+                let at = at % (pieces.len() + 1);
+                match op {
+                    0 if at < pieces.len() => drop(pieces.remove(at)),
+                    1 => pieces.insert(at, word),
+                    2 if at < pieces.len() => pieces[at] = word,
+                    3 if at < pieces.len() => pieces[at].make_ascii_uppercase(),
+                    _ => {}
+                }
+            }
+            let line = pieces.concat();
+            let (rule, plain) = &compiled()[case];
+            let ours = rule.read(&line);
+            proptest::prop_assert_eq!(
+                !matches!(ours, Reading::Nothing { .. }),
+                plain.is_match(&line),
+                "{} on {:?}: {:?}", re, String::from_utf8_lossy(&line), ours
+            );
+        }
+    }
 }
