@@ -31,8 +31,8 @@
 //! after an occurrence of the literal text every match of P ends with
 //! (`' failed for '`), found with memchr's substring search. Regexes only
 //! run at those few places, and not at all where P or S is only literals
-//! and `.*` (see [`Glob`]). A fact the parse cannot give exactly is not
-//! used: the regex runs instead.
+//! and `.*`. A fact the parse cannot give exactly is not used: the regex
+//! runs instead.
 //!
 //! [`host`]: super::host
 
@@ -79,7 +79,7 @@ const HOST_MARKER: u32 = u32::MAX;
 pub enum RuleError {
     /// No `<HOST>` where it could bind an address.
     #[error(
-        "has no <HOST> (written as is, not escaped, in a class or repeated): it must say where Asterisk writes the address"
+        "has no <HOST> written as is (not escaped, in no class, not repeated): it must say where Asterisk writes the address"
     )]
     NoHost,
     /// Two places for the one address.
@@ -412,11 +412,17 @@ fn any_byte() -> Hir {
     )])))
 }
 
-/// Compiles a parsed part the way `regex::bytes` compiles a pattern.
+/// Compiles a parsed part the way `regex::bytes` compiles a pattern, but
+/// without a prefix prefilter: every search here is anchored at one end
+/// (searched from a given position, or backwards from the end), where a
+/// prefilter is never run, so building one only costs time at start
+/// (`astban test-log` on a one-line log: 47.3 M instructions with them,
+/// 38.8 M without; scanning costs the same).
 fn compile(parts: Vec<Hir>) -> Result<meta::Regex, RuleError> {
     let config = meta::Config::new()
         .match_kind(regex_automata::MatchKind::LeftmostFirst)
         .utf8_empty(false)
+        .auto_prefilter(false)
         .nfa_size_limit(Some(REGEX_SIZE_LIMIT));
     Ok(meta::Builder::new()
         .configure(config)
