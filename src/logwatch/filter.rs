@@ -396,7 +396,8 @@ impl RuleSet {
                     }
                 },
             };
-            rules.push(Rule::compile(def, rules.len(), attempt, module).map_err(fail)?);
+            let rule = Rule::compile(def, rules.len(), attempt, module);
+            rules.push(rule.map_err(|e| fail(e.to_string()))?);
         }
         let ignore = compile_ignore(&ignoreregex)?;
         let any_ids = (0..rules.len())
@@ -589,10 +590,10 @@ fn compile_ignore(ignoreregex: &[(String, String)]) -> Result<Option<RegexSet>, 
         return Ok(None);
     }
     for (regex, origin) in ignoreregex {
-        rule::build(regex).map_err(|problem| FilterError::Ignore {
+        rule::build(regex).map_err(|e| FilterError::Ignore {
             origin: origin.clone(),
             regex: regex.clone(),
-            problem,
+            problem: e.to_string(),
         })?;
     }
     RegexSetBuilder::new(ignoreregex.iter().map(|(r, _)| r))
