@@ -152,37 +152,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             eprintln!("astban: {e}");
             ExitCode::from(2)
         })),
-        Command::CheckConfig { config } => {
-            let cfg = Config::load(config.config.as_deref())?;
-            // The rules (built-in or a file, extra rules, ignoreregex) are
-            // part of the config: compile them exactly as the daemon will.
-            let rules = RuleSet::from_config(&cfg.log)?;
-            let source = match &config.config {
-                Some(p) => p.display().to_string(),
-                None if Path::new(DEFAULT_CONFIG_PATH).exists() => DEFAULT_CONFIG_PATH.into(),
-                None => "built-in defaults".into(),
-            };
-            let (log_path, chosen) = astban::logwatch::choose_path(cfg.log.path.as_deref());
-            let mut warnings = cfg.warnings();
-            if cfg.input.mode.uses_log() {
-                warnings.extend(astban::logwatch::path_problem(&log_path));
-            }
-            for warning in &warnings {
-                eprintln!("astban: warning: {warning}");
-            }
-            let log_file = match (cfg.input.mode.uses_log(), chosen) {
-                (false, _) => String::new(),
-                (true, None) => format!("# log file: {}\n", log_path.display()),
-                (true, Some(why)) => format!("# log file: {} ({why})\n", log_path.display()),
-            };
-            print!(
-                "# astban: config OK ({source}, plus ASTBAN_* environment); log rules: {} ({} rules)\n{log_file}\n{}",
-                rules.origin(),
-                rules.rules().len(),
-                cfg.to_masked_toml()?
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::CheckConfig { config } => check_config(config.config.as_deref()),
         Command::Status { socket, json } => {
             let status = ask(&socket, |c| async move { c.status().await })?;
             match json {
@@ -218,6 +188,41 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `astban check-config`: loads and validates the config and the rules
+/// exactly as the daemon will, warns about what would not work, and
+/// prints the effective settings with secrets masked.
+fn check_config(path: Option<&Path>) -> Result<ExitCode> {
+    let cfg = Config::load(path)?;
+    // The rules (built-in or a file, extra rules, ignoreregex) are
+    // part of the config: compile them exactly as the daemon will.
+    let rules = RuleSet::from_config(&cfg.log)?;
+    let source = match path {
+        Some(p) => p.display().to_string(),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => DEFAULT_CONFIG_PATH.into(),
+        None => "built-in defaults".into(),
+    };
+    let (log_path, chosen) = astban::logwatch::choose_path(cfg.log.path.as_deref());
+    let mut warnings = cfg.warnings();
+    if cfg.input.mode.uses_log() {
+        warnings.extend(astban::logwatch::path_problem(&log_path));
+    }
+    for warning in &warnings {
+        eprintln!("astban: warning: {warning}");
+    }
+    let log_file = match (cfg.input.mode.uses_log(), chosen) {
+        (false, _) => String::new(),
+        (true, None) => format!("# log file: {}\n", log_path.display()),
+        (true, Some(why)) => format!("# log file: {} ({why})\n", log_path.display()),
+    };
+    print!(
+        "# astban: config OK ({source}, plus ASTBAN_* environment); log rules: {} ({} rules)\n{log_file}\n{}",
+        rules.origin(),
+        rules.rules().len(),
+        cfg.to_masked_toml()?
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The error and its causes, each once: astban's errors already quote
