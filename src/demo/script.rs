@@ -278,13 +278,17 @@ async fn watch_status(
                 .detail
                 .as_deref()
                 .map_or(String::new(), |d| format!(" ({d})"));
-            let counts = |yes| if yes { "counting" } else { "not counting" };
+            // What AMI reports always counts (it reports nothing while
+            // down); whether the log counts is the switch-over.
+            let log = if s.log.counting {
+                "counting"
+            } else {
+                "not counting"
+            };
             say(&format!(
-                "status: ami {}{detail}, {}; log {}, {}",
+                "status: ami {}{detail}; log {}, {log}",
                 s.ami.state.as_str(),
-                counts(s.ami.counting),
                 s.log.state.as_str(),
-                counts(s.log.counting),
             ));
         }
         status.send_replace(Some(s));
