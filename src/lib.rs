@@ -7,6 +7,7 @@
 //! [`notify`] mails about it and [`control`] lets the CLI ask and command.
 
 pub mod ami;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;

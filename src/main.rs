@@ -2,118 +2,20 @@
 //! hands over to the library; what each command does lives there.
 
 use std::io::{IsTerminal as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use ipnet::IpNet;
+use clap::Parser;
 use serde::Serialize;
 
+use astban::cli::{Cli, Command, LogFormat, SocketArg};
 use astban::config::{Config, DEFAULT_CONFIG_PATH};
 use astban::control::{Client, render};
 use astban::daemon::{self, ConfigSource, Setup};
 use astban::demo;
 use astban::logwatch::filter::RuleSet;
-use astban::logwatch::testlog::{self, TestLogArgs};
-use astban::units::{parse_duration, parse_net};
-
-/// Bans Asterisk brute-force and account-scanning attackers with nftables,
-/// from AMI security events and the messages log.
-#[derive(Debug, Parser)]
-#[command(version, propagate_version = true)]
-struct Cli {
-    /// Log output format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    /// Plain lines (journald adds its own timestamps).
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-#[derive(Debug, clap::Args)]
-struct ConfigArg {
-    /// Config file [default: /etc/astban/astban.toml if it exists, else
-    /// built-in defaults].
-    #[arg(long, short, env = "ASTBAN_CONFIG")]
-    config: Option<PathBuf>,
-}
-
-#[derive(Debug, clap::Args)]
-struct SocketArg {
-    #[command(flatten)]
-    config: ConfigArg,
-    /// Control socket [default: [control] socket of the config].
-    #[arg(long, env = "ASTBAN_SOCKET")]
-    socket: Option<PathBuf>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run the daemon in the foreground (SIGTERM/SIGINT stop, SIGHUP
-    /// reloads).
-    Run {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Run a self-contained demo: dry-run firewall, no Asterisk, no root;
-        /// replays a bundled attack log into a temporary directory.
-        #[arg(long, conflicts_with = "config")]
-        demo: bool,
-    },
-    /// Show what the log rules match in FILE, like fail2ban-regex.
-    TestLog(TestLogArgs),
-    /// Validate the config and print the effective settings (secrets
-    /// masked).
-    CheckConfig {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
-    /// Show the daemon's inputs, counts and firewall state.
-    Status {
-        #[command(flatten)]
-        socket: SocketArg,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List active bans.
-    Bans {
-        #[command(flatten)]
-        socket: SocketArg,
-        /// Print JSON: an array of objects with host, expires, failures, ...
-        #[arg(long)]
-        json: bool,
-    },
-    /// Ban an address or network now.
-    Ban {
-        /// Address or CIDR.
-        #[arg(value_parser = parse_net)]
-        host: IpNet,
-        /// Ban length, e.g. 1h or 3d [default: the jail's bantime].
-        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
-        duration: Option<std::time::Duration>,
-        /// Ban even an address covered by ignoreip.
-        #[arg(long)]
-        force: bool,
-        #[command(flatten)]
-        socket: SocketArg,
-    },
-    /// Lift a ban.
-    Unban {
-        /// Address or CIDR.
-        #[arg(value_parser = parse_net)]
-        host: IpNet,
-        #[command(flatten)]
-        socket: SocketArg,
-    },
-}
+use astban::logwatch::testlog;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

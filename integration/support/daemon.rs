@@ -31,9 +31,15 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with extra environment variables.
     pub fn start_with_env(config: &Path, socket: &Path, env: &[(&str, &str)]) -> Daemon {
+        let config = config.to_str().expect("UTF-8 config path");
+        Daemon::start_args(&["run", "--config", config], socket, env)
+    }
+
+    /// Starts `astban ARGS` (a `run` of some kind, listening on `socket`)
+    /// and waits until it says it is running.
+    pub fn start_args(args: &[&str], socket: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
+            .args(args)
             .env("RUST_LOG", "info,astban=debug")
             .env_remove("NOTIFY_SOCKET")
             .envs(env.iter().copied())
@@ -145,9 +151,17 @@ impl Daemon {
 
     /// SIGTERM, then wait for the exit. A daemon that does not stop
     /// within 30 s fails the test (and is killed), rather than hanging it.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Like [`Daemon::stop`], with `signal` (SIGINT is Ctrl-C).
+    pub fn stop_with(mut self, signal: libc::c_int) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        terminate(&child);
+        // SAFETY: kill with a pid we own and a valid signal number.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, signal);
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -158,7 +172,7 @@ impl Daemon {
                 let _ = child.wait();
                 self.seen.extend(self.lines.try_iter());
                 panic!(
-                    "astban did not stop within 30 s of SIGTERM; it said:\n{}",
+                    "astban did not stop within 30 s of signal {signal}; it said:\n{}",
                     self.seen.join("\n")
                 );
             }

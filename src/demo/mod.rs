@@ -1,35 +1,54 @@
 //! `astban run --demo`: the whole daemon on a built-in setup that needs
 //! neither Asterisk nor root, and changes nothing on the machine.
 //!
-//! It replays a real attack capture (examples/demo-messages.log, the
-//! capture's loopback attackers renumbered into documentation ranges) into a
-//! log file under a private temporary directory, stamped with the current
-//! time, while the daemon follows that file with the dry-run firewall.
+//! The demo plays Asterisk's part: an AMI server of its own on a loopback
+//! port ([`ami`]) and a `messages` log under a private temporary
+//! directory, into which it replays real captures ([`script`]): chan_sip
+//! and PJSIP attacks, the svcrack brute force, and a REGISTER flood while
+//! the AMI session is down, so the log's count takes over and AMI's comes
+//! back. The daemon runs in input mode `auto` with the dry-run firewall;
+//! it does not know it is in a demo.
+
+mod ami;
+mod script;
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Backend, Config, InputMode, StartAt};
+use self::ami::Ami;
+use crate::config::{AmiAuth, Backend, Config, InputMode, Secret, StartAt};
 use crate::daemon::{self, ConfigSource, DaemonError, Setup};
 
-/// Runs the demo: prepares its directory, says what it does, and runs the
-/// daemon on it while replaying the capture, until SIGTERM or SIGINT.
+/// Runs the demo: prepares its directory and AMI, says what it does, and
+/// runs the daemon on them while replaying the captures, until SIGTERM or
+/// SIGINT.
 pub async fn run() -> Result<(), DemoError> {
-    let demo = Demo::prepare().map_err(DemoError::Prepare)?;
+    let ami = Ami::start(AMI_USERNAME, AMI_SECRET)
+        .await
+        .map_err(DemoError::Ami)?;
+    let demo = Demo::prepare(ami.addr()).map_err(DemoError::Prepare)?;
     demo.print_banner();
     let stop = CancellationToken::new();
-    let replay = tokio::spawn(demo.clone().replay(stop.clone()));
+    let stage = script::Stage {
+        ami: &ami,
+        socket: &demo.socket_path(),
+        log: &demo.log_path(),
+    };
     let setup = Setup {
         config: demo.config(),
         source: ConfigSource::BuiltIn("the demo's settings are built in"),
     };
-    let outcome = daemon::run(setup).await;
-    stop.cancel();
-    let _ = replay.await;
+    let daemon = async {
+        let outcome = daemon::run(setup).await;
+        stop.cancel();
+        outcome
+    };
+    let ((), outcome) = tokio::join!(script::play(stage, stop.clone()), daemon);
     // The directory goes only after the daemon is done with it.
     drop(demo);
     Ok(outcome?)
@@ -41,28 +60,30 @@ pub enum DemoError {
     /// Its directory could not be made.
     #[error("preparing the demo: {0}")]
     Prepare(io::Error),
+    /// Its AMI could not listen on loopback.
+    #[error("starting the demo's AMI on 127.0.0.1: {0}")]
+    Ami(io::Error),
     /// The daemon failed.
     #[error(transparent)]
     Daemon(#[from] DaemonError),
 }
 
-/// The attack the demo replays: SIP wrong passwords, ACL rejections, AMI
-/// login failures and a 30-host REGISTER flood, as a real Asterisk logged
-/// them.
-const DEMO_LOG: &str = include_str!("../examples/demo-messages.log");
-/// Lines written per second, so the bans can be watched as they happen.
-const LINES_PER_SECOND: u64 = 40;
+/// The AMI user of the demo's AMI. Only loopback reaches it and nothing
+/// is behind it, so the secret need not be secret.
+const AMI_USERNAME: &str = "astban";
+const AMI_SECRET: &str = "demo";
 
 /// The demo's directory and settings.
 #[derive(Debug, Clone)]
 pub struct Demo {
     dir: PathBuf,
+    ami: SocketAddr,
 }
 
 impl Demo {
     /// Creates a fresh private directory for the demo under the system's
-    /// temporary directory.
-    pub fn prepare() -> io::Result<Demo> {
+    /// temporary directory; `ami` is where the demo's AMI listens.
+    pub fn prepare(ami: SocketAddr) -> io::Result<Demo> {
         // SAFETY: getuid has no preconditions and cannot fail.
         let uid = unsafe { libc::getuid() };
         let dir = std::env::temp_dir().join(format!("astban-demo-{uid}"));
@@ -71,14 +92,23 @@ impl Demo {
         }
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         std::fs::File::create(dir.join("messages"))?;
-        Ok(Demo { dir })
+        Ok(Demo { dir, ami })
     }
 
-    /// The demo's configuration: log input on the replayed file, dry-run
-    /// firewall, everything under the demo directory.
+    /// The demo's configuration: AMI on the demo's AMI and the log on the
+    /// replayed file (input mode `auto`), dry-run firewall, everything
+    /// under the demo directory.
     pub fn config(&self) -> Config {
         let mut c = Config::default();
-        c.input.mode = InputMode::Log;
+        c.input.mode = InputMode::Auto;
+        c.ami.host = self.ami.ip().to_string();
+        c.ami.port = self.ami.port();
+        c.ami.username = AMI_USERNAME.into();
+        c.ami.secret = Secret::new(AMI_SECRET);
+        c.ami.auth = AmiAuth::Md5;
+        // Back within a second or two of the demo AMI's return.
+        c.ami.reconnect_min = Duration::from_millis(250);
+        c.ami.reconnect_max = Duration::from_secs(1);
         c.log.path = Some(self.log_path());
         c.log.start = StartAt::Beginning;
         c.firewall.backend = Backend::DryRun;
@@ -99,16 +129,16 @@ impl Demo {
     /// Says plainly what the demo does and does not do.
     pub fn print_banner(&self) {
         let socket = self.socket_path();
-        let lines = DEMO_LOG.lines().count();
         // Not eprintln!: a closed stderr must not stop the demo.
         let _ = writeln!(
             std::io::stderr(),
             "\
 astban demo: the real daemon on a built-in setup. Nothing on this machine is changed.
   firewall:  dry-run (bans are logged, nothing is blocked, no root needed)
-  input:     log only (no Asterisk needed): {lines} lines of a real attack capture
-             (SIP wrong passwords, ACL rejections, AMI login failures, a 30-host
-             REGISTER flood) are replayed into {log}
+  input:     auto: AMI while its session is up, the log while it is down. The demo
+             plays Asterisk: an AMI on {ami} and the log {log}, replaying real
+             captures (chan_sip and PJSIP attacks, the svcrack brute force, a
+             REGISTER flood); midway the AMI session drops and comes back.
   jail:      5 failures within 10m ban for 3d; 127.0.0.0/8 is never banned
   control:   {socket}
 In another terminal, try:
@@ -118,36 +148,9 @@ In another terminal, try:
 (with cargo: cargo run --release -- status --socket {socket})
 Stop with Ctrl-C.
 ",
+            ami = self.ami,
             log = self.log_path().display(),
             socket = socket.display(),
         );
     }
-
-    /// Appends the capture to the demo log, stamped with the current time,
-    /// at a pace a human can follow; then idles until shutdown.
-    pub async fn replay(self, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(Duration::from_millis(1000 / LINES_PER_SECOND));
-        for line in DEMO_LOG.lines() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            if let Err(e) = append_now(&self.log_path(), line) {
-                tracing::error!(error = %e, "demo: cannot write the replayed log");
-                return;
-            }
-        }
-        tracing::info!("demo: replay finished; astban keeps following the log (Ctrl-C to stop)");
-        shutdown.cancelled().await;
-    }
-}
-
-/// Appends `line` with its `[YYYY-MM-DD HH:MM:SS]` stamp replaced by now.
-fn append_now(path: &Path, line: &str) -> io::Result<()> {
-    let now = jiff::ZonedDateTime::now()
-        .strftime("[%Y-%m-%d %H:%M:%S]")
-        .to_string();
-    let rest = line.split_once("] ").map_or(line, |(_, rest)| rest);
-    let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
-    writeln!(file, "{now} {rest}")
 }
