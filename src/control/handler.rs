@@ -71,8 +71,10 @@ impl DaemonHandler {
             Health::Down { since, reason, .. } => (InputState::Down, Some(since), Some(reason)),
         };
         InputStatus {
+            // Its reports count whenever they arrive; while it is not up,
+            // none do.
+            counting: state == InputState::Up,
             state,
-            counting: true,
             since,
             detail,
         }

@@ -49,8 +49,9 @@ pub async fn run() -> Result<(), DemoError> {
         outcome
     };
     let ((), outcome) = tokio::join!(script::play(stage, stop.clone()), daemon);
-    // The directory goes only after the daemon is done with it.
-    drop(demo);
+    // The directory goes only after the daemon is done with it; a failure
+    // to remove it leaves a private temporary directory, nothing worse.
+    let _ = std::fs::remove_dir_all(&demo.dir);
     Ok(outcome?)
 }
 
