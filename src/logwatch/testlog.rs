@@ -468,7 +468,7 @@ impl Tally {
 struct JsonRecord<'a> {
     line: u64,
     host: Option<IpAddr>,
-    time: Option<Timestamp>,
+    time: Option<&'a str>,
     rule: &'a str,
     kind: &'static str,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -488,12 +488,13 @@ fn is_true(b: &bool) -> bool {
 }
 
 impl<'a> JsonRecord<'a> {
-    fn new(record: &Record, rules: &'a RuleSet) -> Option<JsonRecord<'a>> {
+    /// The line of `record`, whose time is written as `time`.
+    fn new(record: &Record, time: Option<&'a str>, rules: &'a RuleSet) -> Option<JsonRecord<'a>> {
         let rule = rules.rules().get(record.rule)?;
         let mut json = JsonRecord {
             line: record.line,
             host: record.host,
-            time: record.time,
+            time,
             rule: rule.name(),
             kind: rule.kind().as_str(),
             cut: false,
@@ -527,6 +528,11 @@ impl<'a> JsonRecord<'a> {
 struct JsonLines<'r, W: Write> {
     out: BufWriter<W>,
     rules: &'r RuleSet,
+    /// The latest time written, and its text: a log's lines come many to
+    /// a second, and formatting a timestamp costs more than the rest of a
+    /// record.
+    time: Option<Timestamp>,
+    time_text: String,
 }
 
 impl<'r, W: Write> JsonLines<'r, W> {
@@ -534,11 +540,21 @@ impl<'r, W: Write> JsonLines<'r, W> {
         JsonLines {
             out: BufWriter::with_capacity(JSON_BUFFER, out),
             rules,
+            time: None,
+            time_text: String::new(),
         }
     }
 
     fn write(&mut self, record: &Record) -> io::Result<()> {
-        let Some(json) = JsonRecord::new(record, self.rules) else {
+        if let Some(t) = record.time
+            && self.time != Some(t)
+        {
+            self.time = Some(t);
+            self.time_text.clear();
+            let _ = write!(self.time_text, "{t}");
+        }
+        let time = record.time.map(|_| self.time_text.as_str());
+        let Some(json) = JsonRecord::new(record, time, self.rules) else {
             return Ok(());
         };
         serde_json::to_writer(&mut self.out, &json)?;
