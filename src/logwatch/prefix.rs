@@ -170,6 +170,7 @@ impl<'a> Parser<'a> {
 
     /// One or more bytes accepted by `ok` (at most 64: no prefix field is
     /// longer, and a bound keeps a garbage line cheap).
+    #[inline(always)]
     fn token(&mut self, ok: impl Fn(u8) -> bool) -> Option<&'a [u8]> {
         let rest = &self.line[self.pos..];
         let window = &rest[..rest.len().min(65)];
