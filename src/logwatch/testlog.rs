@@ -73,28 +73,21 @@ pub enum TestLogError {
 
 /// Runs the command; errors mean "exit 2".
 pub fn run(args: TestLogArgs) -> Result<ExitCode, TestLogError> {
-    let mut log = match &args.config {
-        Some(path) => Config::load(Some(path))?.log,
-        None => LogConfig::default(),
-    };
-    if let Some(rules) = &args.rules {
-        log.rules = rules.clone();
-    }
+    let log = log_config(&args)?;
     let rules = Arc::new(RuleSet::from_config(&log)?);
     let read_err = |source| TestLogError::Read {
         path: args.file.clone(),
         source,
     };
-    let meta = std::fs::metadata(&args.file).map_err(read_err)?;
-    if meta.is_dir() {
+    if std::fs::metadata(&args.file).map_err(read_err)?.is_dir() {
         return Err(read_err(io::Error::other("it is a directory")));
     }
-    let clock = Clock::system();
     let scan = |on_record: &mut dyn FnMut(&Record) -> io::Result<()>| {
+        let rules = Arc::clone(&rules);
         scan_file(
             &args.file,
-            Arc::clone(&rules),
-            clock.clone(),
+            rules,
+            Clock::system(),
             log.max_line_length,
             on_record,
         )
@@ -115,8 +108,24 @@ pub fn run(args: TestLogArgs) -> Result<ExitCode, TestLogError> {
         }
         Err(ScanError::Write(e)) => return Err(TestLogError::Write(e)),
     };
-    let text = summary.render(&args.file, &rules);
-    let shown = if args.json {
+    show(&summary.render(&args.file, &rules), args.json)
+}
+
+/// The config's `[log]` section (or the defaults), with `--rules` applied.
+fn log_config(args: &TestLogArgs) -> Result<LogConfig, TestLogError> {
+    let mut log = match &args.config {
+        Some(path) => Config::load(Some(path))?.log,
+        None => LogConfig::default(),
+    };
+    if let Some(rules) = &args.rules {
+        log.rules = rules.clone();
+    }
+    Ok(log)
+}
+
+/// Prints the summary: on stderr when stdout carries the JSON.
+fn show(text: &str, json: bool) -> Result<ExitCode, TestLogError> {
+    let shown = if json {
         io::stderr().lock().write_all(text.as_bytes())
     } else {
         io::stdout().lock().write_all(text.as_bytes())
