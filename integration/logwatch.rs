@@ -15,7 +15,7 @@ use astban::config::{LogConfig, StartAt};
 use astban::failure::{Report, Source};
 use astban::logwatch::clock::Clock;
 use astban::logwatch::filter::RuleSet;
-use astban::logwatch::testlog::{self, Record};
+use astban::logwatch::testlog;
 use astban::logwatch::{self, CURSOR_FILE};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -35,23 +35,11 @@ fn utc() -> Clock {
     Clock::new(TimeZone::UTC, Timestamp::now())
 }
 
-/// Attempts per host in a file, and all records, scanned by `workers`.
-fn scan(
-    path: &Path,
-    rules: &RuleSet,
-    workers: usize,
-) -> (BTreeMap<IpAddr, u64>, Vec<Record>, testlog::Summary) {
-    let mut records = Vec::new();
-    let summary = testlog::scan_file(path, rules, &utc(), 8192, workers, |r| {
-        records.push(*r);
-        Ok(())
-    })
-    .expect("scan");
-    (
-        summary.hosts.clone().into_iter().collect(),
-        records,
-        summary,
-    )
+/// Attempts per host in a file, and the summary, as test-log finds them.
+fn scan(path: &Path, rules: &RuleSet) -> (BTreeMap<IpAddr, u64>, testlog::Summary) {
+    let summary =
+        testlog::scan_file(path, Arc::new(rules.clone()), utc(), 8192, |_| Ok(())).expect("scan");
+    (summary.hosts.clone().into_iter().collect(), summary)
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -67,7 +55,7 @@ fn flood_hosts() -> impl Iterator<Item = (IpAddr, u64)> {
 #[test]
 fn messages_log_counts_attempts_not_lines() {
     let rules = RuleSet::load("asterisk").expect("rules");
-    let (hosts, _, summary) = scan(&fixture("messages.log"), &rules, 1);
+    let (hosts, summary) = scan(&fixture("messages.log"), &rules);
     let mut expected: BTreeMap<IpAddr, u64> = flood_hosts().collect();
     // 2 REGISTERs with a wrong password for peer 100 and 2 for the
     // nonexistent 999 (chan_sip with alwaysauthreject says "Wrong
@@ -99,7 +87,7 @@ fn messages_log_counts_attempts_not_lines() {
 #[test]
 fn security_log_counts_failure_events_once_per_attempt() {
     let rules = RuleSet::load("asterisk").expect("rules");
-    let (hosts, _, summary) = scan(&fixture("security.log"), &rules, 1);
+    let (hosts, summary) = scan(&fixture("security.log"), &rules);
     let mut expected: BTreeMap<IpAddr, u64> = flood_hosts().collect();
     expected.insert(ip("127.0.0.2"), 4);
     // Two FailedACL events of one session for one REGISTER.
@@ -112,55 +100,6 @@ fn security_log_counts_failure_events_once_per_attempt() {
     assert_eq!(hosts, expected);
     // ChallengeSent and SuccessfulAuth are normal traffic.
     assert_eq!(summary.missed, 155 + 4);
-}
-
-#[test]
-fn parallel_scan_equals_a_single_pass() {
-    // A file large enough to be cut into chunks, with folded lines and
-    // cut lines everywhere, including at chunk boundaries.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("big.log");
-    let mut out = std::io::BufWriter::new(fs::File::create(&path).expect("create"));
-    let mut second = 0u64;
-    while out.get_ref().metadata().map(|m| m.len()).unwrap_or(0) < 12 << 20 {
-        for i in 0..200u64 {
-            second += 1;
-            let t = format!(
-                "[2026-11-24 {:02}:{:02}:{:02}]",
-                (second / 3600) % 24,
-                (second / 60) % 60,
-                second % 60
-            );
-            let h = format!("10.{}.{}.{}", i % 7, (second / 256) % 256, second % 256);
-            writeln!(out, "{t} NOTICE[2766] acl.c: SIP Peer ACL: Rejecting '{h}' due to a failure to pass ACL 'x'").expect("w");
-            writeln!(out, "{t} NOTICE[2766] chan_sip.c: Registration from '<sip:1@x>' failed for '{h}:5060' - Device does not match ACL").expect("w");
-            writeln!(
-                out,
-                "{t} NOTICE[9] chan_iax2.c: Host {h} failed MD5 authentication for 'cut"
-            )
-            .expect("w");
-            writeln!(out, "{t} NOTICE[9] chan_iax2.c: Host 192.0.2.1 failed MD5 authentication for 'x' (e7df7cd2ca07f4f1ab415d457a6e1c13 != b)").expect("w");
-            // The rest of the longest field an IAX2 sender can fill.
-            writeln!(out, "{}", "f".repeat(255)).expect("w");
-            writeln!(out, "{t} NOTICE[1] chan_sip.c: Registration from '<sip:1@x>' failed for '{h}:5060' - Wrong password").expect("w");
-            writeln!(out, "{t} NOTICE[1] cdr.c: noise").expect("w");
-        }
-        out.flush().expect("flush");
-    }
-    drop(out);
-    let rules = RuleSet::load("asterisk").expect("rules");
-    let (one_hosts, one, one_summary) = scan(&path, &rules, 1);
-    let (four_hosts, four, four_summary) = scan(&path, &rules, 4);
-    assert_eq!(one.len(), four.len());
-    assert!(one == four, "records differ");
-    assert_eq!(one_hosts, four_hosts);
-    assert_eq!(one_summary.lines, four_summary.lines);
-    assert_eq!(one_summary.continuation, four_summary.continuation);
-    // Per 7 lines: one ACL attempt (+1 folded), a cut line (which names
-    // its sender), its two continuation lines, one wrong password, noise.
-    assert_eq!(one_summary.attempts() * 7, one_summary.lines * 3);
-    assert_eq!(one_summary.cut * 7, one_summary.lines);
-    assert!(one.windows(2).all(|w| w[0].line < w[1].line));
 }
 
 // ---------------------------------------------------------------- following

@@ -532,6 +532,143 @@ async fn save_cursor(path: &Path, followed: &Path, cursor: Option<Cursor>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    use std::net::IpAddr;
+
+    /// What a scan found: attempts per host, then the lines read and the
+    /// folded, ambiguous, cut, continuation, no-prefix and too-long ones.
+    type Counts = (BTreeMap<IpAddr, u64>, [u64; 7]);
+
+    /// The daemon's path over a whole file: the follower, the scanner and
+    /// the batches of [`run`], from the file's start.
+    fn daemon_counts(path: &Path, rules: &Arc<RuleSet>) -> Counts {
+        let mut reader = Reader {
+            follower: Follower::new(path.to_path_buf(), 8192, StartAt::Beginning, None),
+            scanner: Scanner::new(Arc::clone(rules), Clock::system()),
+            warn: Throttle::new(SKIP_WARN_INTERVAL),
+        };
+        let (mut hosts, mut n) = (BTreeMap::new(), [0u64; 7]);
+        loop {
+            let batch = reader.batch();
+            for (report, _) in &batch.reports {
+                *hosts.entry(report.host()).or_default() += 1;
+            }
+            let c = &batch.counts;
+            let more = [
+                batch.lines,
+                c.folded,
+                c.ambiguous,
+                c.cut,
+                c.continuation,
+                c.unparsable,
+                batch.too_long,
+            ];
+            n.iter_mut().zip(more).for_each(|(n, m)| *n += m);
+            if batch.poll != Poll::More {
+                return (hosts, n);
+            }
+        }
+    }
+
+    /// `astban test-log`'s answer for the same file.
+    fn test_log_counts(path: &Path, rules: &Arc<RuleSet>) -> Counts {
+        let s = testlog::scan_file(path, Arc::clone(rules), Clock::system(), 8192, |_| Ok(()))
+            .expect("scan");
+        let total = |f: fn(&testlog::RuleCount) -> u64| s.rules.iter().map(f).sum::<u64>();
+        let n = [
+            s.lines,
+            total(|r| r.folded),
+            total(|r| r.ambiguous),
+            s.cut,
+            s.continuation,
+            s.no_prefix,
+            s.too_long,
+        ];
+        (s.hosts.into_iter().collect(), n)
+    }
+
+    /// A log of `bytes` or more in the shapes that depend on the lines
+    /// around them: attempts of two lines, cut lines and their rest, an
+    /// over-long line.
+    fn generated_log(path: &Path, bytes: u64) {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+        let mut second = 0u64;
+        let mut written = 0u64;
+        while written < bytes {
+            second += 1;
+            let t = format!(
+                "[2026-11-24 {:02}:{:02}:{:02}]",
+                (second / 3600) % 24,
+                (second / 60) % 60,
+                second % 60
+            );
+            let h = format!(
+                "10.{}.{}.{}",
+                second % 7,
+                (second / 256) % 256,
+                second % 256
+            );
+            let long = if second % 97 == 0 {
+                "u".repeat(9000)
+            } else {
+                "u".into()
+            };
+            let noise = if second % 89 == 0 {
+                "n".repeat(9000)
+            } else {
+                "n".into()
+            };
+            let lines = format!(
+                "{t} NOTICE[2766] acl.c: SIP Peer ACL: Rejecting '{h}' due to a failure to pass ACL 'x'\n\
+                 {t} NOTICE[2766] chan_sip.c: Registration from '<sip:1@x>' failed for '{h}:5060' - Device does not match ACL\n\
+                 {t} NOTICE[9] chan_iax2.c: Host {h} failed MD5 authentication for 'cut\n\
+                 {t} NOTICE[9] chan_iax2.c: Host 192.0.2.1 failed MD5 authentication for 'x' (e7df != b)\n\
+                 {}\n\
+                 {t} NOTICE[3] manager.c: {h} failed to authenticate as '{long}'\n\
+                 {t} NOTICE[1] cdr.c: {noise}\n\
+                 not a log line\n",
+                "f".repeat(255)
+            );
+            out.write_all(lines.as_bytes()).expect("write");
+            written += lines.len() as u64;
+        }
+        out.flush().expect("flush");
+    }
+
+    #[test]
+    fn test_log_counts_what_the_daemon_counts() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/fixtures");
+        let mut logs: Vec<PathBuf> = [fixtures.clone(), fixtures.join("pjsip")]
+            .iter()
+            .flat_map(|dir| std::fs::read_dir(dir).expect("fixtures"))
+            .map(|entry| entry.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        assert!(logs.len() > 10, "{logs:?}");
+        // Larger than a batch, so the daemon's batches are crossed.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let generated = dir.path().join("generated.log");
+        generated_log(&generated, 3 * BATCH_BYTES);
+        logs.push(generated.clone());
+        for set in ["asterisk", "book"] {
+            let rules = Arc::new(RuleSet::load(set).expect("rules"));
+            for log in &logs {
+                let daemon = daemon_counts(log, &rules);
+                assert!(daemon.1[0] > 0, "{}", log.display());
+                assert_eq!(
+                    test_log_counts(log, &rules),
+                    daemon,
+                    "{set}: {}",
+                    log.display()
+                );
+            }
+        }
+        // The generated log has every kind of line but ambiguous ones.
+        let rules = Arc::new(RuleSet::load("asterisk").expect("rules"));
+        let (_, n) = daemon_counts(&generated, &rules);
+        assert!(n.iter().enumerate().all(|(i, &n)| i == 2 || n > 0), "{n:?}");
+    }
 
     #[test]
     fn only_changes_to_the_followed_name_wake_the_input() {

@@ -76,7 +76,7 @@ pub fn parse(line: &[u8]) -> Option<Prefix<'_>> {
         p.want(b' ')?;
         p.token(|b| b != b' ' && b != b'\t')?; // host name
         p.want(b' ')?;
-        p.token(|b| b.is_ascii_alphanumeric() || b"_./-".contains(&b))?; // tag
+        p.token(|b| NAME.has(b))?; // tag
         if p.eat(b'[') {
             p.token(|b| b.is_ascii_digit())?;
             p.want(b']')?;
@@ -92,7 +92,7 @@ pub fn parse(line: &[u8]) -> Option<Prefix<'_>> {
     let thread = p.token(|b| b.is_ascii_digit())?;
     p.want(b']')?;
     if p.eat(b'[') {
-        p.token(|b| b.is_ascii_alphanumeric() || b == b'-')?;
+        p.token(|b| CALL_ID.has(b))?;
         p.want(b']')?;
     }
     p.eat(b':');
@@ -106,6 +106,45 @@ pub fn parse(line: &[u8]) -> Option<Prefix<'_>> {
         module,
         level_start,
         message_start: p.pos,
+    })
+}
+
+/// Bytes of a source file name or a syslog tag (`res_pjsip/x.c`).
+const NAME: ByteClass = ByteClass::alphanumeric_and(b"_./-");
+/// Bytes of a call id (`C-0000001d`).
+const CALL_ID: ByteClass = ByteClass::alphanumeric_and(b"-");
+/// Bytes of a function name.
+const FUNCTION: ByteClass = ByteClass::alphanumeric_and(b"_");
+
+/// A set of bytes as a table: one load per byte where the prefix is
+/// parsed on every line, instead of a chain of comparisons.
+struct ByteClass([bool; 256]);
+
+impl ByteClass {
+    const fn alphanumeric_and(extra: &[u8]) -> ByteClass {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = (b as u8).is_ascii_alphanumeric();
+            b += 1;
+        }
+        let mut i = 0;
+        while i < extra.len() {
+            table[extra[i] as usize] = true;
+            i += 1;
+        }
+        ByteClass(table)
+    }
+
+    fn has(&self, b: u8) -> bool {
+        self.0[usize::from(b)]
+    }
+}
+
+/// The value of `field` if it is all ASCII digits (at most four).
+fn digits(field: &[u8]) -> Option<i32> {
+    field.iter().try_fold(0i32, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + i32::from(b - b'0'))
     })
 }
 
@@ -131,10 +170,11 @@ impl<'a> Parser<'a> {
 
     /// One or more bytes accepted by `ok` (at most 64: no prefix field is
     /// longer, and a bound keeps a garbage line cheap).
+    #[inline(always)]
     fn token(&mut self, ok: impl Fn(u8) -> bool) -> Option<&'a [u8]> {
-        let start = self.pos;
-        let rest = &self.line[start..];
-        let len = rest.iter().take(65).take_while(|&&b| ok(b)).count();
+        let rest = &self.line[self.pos..];
+        let window = &rest[..rest.len().min(65)];
+        let len = window.iter().position(|&b| !ok(b)).unwrap_or(window.len());
         if len == 0 || len > 64 {
             return None;
         }
@@ -142,38 +182,36 @@ impl<'a> Parser<'a> {
         Some(&rest[..len])
     }
 
-    fn number(&mut self, digits: usize) -> Option<i32> {
-        let field = self.line.get(self.pos..self.pos + digits)?;
-        let mut n = 0i32;
-        for &b in field {
-            if !b.is_ascii_digit() {
-                return None;
-            }
-            n = n * 10 + i32::from(b - b'0');
-        }
-        self.pos += digits;
+    fn number(&mut self, len: usize) -> Option<i32> {
+        let n = digits(self.line.get(self.pos..self.pos + len)?)?;
+        self.pos += len;
         Some(n)
+    }
+
+    /// The next `N` bytes, if they have `sep` at each of `at` (the
+    /// fixed-width fields of a stamp are read in one piece: this runs on
+    /// every line).
+    fn fixed<const N: usize>(&self, sep: u8, at: [usize; 2]) -> Option<&'a [u8; N]> {
+        let field: &[u8; N] = self.line.get(self.pos..self.pos + N)?.try_into().ok()?;
+        (field[at[0]] == sep && field[at[1]] == sep).then_some(field)
     }
 
     /// `HH:MM:SS` with an optional `.fraction`.
     fn clock(&mut self) -> Option<(i8, i8, i8)> {
-        let h = self.number(2)?;
-        self.want(b':')?;
-        let m = self.number(2)?;
-        self.want(b':')?;
-        let s = self.number(2)?;
+        let f = self.fixed::<8>(b':', [2, 5])?;
+        let (h, m, s) = (digits(&f[..2])?, digits(&f[3..5])?, digits(&f[6..])?);
+        self.pos += 8;
         if self.eat(b'.') {
             self.token(|b| b.is_ascii_digit())?;
         }
         Some((h as i8, m as i8, s as i8))
     }
 
+    /// `YYYY-MM-DD`.
     fn iso_date(&mut self) -> Option<(i16, i8, i8)> {
-        let y = self.number(4)?;
-        self.want(b'-')?;
-        let mo = self.number(2)?;
-        self.want(b'-')?;
-        let d = self.number(2)?;
+        let f = self.fixed::<10>(b'-', [4, 7])?;
+        let (y, mo, d) = (digits(&f[..4])?, digits(&f[5..7])?, digits(&f[8..])?);
+        self.pos += 10;
         Some((y as i16, mo as i8, d as i8))
     }
 
@@ -272,7 +310,7 @@ impl<'a> Parser<'a> {
             self.pos += 5 + sep + 2;
             return Some(module);
         }
-        let module = self.token(|b| b.is_ascii_alphanumeric() || b"_./-".contains(&b))?;
+        let module = self.token(|b| NAME.has(b))?;
         self.want(b':')?;
         if self.peek().is_some_and(|b| b.is_ascii_digit()) {
             self.token(|b| b.is_ascii_digit())?;
@@ -280,7 +318,7 @@ impl<'a> Parser<'a> {
             if self.line[self.pos..].starts_with(b"in ") {
                 self.pos += 3;
             }
-            self.token(|b| b.is_ascii_alphanumeric() || b == b'_')?;
+            self.token(|b| FUNCTION.has(b))?;
             self.want(b':')?;
         }
         // "module:" at the very end of a line leaves an empty message.
@@ -402,6 +440,12 @@ mod tests {
             "[2026-11-24 16:03:18] NOTICE chan_sip.c: x",
             "[2026-11-24 16:03:18] notice[1] chan_sip.c: x",
             "[2026-1-24 16:03:18] NOTICE[1] chan_sip.c: x",
+            "[2026-11-24 16:3:18] NOTICE[1] chan_sip.c: x",
+            "[2026-11-24 16:03:1x] NOTICE[1] chan_sip.c: x",
+            "[2026-11-24 16-03-18] NOTICE[1] chan_sip.c: x",
+            "[2026:11:24 16:03:18] NOTICE[1] chan_sip.c: x",
+            "[2026-11-24 16:03:18.] NOTICE[1] chan_sip.c: x",
+            "[2026-11-24 16:03",
             "[2026-11-24 16:03:18] NOTICE[1] chan sip.c: x",
             "Foo  4 18:30:40 host asterisk[1]: NOTICE[2]: a.c: x",
         ] {

@@ -1,15 +1,15 @@
 //! `astban test-log FILE`: what the rules make of a log, like
 //! fail2ban-regex, for admins checking their logs and rules.
 //!
-//! The file is streamed, in newline-aligned chunks on all cores (see
-//! [`scan_file`]), so memory does not grow with its size; every chunk is
-//! judged by the same [`Scanner`] the daemon uses, so what test-log counts
-//! is what astban would count.
+//! The file is read once, front to back, by the [`Scanner`] the daemon
+//! uses, fed by the same [`LineReader`]: what test-log counts is what
+//! astban would count, by construction. Memory does not grow with the
+//! file: one read buffer, and records are written as they are found.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,16 +17,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use serde::Serialize;
 
 use super::clock::Clock;
 use super::filter::{FilterError, RuleSet};
-use super::lines::{Line, LineReader};
-use super::rule::Rule;
+use super::lines::{Line, LineReader, Stop};
 use super::scan::{Attempt, Event, Scanner};
 use crate::config::{Config, ConfigError, LogConfig};
 
-/// Bytes read at a time.
+/// Bytes read at a time: large reads, few system calls.
 const READ_SIZE: usize = 1 << 20;
+
+/// stdout buffer for `--json`.
+const JSON_BUFFER: usize = 1 << 16;
 
 /// `astban test-log` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -70,47 +73,31 @@ pub enum TestLogError {
 
 /// Runs the command; errors mean "exit 2".
 pub fn run(args: TestLogArgs) -> Result<ExitCode, TestLogError> {
-    let mut log = match &args.config {
-        Some(path) => Config::load(Some(path))?.log,
-        None => LogConfig::default(),
-    };
-    if let Some(rules) = &args.rules {
-        log.rules = rules.clone();
-    }
-    let rules = RuleSet::from_config(&log)?;
+    let log = log_config(&args)?;
+    let rules = Arc::new(RuleSet::from_config(&log)?);
     let read_err = |source| TestLogError::Read {
         path: args.file.clone(),
         source,
     };
-    let meta = std::fs::metadata(&args.file).map_err(read_err)?;
-    if meta.is_dir() {
+    if std::fs::metadata(&args.file).map_err(read_err)?.is_dir() {
         return Err(read_err(io::Error::other("it is a directory")));
     }
-    // Fail here, with the file's name, if it cannot be opened.
-    File::open(&args.file).map_err(read_err)?;
-    let clock = Clock::system();
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let stdout = io::stdout();
-    let result = if args.json {
-        let mut json = JsonLines::new(&rules, BufWriter::with_capacity(1 << 16, stdout.lock()));
-        let summary = scan_file(
-            &args.file,
-            &rules,
-            &clock,
-            log.max_line_length,
-            workers,
-            |r| json.write(r),
-        );
-        summary.and_then(|s| json.flush().map(|()| s).map_err(ScanError::Write))
-    } else {
+    let scan = |on_record: &mut dyn FnMut(&Record) -> io::Result<()>| {
+        let rules = Arc::clone(&rules);
         scan_file(
             &args.file,
-            &rules,
-            &clock,
+            rules,
+            Clock::system(),
             log.max_line_length,
-            workers,
-            |_| Ok(()),
+            on_record,
         )
+    };
+    let result = if args.json {
+        let mut json = JsonLines::new(&rules, io::stdout().lock());
+        scan(&mut |r| json.write(r))
+            .and_then(|s| json.flush().map(|()| s).map_err(ScanError::Write))
+    } else {
+        scan(&mut |_| Ok(()))
     };
     let summary = match result {
         Ok(summary) => summary,
@@ -121,8 +108,24 @@ pub fn run(args: TestLogArgs) -> Result<ExitCode, TestLogError> {
         }
         Err(ScanError::Write(e)) => return Err(TestLogError::Write(e)),
     };
-    let text = summary.render(&args.file, &rules);
-    let shown = if args.json {
+    show(&summary.render(&args.file, &rules), args.json)
+}
+
+/// The config's `[log]` section (or the defaults), with `--rules` applied.
+fn log_config(args: &TestLogArgs) -> Result<LogConfig, TestLogError> {
+    let mut log = match &args.config {
+        Some(path) => Config::load(Some(path))?.log,
+        None => LogConfig::default(),
+    };
+    if let Some(rules) = &args.rules {
+        log.rules = rules.clone();
+    }
+    Ok(log)
+}
+
+/// Prints the summary: on stderr when stdout carries the JSON.
+fn show(text: &str, json: bool) -> Result<ExitCode, TestLogError> {
+    let shown = if json {
         io::stderr().lock().write_all(text.as_bytes())
     } else {
         io::stdout().lock().write_all(text.as_bytes())
@@ -139,7 +142,7 @@ pub enum ScanError {
     /// Reading the log failed.
     #[error("read: {0}")]
     Read(io::Error),
-    /// The attempt sink failed.
+    /// The record sink failed.
     #[error("write: {0}")]
     Write(io::Error),
 }
@@ -183,24 +186,6 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn merge(&mut self, other: Summary) {
-        self.lines += other.lines;
-        for (mine, theirs) in self.rules.iter_mut().zip(&other.rules) {
-            mine.attempts += theirs.attempts;
-            mine.folded += theirs.folded;
-            mine.ambiguous += theirs.ambiguous;
-            mine.ignored += theirs.ignored;
-        }
-        for (host, n) in other.hosts {
-            *self.hosts.entry(host).or_default() += n;
-        }
-        self.missed += other.missed;
-        self.no_prefix += other.no_prefix;
-        self.cut += other.cut;
-        self.continuation += other.continuation;
-        self.too_long += other.too_long;
-    }
-
     /// All attempts counted.
     pub fn attempts(&self) -> u64 {
         self.rules.iter().map(|r| r.attempts).sum()
@@ -329,196 +314,126 @@ impl Record {
     }
 }
 
-/// Scans the file at `path`, calling `on_record` for each line a rule
-/// matched (counted or not), in file order.
+/// Scans the file at `path` with the daemon's [`Scanner`], calling
+/// `on_record` for each line a rule matched (counted or not), in file
+/// order, and stops at the first error `on_record` returns.
 ///
-/// A large file is cut into equal newline-aligned chunks scanned by up to
-/// `workers` threads, two rounds of chunks in flight at most, so memory
-/// stays bounded whatever the file's size. Each chunk's scanner first
-/// reads the [`WARMUP`] bytes before the chunk (without counting them), so
-/// attempt groups and cut lines that straddle a boundary are judged as a
-/// single pass would judge them, unless more than that much log falls in
-/// the second around the boundary.
+/// One pass on one thread, on purpose: how a line is judged depends on
+/// the lines before it (open attempts, a cut message), so only the
+/// daemon's own order gives the daemon's answer. The file is read in
+/// [`READ_SIZE`] pieces into one buffer; its unfinished last line is
+/// judged too (the daemon would wait for its newline).
 pub fn scan_file(
     path: &Path,
-    rules: &RuleSet,
-    clock: &Clock,
+    rules: Arc<RuleSet>,
+    clock: Clock,
     max_line: usize,
-    workers: usize,
     mut on_record: impl FnMut(&Record) -> io::Result<()>,
 ) -> Result<Summary, ScanError> {
     let started = Instant::now();
-    let size = std::fs::metadata(path).map_err(ScanError::Read)?.len();
-    let workers = workers.clamp(1, MAX_WORKERS) as u64;
-    let rounds = size.div_ceil(workers * MAX_CHUNK).max(1);
-    let chunks = if size < MIN_PARALLEL {
-        1
-    } else {
-        rounds * workers
+    let mut file = File::open(path).map_err(ScanError::Read)?;
+    let mut reader = LineReader::new(max_line, READ_SIZE, 0);
+    let mut pass = Pass {
+        tally: Tally::new(rules.rules().len()),
+        scanner: Scanner::new(rules, clock),
+        failed: None,
     };
-    let chunk_size = size.div_ceil(chunks).max(1);
-    let per_worker: Vec<(RuleSet, Clock)> = (0..workers)
-        .map(|_| (rules.clone(), clock.clone()))
-        .collect();
-    let mut summary = Summary {
-        rules: vec![RuleCount::default(); rules.rules().len()],
-        bytes: size,
-        ..Summary::default()
-    };
-    let mut lines_before = 0u64;
-    let mut write = |result: ChunkResult, summary: &mut Summary| -> Result<(), ScanError> {
-        for record in &result.records {
-            // Lines a record points back to may lie in an earlier chunk.
-            let absolute = |back: u64| (lines_before + record.line).saturating_sub(back);
-            let outcome = match record.outcome {
-                Outcome::Folded { counted_line } => Outcome::Folded {
-                    counted_line: absolute(counted_line),
-                },
-                Outcome::Continuation { cut_line } => Outcome::Continuation {
-                    cut_line: absolute(cut_line),
-                },
-                other => other,
-            };
-            let record = Record {
-                line: lines_before + record.line,
-                outcome,
-                ..*record
-            };
-            on_record(&record).map_err(ScanError::Write)?;
+    loop {
+        let stop = reader
+            .read_lines(&mut file, READ_SIZE as u64, |line, _| {
+                pass.line(line, &mut on_record)
+            })
+            .map_err(ScanError::Read)?;
+        pass.check()?;
+        if stop == Stop::Eof {
+            break;
         }
-        lines_before += result.summary.lines;
-        summary.merge(result.summary);
-        Ok(())
-    };
-    let mut pending: Vec<ChunkResult> = Vec::new();
-    let mut first = 0u64;
-    while first < chunks {
-        let last = (first + workers).min(chunks);
-        let results = std::thread::scope(|scope| {
-            let handles: Vec<_> = (first..last)
-                .zip(&per_worker)
-                .map(|(i, (rules, clock))| {
-                    let chunk = Chunk {
-                        start: i * chunk_size,
-                        end: ((i + 1) * chunk_size).min(size),
-                        last: i + 1 == chunks,
-                    };
-                    scope.spawn(move || scan_chunk(path, chunk, rules, clock.clone(), max_line))
-                })
-                .collect();
-            // Report the previous round while this one is scanned.
-            let written = pending.drain(..).try_for_each(|r| write(r, &mut summary));
-            let results: Result<Vec<ChunkResult>, ScanError> = handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(ScanError::Read(io::Error::other("a scan thread panicked")))
-                    })
-                })
-                .collect();
-            written.and(results)
-        })?;
-        pending = results;
-        first = last;
     }
-    pending
-        .into_iter()
-        .try_for_each(|r| write(r, &mut summary))?;
+    reader.finish(|line, _| pass.line(line, &mut on_record));
+    pass.check()?;
+    let mut summary = pass.tally.summary;
+    summary.bytes = reader.offset();
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
 
-/// Largest chunk one thread scans at a time; bounds memory.
-const MAX_CHUNK: u64 = 32 << 20;
-/// Below this a file is scanned by one thread.
-const MIN_PARALLEL: u64 = 4 << 20;
-/// Bytes read before a chunk to rebuild the scanner's state.
-pub const WARMUP: u64 = 1 << 20;
-const MAX_WORKERS: usize = 16;
-
-#[derive(Debug, Clone, Copy)]
-struct Chunk {
-    /// Lines starting in `start..end` belong to the chunk.
-    start: u64,
-    end: u64,
-    /// The chunk ends with the file: its last line needs no newline.
-    last: bool,
+/// The state of one [`scan_file`].
+struct Pass {
+    scanner: Scanner,
+    tally: Tally,
+    /// The sink's error: the lines after it are skipped, and the read
+    /// loop stops at its next turn.
+    failed: Option<io::Error>,
 }
 
-struct ChunkResult {
+impl Pass {
+    fn line(&mut self, line: Line<'_>, on_record: &mut impl FnMut(&Record) -> io::Result<()>) {
+        if self.failed.is_some() {
+            return;
+        }
+        let record = self.tally.judge(self.scanner.scan(line));
+        if let Some(Err(e)) = record.map(|r| on_record(&r)) {
+            self.failed = Some(e);
+        }
+    }
+
+    fn check(&mut self) -> Result<(), ScanError> {
+        self.failed
+            .take()
+            .map_or(Ok(()), |e| Err(ScanError::Write(e)))
+    }
+}
+
+/// Counts the scanner's events into a [`Summary`] and turns those of
+/// matched lines into [`Record`]s.
+struct Tally {
     summary: Summary,
-    /// Line numbers relative to the chunk; `Folded` and `Continuation`
-    /// hold how many lines back the line they name is.
-    records: Vec<Record>,
 }
 
-fn scan_chunk(
-    path: &Path,
-    chunk: Chunk,
-    rules: &RuleSet,
-    clock: Clock,
-    max_line: usize,
-) -> Result<ChunkResult, ScanError> {
-    use std::io::{Seek, SeekFrom};
+impl Tally {
+    fn new(rules: usize) -> Tally {
+        Tally {
+            summary: Summary {
+                rules: vec![RuleCount::default(); rules],
+                ..Summary::default()
+            },
+        }
+    }
 
-    let mut file = File::open(path).map_err(ScanError::Read)?;
-    let from = chunk.start.saturating_sub(WARMUP);
-    file.seek(SeekFrom::Start(from)).map_err(ScanError::Read)?;
-    // A line starting before `end` ends within max_line + 1 bytes after it
-    // (or is dropped as too long by then).
-    let limit = if chunk.last {
-        u64::MAX
-    } else {
-        chunk.end - from + max_line as u64 + 1
-    };
-    let mut src = file.take(limit);
-    let mut scanner = Scanner::new(Arc::new(rules.clone()), clock);
-    let mut summary = Summary {
-        rules: vec![RuleCount::default(); rules.rules().len()],
-        ..Summary::default()
-    };
-    let mut records = Vec::new();
-    let mut line_start = from;
-    let mut on_line = |line: Line<'_>, end: u64| {
-        let start = std::mem::replace(&mut line_start, end);
-        let counted = (chunk.start..chunk.end).contains(&start);
-        if start >= chunk.end {
-            return;
-        }
-        let event = scanner.scan(line);
-        if !counted {
-            return;
-        }
-        summary.lines += 1;
-        let line = summary.lines;
-        let mut record = |rule: &Rule, host, time, outcome| {
-            records.push(Record {
-                line,
-                host,
-                time,
-                rule: rule.index(),
-                outcome,
-            })
-        };
-        match event {
-            Event::TooLong => summary.too_long += 1,
-            Event::NoPrefix => summary.no_prefix += 1,
-            Event::Missed => summary.missed += 1,
+    /// Counts the next line's event; its record if a rule matched it.
+    fn judge(&mut self, event: Event<'_>) -> Option<Record> {
+        let s = &mut self.summary;
+        s.lines += 1;
+        let line = s.lines;
+        let (rule, host, time, outcome) = match event {
+            Event::TooLong => {
+                s.too_long += 1;
+                return None;
+            }
+            Event::NoPrefix => {
+                s.no_prefix += 1;
+                return None;
+            }
+            Event::Missed => {
+                s.missed += 1;
+                return None;
+            }
             Event::Cut { rule } => {
-                summary.cut += 1;
-                record(rule, None, None, Outcome::Cut);
+                s.cut += 1;
+                (rule, None, None, Outcome::Cut)
             }
             Event::Continuation { rule, back } => {
-                summary.continuation += 1;
-                record(rule, None, None, Outcome::Continuation { cut_line: back });
+                s.continuation += 1;
+                let cut_line = line - back;
+                (rule, None, None, Outcome::Continuation { cut_line })
             }
             Event::Ambiguous { rule } => {
-                summary.rules[rule.index()].ambiguous += 1;
-                record(rule, None, None, Outcome::Ambiguous);
+                s.rules[rule.index()].ambiguous += 1;
+                (rule, None, None, Outcome::Ambiguous)
             }
             Event::Ignored { rule, host } => {
-                summary.rules[rule.index()].ignored += 1;
-                record(rule, Some(host), None, Outcome::Ignored);
+                s.rules[rule.index()].ignored += 1;
+                (rule, Some(host), None, Outcome::Ignored)
             }
             Event::Folded {
                 rule,
@@ -526,13 +441,9 @@ fn scan_chunk(
                 time,
                 back,
             } => {
-                summary.rules[rule.index()].folded += 1;
-                record(
-                    rule,
-                    Some(host),
-                    time,
-                    Outcome::Folded { counted_line: back },
-                );
+                s.rules[rule.index()].folded += 1;
+                let counted_line = line - back;
+                (rule, Some(host), time, Outcome::Folded { counted_line })
             }
             Event::Attempt(Attempt {
                 rule,
@@ -540,102 +451,111 @@ fn scan_chunk(
                 time,
                 cut,
             }) => {
-                summary.rules[rule.index()].attempts += 1;
-                summary.cut += u64::from(cut);
-                *summary.hosts.entry(host).or_default() += 1;
-                record(rule, Some(host), time, Outcome::Counted { cut });
+                s.rules[rule.index()].attempts += 1;
+                s.cut += u64::from(cut);
+                *s.hosts.entry(host).or_default() += 1;
+                (rule, Some(host), time, Outcome::Counted { cut })
             }
-        }
-    };
-    let mut reader = LineReader::new(max_line, READ_SIZE, from);
-    reader
-        .read_lines(&mut src, u64::MAX, &mut on_line)
-        .map_err(ScanError::Read)?;
-    if chunk.last {
-        reader.finish(&mut on_line);
+        };
+        Some(Record {
+            line,
+            host,
+            time,
+            rule: rule.index(),
+            outcome,
+        })
     }
-    Ok(ChunkResult { summary, records })
 }
 
-/// Writes one JSON object per record: a counted attempt as
+/// One `--json` line: a counted attempt as
 /// `{"line":N,"host":"...","time":"...","rule":"...","kind":"..."}` (the
 /// shape test-log always had, plus `"cut":true` for a cut line), a line
 /// that did not count with `"counted":false`, `"why"` and the line it
 /// refers to (`"counted_line"` of a folded line, `"cut_line"` of a
-/// continuation); without allocating per counted line.
-struct JsonLines<W> {
-    out: W,
-    /// `,"rule":"name","kind":"kind"` per rule index, JSON-escaped once.
-    tails: Vec<String>,
-    last_time: Option<(Timestamp, String)>,
+/// continuation). Fields are written in this order.
+#[derive(Serialize)]
+struct JsonRecord<'a> {
+    line: u64,
+    host: Option<IpAddr>,
+    time: Option<&'a str>,
+    rule: &'a str,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    cut: bool,
+    #[serde(skip_serializing_if = "is_true")]
+    counted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counted_line: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cut_line: Option<u64>,
 }
 
-impl<W: Write> JsonLines<W> {
-    fn new(rules: &RuleSet, out: W) -> JsonLines<W> {
-        let tails = rules
-            .rules()
-            .iter()
-            .map(|r| {
-                let name = serde_json::to_string(r.name()).unwrap_or_else(|_| "\"?\"".into());
-                format!(",\"rule\":{name},\"kind\":\"{}\"", r.kind().as_str())
-            })
-            .collect();
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl<'a> JsonRecord<'a> {
+    /// The line of `record`, whose time is written as `time`.
+    fn new(record: &Record, time: Option<&'a str>, rules: &'a RuleSet) -> Option<JsonRecord<'a>> {
+        let rule = rules.rules().get(record.rule)?;
+        let mut json = JsonRecord {
+            line: record.line,
+            host: record.host,
+            time,
+            rule: rule.name(),
+            kind: rule.kind().as_str(),
+            cut: false,
+            counted: false,
+            why: None,
+            counted_line: None,
+            cut_line: None,
+        };
+        match record.outcome {
+            Outcome::Counted { cut } => {
+                json.counted = true;
+                json.cut = cut;
+            }
+            Outcome::Folded { counted_line } => {
+                json.why = Some("same attempt");
+                json.counted_line = Some(counted_line);
+            }
+            Outcome::Ignored => json.why = Some("ignoreregex"),
+            Outcome::Ambiguous => json.why = Some("ambiguous"),
+            Outcome::Cut => json.why = Some("cut"),
+            Outcome::Continuation { cut_line } => {
+                json.why = Some("continuation");
+                json.cut_line = Some(cut_line);
+            }
+        }
+        Some(json)
+    }
+}
+
+/// Writes [`JsonRecord`]s, one per line, into a buffer.
+struct JsonLines<'r, W: Write> {
+    out: BufWriter<W>,
+    rules: &'r RuleSet,
+    time: TimeText,
+}
+
+impl<'r, W: Write> JsonLines<'r, W> {
+    fn new(rules: &'r RuleSet, out: W) -> JsonLines<'r, W> {
         JsonLines {
-            out,
-            tails,
-            last_time: None,
+            out: BufWriter::with_capacity(JSON_BUFFER, out),
+            rules,
+            time: TimeText::default(),
         }
     }
 
     fn write(&mut self, record: &Record) -> io::Result<()> {
-        self.out.write_all(b"{\"line\":")?;
-        write_decimal(&mut self.out, record.line)?;
-        self.out.write_all(b",\"host\":")?;
-        match record.host {
-            None => self.out.write_all(b"null")?,
-            Some(IpAddr::V4(v4)) => {
-                self.out.write_all(b"\"")?;
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        self.out.write_all(b".")?;
-                    }
-                    write_decimal(&mut self.out, u64::from(octet))?;
-                }
-                self.out.write_all(b"\"")?;
-            }
-            Some(IpAddr::V6(v6)) => write!(self.out, "\"{v6}\"")?,
-        }
-        self.out.write_all(b",\"time\":")?;
-        match record.time {
-            None => self.out.write_all(b"null")?,
-            Some(t) => {
-                if self.last_time.as_ref().is_none_or(|(last, _)| *last != t) {
-                    self.last_time = Some((t, format!("\"{t}\"")));
-                }
-                if let Some((_, text)) = &self.last_time {
-                    self.out.write_all(text.as_bytes())?;
-                }
-            }
-        }
-        if let Some(tail) = self.tails.get(record.rule) {
-            self.out.write_all(tail.as_bytes())?;
-        }
-        let (why, refers) = match record.outcome {
-            Outcome::Counted { cut: false } => return self.out.write_all(b"}\n"),
-            Outcome::Counted { cut: true } => return self.out.write_all(b",\"cut\":true}\n"),
-            Outcome::Folded { counted_line } => {
-                ("same attempt", Some(("counted_line", counted_line)))
-            }
-            Outcome::Ignored => ("ignoreregex", None),
-            Outcome::Ambiguous => ("ambiguous", None),
-            Outcome::Cut => ("cut", None),
-            Outcome::Continuation { cut_line } => ("continuation", Some(("cut_line", cut_line))),
+        let time = record.time.map(|t| self.time.of(t));
+        let Some(json) = JsonRecord::new(record, time, self.rules) else {
+            return Ok(());
         };
-        write!(self.out, ",\"counted\":false,\"why\":\"{why}\"")?;
-        if let Some((key, line)) = refers {
-            write!(self.out, ",\"{key}\":{line}")?;
-        }
-        self.out.write_all(b"}\n")
+        serde_json::to_writer(&mut self.out, &json)?;
+        self.out.write_all(b"\n")
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -643,18 +563,65 @@ impl<W: Write> JsonLines<W> {
     }
 }
 
-/// `write!("{n}")` without the formatting machinery, which shows in a
-/// profile at a few hundred thousand lines per second.
-fn write_decimal(out: &mut impl Write, mut n: u64) -> io::Result<()> {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// A timestamp's text as `Display` (and serde) writes it,
+/// `2026-11-24T16:03:18Z`, kept from one record to the next: a log's
+/// lines come many to a minute, and formatting a timestamp whole cost a
+/// quarter of writing a record.
+#[derive(Debug, Default)]
+struct TimeText {
+    last: Option<Timestamp>,
+    text: String,
+}
+
+impl TimeText {
+    /// The text of `t`.
+    fn of(&mut self, t: Timestamp) -> &str {
+        match self.last {
+            Some(last) if last == t => {}
+            // `YYYY-MM-DDTHH:MM:SSZ` of the same minute: only the seconds
+            // differ.
+            Some(last) if same_minute(last, t) && self.text.len() == 20 => {
+                let second = t.as_second().rem_euclid(60) as u8;
+                self.text.truncate(17);
+                self.text.push(char::from(b'0' + second / 10));
+                self.text.push(char::from(b'0' + second % 10));
+                self.text.push('Z');
+            }
+            _ => {
+                self.text.clear();
+                let _ = write!(self.text, "{t}");
+            }
         }
+        self.last = Some(t);
+        &self.text
     }
-    out.write_all(&digits[at..])
+}
+
+/// Whether `a` and `b` are whole seconds of the same minute.
+fn same_minute(a: Timestamp, b: Timestamp) -> bool {
+    a.subsec_nanosecond() == 0
+        && b.subsec_nanosecond() == 0
+        && a.as_second().div_euclid(60) == b.as_second().div_euclid(60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_text_is_what_display_writes() {
+        let mut text = TimeText::default();
+        let base = Timestamp::from_second(1_795_996_740).expect("time");
+        let seconds = [
+            0, 1, 1, 59, 60, 61, 119, 3599, 3600, 86_399, 86_400, 30, -1, -61,
+        ];
+        for s in seconds {
+            let t = base + jiff::SignedDuration::from_secs(s);
+            assert_eq!(text.of(t), t.to_string(), "{s}");
+        }
+        let t = base + jiff::SignedDuration::from_millis(1500);
+        assert_eq!(text.of(t), t.to_string());
+        let t = base + jiff::SignedDuration::from_secs(2);
+        assert_eq!(text.of(t), t.to_string());
+    }
 }
