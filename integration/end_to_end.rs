@@ -558,3 +558,180 @@ fn log_mode_never_bans_the_addresses_of_forged_lines() {
     assert!(!logged.contains("host=10.66.66."), "{logged}");
     assert_eq!(s["engine"]["tracked_hosts"], 0, "{s:#}");
 }
+
+/// One wrong-password REGISTER for `account` from `host`, shaped like
+/// 127.0.2.2's first attempt in the PJSIP main capture (`ChallengeSent`,
+/// `ChallengeResponseFailed` naming the endpoint Asterisk matched).
+fn pjsip_wrong_password(host: &str, account: &str) -> String {
+    let events = events_from(AMI_PJSIP_MAIN, "127.0.2.2");
+    let (first, _) = split_after_event(&events, "ChallengeResponseFailed", 1);
+    String::from_utf8(first)
+        .expect("ASCII capture")
+        .replace("127.0.2.2", host)
+        .replace("AccountID: 300", &format!("AccountID: {account}"))
+}
+
+/// One REGISTER for a name no endpoint has, from `host`, shaped like
+/// 127.0.2.3's first attempt (`InvalidAccountID` naming what the attacker
+/// wrote, twice, and `<unknown>` in the challenge events).
+fn pjsip_no_such_endpoint(host: &str, name: &str) -> String {
+    let events = events_from(AMI_PJSIP_MAIN, "127.0.2.3");
+    let (first, _) = split_after_event(&events, "ChallengeResponseFailed", 1);
+    String::from_utf8(first)
+        .expect("ASCII capture")
+        .replace("127.0.2.3", host)
+        .replace("AccountID: 999", &format!("AccountID: {name}"))
+}
+
+/// One successful REGISTER from `host`, shaped like 127.0.0.1's in the
+/// PJSIP main capture (`ChallengeSent`, `SuccessfulAuth` with
+/// `UsingPassword: 1`).
+fn pjsip_registered(host: &str) -> String {
+    let events = events_from(AMI_PJSIP_MAIN, "127.0.0.1");
+    // The first is the AMI login's own SuccessfulAuth.
+    let (_, register) = split_after_event(&events, "SuccessfulAuth", 1);
+    String::from_utf8(register).expect("ASCII capture").replace(
+        "RemoteAddress: IPV4/UDP/127.0.0.1/",
+        &format!("RemoteAddress: IPV4/UDP/{host}/"),
+    )
+}
+
+fn distributed_host(i: usize) -> String {
+    format!("10.77.{}.{}", i / 250, i % 250 + 1)
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// 300 hosts x 2 guesses against endpoint 300, each host below maxretry:
+/// the 20th failure (jail.account_maxretry) puts the account under attack,
+/// and every later guesser is banned at its first failure.
+#[test]
+fn a_distributed_attack_on_one_account_is_flagged_and_later_guessers_banned_at_once() {
+    let setup = Setup::new();
+    let stream: String = (0..300)
+        .flat_map(|i| {
+            let host = distributed_host(i);
+            [
+                pjsip_wrong_password(&host, "300"),
+                pjsip_wrong_password(&host, "300"),
+            ]
+        })
+        .collect();
+    let fake = AmiThread::start(Script {
+        after_login: vec![fresh_event_times(stream.as_bytes())],
+        ..Script::default()
+    });
+    let config = setup.config_with_jail(fake.ami().addr().port(), JAIL_MAXRETRY_5, &dry_run("ami"));
+    let mut d = Daemon::start(&config, &setup.socket());
+
+    d.wait_for_log("account under attack", SOON);
+    let s = d.wait_status("290 bans", SOON, |s| {
+        s["engine"]["bans_total"].as_u64() >= Some(290)
+    });
+    let e = &s["engine"];
+    assert_eq!(e["bans_total"], 290, "{s:#}");
+    assert_eq!(e["bans_account_under_attack"], 290, "{s:#}");
+    assert_eq!(e["accounts_under_attack_count"], 1, "{s:#}");
+    assert_eq!(e["accounts_under_attack"][0]["account"], "300", "{s:#}");
+    assert_eq!(e["accounts_under_attack"][0]["bans"], 290, "{s:#}");
+    // The first ten hosts (20 failures) flagged it and are not banned.
+    let bans = d.bans();
+    let banned = hosts(&bans);
+    assert!(!banned.contains(&distributed_host(9)), "{banned:?}");
+    let first = ban_of(&bans, &distributed_host(10));
+    assert_eq!(first["failures"], 1, "{first:#}");
+    assert_eq!(first["account_under_attack"], "300", "{first:#}");
+
+    let status = stdout(&d.cli(&["status"]));
+    assert!(status.contains("account 300 UNDER ATTACK"), "{status}");
+    let listed = stdout(&d.cli(&["bans"]));
+    assert!(
+        listed.contains("(banned at once: account 300 under attack)"),
+        "{listed}"
+    );
+}
+
+/// The same 600 failures, each on a name the attacker wrote
+/// (`InvalidAccountID`), flag nothing and count no account.
+#[test]
+fn failures_on_attacker_chosen_names_flag_no_account() {
+    let setup = Setup::new();
+    let stream: String = (0..300)
+        .flat_map(|i| {
+            let host = distributed_host(i);
+            [
+                pjsip_no_such_endpoint(&host, &format!("{}", 2000 + 2 * i)),
+                pjsip_no_such_endpoint(&host, &format!("{}", 2001 + 2 * i)),
+            ]
+        })
+        .collect();
+    let fake = AmiThread::start(Script {
+        after_login: vec![fresh_event_times(stream.as_bytes())],
+        ..Script::default()
+    });
+    let config = setup.config_with_jail(fake.ami().addr().port(), JAIL_MAXRETRY_5, &dry_run("ami"));
+    let d = Daemon::start(&config, &setup.socket());
+    let s = wait_counted(&d, 600);
+    let e = &s["engine"];
+    assert_eq!(e["accounts_tracked"], 0, "{s:#}");
+    assert_eq!(e["account_attacks_total"], 0, "{s:#}");
+    assert_eq!(e["active_bans"], 0, "{s:#}");
+    assert!(d.bans().is_empty());
+}
+
+/// An office behind one NAT: phones register successfully, one phone
+/// with a stale password fails 10 times on its account. Not banned, and
+/// reported as failing from a known site; another site that registered
+/// but guesses three accounts is banned at maxretry.
+#[test]
+fn a_known_site_with_one_failing_phone_is_spared_and_one_guessing_accounts_is_not() {
+    let setup = Setup::new();
+    let office = "198.51.100.20";
+    let guesser = "198.51.100.21";
+    let mut stream = [pjsip_registered(office), pjsip_registered(guesser)].concat();
+    for _ in 0..10 {
+        stream.push_str(&pjsip_wrong_password(office, "201"));
+    }
+    stream.push_str(&pjsip_registered(office));
+    for account in ["300", "301", "302", "300", "301"] {
+        stream.push_str(&pjsip_wrong_password(guesser, account));
+    }
+    let fake = AmiThread::start(Script {
+        after_login: vec![fresh_event_times(stream.as_bytes())],
+        ..Script::default()
+    });
+    let config = setup.config_with_jail(fake.ami().addr().port(), JAIL_MAXRETRY_5, &dry_run("ami"));
+    let mut d = Daemon::start(&config, &setup.socket());
+
+    d.wait_for_log(&format!("banned host={guesser}"), SOON);
+    let logged = d.logged();
+    assert!(
+        logged.contains("account failing from a known site"),
+        "{logged}"
+    );
+    let s = wait_counted(&d, 15);
+    let e = &s["engine"];
+    assert_eq!(hosts(&d.bans()), [guesser]);
+    assert_eq!(ban_of(&d.bans(), guesser)["failures"], 5);
+    assert_eq!(e["known_sites"], 2, "{s:#}");
+    assert_eq!(e["known_sites_spared"], 1, "{s:#}");
+    assert_eq!(e["known_sites_failing"][0]["host"], office, "{s:#}");
+    assert_eq!(e["known_sites_failing"][0]["account"], "201", "{s:#}");
+    assert_eq!(e["known_sites_failing"][0]["failures"], 10, "{s:#}");
+
+    let status = stdout(&d.cli(&["status"]));
+    assert!(
+        status.contains(&format!(
+            "{office} account 201 failing from a known site: 10 failures"
+        )),
+        "{status}"
+    );
+    assert!(status.contains("known sites: 2"), "{status}");
+}

@@ -31,6 +31,14 @@ pub struct Failure {
     pub service: Service,
     /// The account the attacker tried, if Asterisk reported one.
     pub account: Option<AttackerText>,
+    /// Whether Asterisk matched `account` to a configured endpoint, peer
+    /// or manager user before the failure, so the name is the config's,
+    /// not the attacker's (PJSIP's `ChallengeResponseFailed` for an
+    /// endpoint it found; never `InvalidAccountID`, whose AccountID is
+    /// whatever the attacker wrote). Set by the input from the event's
+    /// meaning, never guessed from the text; only matched accounts are
+    /// counted per account (see `jail.account_maxretry`).
+    pub account_matched: bool,
     /// Asterisk's session id for the attempt (AMI `SessionID`), if any.
     pub session: Option<AttackerText>,
     /// When Asterisk saw the attempt (AMI `EventTV`, or the log timestamp).
@@ -55,12 +63,24 @@ pub enum Report {
 pub struct Success {
     /// The address that logged in.
     pub host: IpAddr,
+    /// Asterisk checked a password (`UsingPassword: 1`): only then does the
+    /// success make the host a known site (`jail.known_host_window`). A
+    /// chan_sip peer without a secret succeeds with `UsingPassword: 0`,
+    /// which anyone can.
+    pub password: bool,
     /// Which service it logged in to.
     pub service: Service,
     /// When Asterisk saw it.
     pub time: Timestamp,
     /// Which input reported it.
     pub source: Source,
+}
+
+impl Failure {
+    /// The account, if Asterisk matched it to a configured one.
+    pub fn matched_account(&self) -> Option<&AttackerText> {
+        self.account.as_ref().filter(|_| self.account_matched)
+    }
 }
 
 impl Report {

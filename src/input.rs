@@ -337,6 +337,7 @@ mod tests {
             kind: FailureKind::InvalidPassword,
             service: Service::Sip,
             account: None,
+            account_matched: false,
             session: None,
             // Log lines only carry whole seconds.
             time: if source == Source::Log {

@@ -67,6 +67,7 @@ fn failure(host: IpAddr) -> Report {
         kind: FailureKind::InvalidPassword,
         service: Service::Pjsip,
         account: None,
+        account_matched: false,
         session: None,
         time: Timestamp::now(),
         source: Source::Ami,

@@ -86,6 +86,7 @@ fn run(scenario: &str) {
                         kind: FailureKind::InvalidPassword,
                         service: Service::Sip,
                         account: Some(AttackerText::new(&account)),
+                        account_matched: false,
                         session: None,
                         time: Timestamp::now(),
                         source: Source::Ami,

@@ -112,6 +112,7 @@ impl SecurityEvents {
             return Ok(
                 (step == Step::Succeeded).then_some(Report::Success(Success {
                     host,
+                    password: message.get("UsingPassword") == Some(b"1".as_slice()),
                     service,
                     time,
                     source: Source::Ami,
@@ -121,16 +122,43 @@ impl SecurityEvents {
         if !counts {
             return Ok(None);
         }
+        let account = message.get("AccountID");
         Ok(Some(Report::Failure(Failure {
             host,
             kind,
             service,
-            account: message.get("AccountID").map(AttackerText::from_bytes),
+            account_matched: account.is_some_and(|a| account_matched(kind, service, a)),
+            account: account.map(AttackerText::from_bytes),
             session: session.map(AttackerText::from_bytes),
             time,
             source: Source::Ami,
         })))
     }
+}
+
+/// Whether Asterisk raises `kind` for `service` only after it matched the
+/// account to one in its config, so that `AccountID` is the config's name
+/// (read from Asterisk 20's source and the captures):
+///
+/// - `ChallengeResponseFailed`: res_pjsip reports the endpoint's sorcery
+///   id, and `<unknown>` for the artificial endpoint it challenges unknown
+///   or ACL-refused requests with; chan_sip raises it only when
+///   `sip_find_peer` found the peer; manager.c only for an existing user.
+/// - `InvalidPassword` from AMI: manager.c raises `InvalidAccountID` for a
+///   user that does not exist. chan_sip's is *not* proof: with
+///   `alwaysauthreject` it fakes a challenge for an unknown peer and
+///   raises `InvalidPassword` with the name the attacker sent (`999` in
+///   `captures/ami-security-events.txt`).
+/// - Everything else (`InvalidAccountID`, `FailedACL`, ...) names what the
+///   attacker wrote, or was refused before any password was checked.
+pub fn account_matched(kind: FailureKind, service: Service, account: &[u8]) -> bool {
+    let named = !account.is_empty() && account != b"<unknown>";
+    named
+        && match kind {
+            FailureKind::ChallengeResponseFailed => true,
+            FailureKind::InvalidPassword => service == Service::Ami,
+            _ => false,
+        }
 }
 
 /// The one `RemoteAddress` of the event, parsed.
@@ -524,6 +552,79 @@ mod tests {
                 k("127.0.2.5", FailureKind::InvalidAccountId),
             ]
         );
+    }
+
+    /// (host, matched account) of every failure of `capture`.
+    fn matched(capture: &[u8]) -> Vec<(String, Option<String>)> {
+        reports(capture)
+            .iter()
+            .filter_map(|r| match r {
+                Report::Failure(f) => Some((
+                    f.host.to_string(),
+                    f.matched_account().map(|a| a.as_str().to_owned()),
+                )),
+                Report::Success(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_accounts_asterisk_matched_are_marked_so() {
+        let m = |h: &str, a: Option<&str>| (h.to_owned(), a.map(str::to_owned));
+        // PJSIP: the wrong passwords for endpoint 300 name it; the
+        // nonexistent 999, the ACL-refused 400 and the anonymous INVITE
+        // name what the attacker wrote (or `<unknown>`).
+        assert_eq!(
+            matched(PJSIP[0].1),
+            [
+                m("127.0.2.2", Some("300")),
+                m("127.0.2.2", Some("300")),
+                m("127.0.2.2", Some("300")),
+                m("127.0.2.3", None),
+                m("127.0.2.3", None),
+                m("127.0.2.4", None),
+                m("127.0.2.5", None),
+                m("127.0.2.5", None),
+            ]
+        );
+        // chan_sip with alwaysauthreject: InvalidPassword for peer 100 and
+        // for the nonexistent 999 alike, so neither proves a peer. AMI:
+        // the wrong secret for the existing user `astban` does.
+        let security = matched(SECURITY);
+        assert!(
+            security
+                .iter()
+                .filter(|(h, _)| h != "127.0.0.4")
+                .all(|(_, a)| a.is_none()),
+            "{security:?}"
+        );
+        let ami: Vec<_> = security.iter().filter(|(h, _)| h == "127.0.0.4").collect();
+        assert_eq!(ami.len(), 3, "{ami:?}");
+        assert_eq!(
+            ami.iter().filter(|(_, a)| a.is_some()).count(),
+            2,
+            "{ami:?}"
+        );
+        // A successful PJSIP REGISTER proves a password; the AMI login's
+        // own SuccessfulAuth says UsingPassword: 0.
+        let successes: Vec<(Service, bool)> = reports(PJSIP[0].1)
+            .iter()
+            .filter_map(|r| match r {
+                Report::Success(s) => Some((s.service, s.password)),
+                Report::Failure(_) => None,
+            })
+            .collect();
+        assert_eq!(successes, [(Service::Ami, false), (Service::Pjsip, true)]);
+        assert!(!account_matched(
+            FailureKind::ChallengeResponseFailed,
+            Service::Pjsip,
+            b"<unknown>"
+        ));
+        assert!(!account_matched(
+            FailureKind::InvalidAccountId,
+            Service::Pjsip,
+            b"300"
+        ));
     }
 
     #[test]

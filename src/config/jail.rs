@@ -35,6 +35,23 @@ pub struct JailSettings {
     pub(crate) max_tracked_hosts: usize,
     /// A successful login clears the host's count.
     pub(crate) reset_on_success: bool,
+    /// Failures on one matched account that put it under attack; 0 is off.
+    pub(crate) account_maxretry: u32,
+    /// The account counting window in seconds; at least 1.
+    pub(crate) account_findtime: i64,
+    /// How long an account stays under attack, in seconds; at least 1.
+    pub(crate) account_bantime: i64,
+    /// Ban at the first failure on an account under attack.
+    pub(crate) account_ban_at_once: bool,
+    /// Most accounts counted at once; at least 1.
+    pub(crate) max_tracked_accounts: usize,
+    /// How long a password login makes a host a known site, in seconds;
+    /// 0 is off.
+    pub(crate) known_host_window: i64,
+    /// Failures on one account that ban a known site; at least `maxretry`.
+    pub(crate) known_host_maxretry: u32,
+    /// Most known sites at once; at least 1.
+    pub(crate) max_known_hosts: usize,
     _checked: (),
 }
 
@@ -72,6 +89,32 @@ impl TryFrom<&JailConfig> for JailSettings {
         if j.max_tracked_hosts == 0 {
             return invalid("jail.max_tracked_hosts", "must be at least 1");
         }
+        if j.account_maxretry > 0 {
+            if j.account_findtime.as_secs() == 0 {
+                return invalid(
+                    "jail.account_findtime",
+                    "must be at least 1s (e.g. \"10m\"), or set jail.account_maxretry = 0 to count no accounts",
+                );
+            }
+            if j.account_bantime.as_secs() == 0 {
+                return invalid(
+                    "jail.account_bantime",
+                    "must be at least 1s (e.g. \"1h\"), or set jail.account_maxretry = 0 to count no accounts",
+                );
+            }
+        }
+        if j.max_tracked_accounts == 0 {
+            return invalid("jail.max_tracked_accounts", "must be at least 1");
+        }
+        if j.known_host_maxretry < j.maxretry {
+            return invalid(
+                "jail.known_host_maxretry",
+                "must not be lower than jail.maxretry (a known site is banned later, never sooner)",
+            );
+        }
+        if j.max_known_hosts == 0 {
+            return invalid("jail.max_known_hosts", "must be at least 1");
+        }
         Ok(JailSettings {
             maxretry: j.maxretry,
             findtime: secs("jail.findtime", j.findtime)?,
@@ -84,6 +127,14 @@ impl TryFrom<&JailConfig> for JailSettings {
             ipv6_prefix: j.ipv6_prefix,
             max_tracked_hosts: j.max_tracked_hosts,
             reset_on_success: j.reset_on_success,
+            account_maxretry: j.account_maxretry,
+            account_findtime: secs("jail.account_findtime", j.account_findtime)?,
+            account_bantime: secs("jail.account_bantime", j.account_bantime)?,
+            account_ban_at_once: j.account_ban_at_once,
+            max_tracked_accounts: j.max_tracked_accounts,
+            known_host_window: secs("jail.known_host_window", j.known_host_window)?,
+            known_host_maxretry: j.known_host_maxretry,
+            max_known_hosts: j.max_known_hosts,
             _checked: (),
         })
     }
@@ -181,6 +232,48 @@ mod tests {
                 },
                 "jail.history: is too long",
             ),
+            (
+                JailConfig {
+                    account_findtime: Duration::ZERO,
+                    ..d()
+                },
+                "jail.account_findtime:",
+            ),
+            (
+                JailConfig {
+                    account_bantime: Duration::from_millis(10),
+                    ..d()
+                },
+                "jail.account_bantime:",
+            ),
+            (
+                JailConfig {
+                    max_tracked_accounts: 0,
+                    ..d()
+                },
+                "jail.max_tracked_accounts:",
+            ),
+            (
+                JailConfig {
+                    known_host_maxretry: 4,
+                    ..d()
+                },
+                "jail.known_host_maxretry: must not be lower than jail.maxretry",
+            ),
+            (
+                JailConfig {
+                    max_known_hosts: 0,
+                    ..d()
+                },
+                "jail.max_known_hosts:",
+            ),
+            (
+                JailConfig {
+                    known_host_window: Duration::MAX,
+                    ..d()
+                },
+                "jail.known_host_window: is too long",
+            ),
         ] {
             let msg = check(config).expect_err(key);
             assert!(msg.starts_with(key), "{key}: {msg}");
@@ -203,5 +296,13 @@ mod tests {
             JailSettings::default(),
             check(JailConfig::default()).expect("valid")
         );
+        // Account counting off: its window is not looked at.
+        let off = check(JailConfig {
+            account_maxretry: 0,
+            account_findtime: Duration::ZERO,
+            ..JailConfig::default()
+        })
+        .expect("valid");
+        assert_eq!(off.account_maxretry, 0);
     }
 }

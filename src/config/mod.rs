@@ -257,6 +257,29 @@ pub struct JailConfig {
     pub max_tracked_hosts: usize,
     /// A successful login clears the host's failure count.
     pub reset_on_success: bool,
+    /// Failures on one account Asterisk matched, from all hosts together,
+    /// within `account_findtime` that put the account under attack; 0 is
+    /// off.
+    pub account_maxretry: u32,
+    /// The window an account's failures are counted in.
+    #[serde(with = "duration")]
+    pub account_findtime: Duration,
+    /// How long an account stays under attack after its last failure.
+    #[serde(with = "duration")]
+    pub account_bantime: Duration,
+    /// While an account is under attack, a host failing on it is banned at
+    /// its first failure.
+    pub account_ban_at_once: bool,
+    /// Most accounts counted at once.
+    pub max_tracked_accounts: usize,
+    /// A host that logged in with a password this recently is a known
+    /// site; zero turns known sites off.
+    #[serde(with = "duration")]
+    pub known_host_window: Duration,
+    /// Failures on one account that ban a known site.
+    pub known_host_maxretry: u32,
+    /// Most known sites remembered at once.
+    pub max_known_hosts: usize,
 }
 
 impl Default for JailConfig {
@@ -276,6 +299,14 @@ impl Default for JailConfig {
             ipv6_prefix: 64,
             max_tracked_hosts: 200_000,
             reset_on_success: true,
+            account_maxretry: 20,
+            account_findtime: Duration::from_secs(10 * 60),
+            account_bantime: Duration::from_secs(3600),
+            account_ban_at_once: true,
+            max_tracked_accounts: 10_000,
+            known_host_window: Duration::from_secs(7 * 24 * 3600),
+            known_host_maxretry: 30,
+            max_known_hosts: 10_000,
         }
     }
 }

@@ -43,6 +43,44 @@ pub fn status(s: &Status) -> String {
         "engine dropped: {} failures older than findtime, {} hosts evicted at jail.max_tracked_hosts",
         e.failures_stale, e.hosts_evicted
     );
+    let _ = writeln!(
+        out,
+        "accounts: {} counted, {} under attack ({} since start), {} evicted at jail.max_tracked_accounts, {} hosts banned at once for it",
+        e.accounts_tracked,
+        e.accounts_under_attack_count,
+        e.account_attacks_total,
+        e.accounts_evicted,
+        e.bans_account_under_attack
+    );
+    for a in &e.accounts_under_attack {
+        let _ = writeln!(
+            out,
+            "  account {} UNDER ATTACK since {} until {}: {} failures, {} hosts banned at their first",
+            a.account, a.since, a.until, a.failures, a.bans
+        );
+    }
+    if e.accounts_under_attack_count > e.accounts_under_attack.len() {
+        let _ = writeln!(
+            out,
+            "  ... and {} more",
+            e.accounts_under_attack_count - e.accounts_under_attack.len()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "known sites: {} (logged in with a password within jail.known_host_window), {} spared at maxretry, {} evicted",
+        e.known_sites, e.known_sites_spared, e.known_sites_evicted
+    );
+    for site in &e.known_sites_failing {
+        let _ = writeln!(
+            out,
+            "  {} account {} failing from a known site: {} failures (last login {})",
+            format_net(site.net),
+            site.account,
+            site.failures,
+            site.last_success
+        );
+    }
     match &e.state_error {
         None => out.push_str("state: saved\n"),
         Some(error) => {
@@ -125,14 +163,19 @@ pub fn bans(bans: &[BanInfo]) -> String {
     out
 }
 
-/// One ban as a line: host, expiry, failures, accounts tried.
+/// One ban as a line: host, expiry, failures, accounts tried, and the
+/// account under attack that made it, if one did.
 pub fn ban_line(ban: &BanInfo) -> String {
     let accounts: Vec<&str> = ban.accounts.iter().map(|a| a.as_str()).collect();
-    format!(
+    let mut line = format!(
         "{:<40} {:<26} {:>8}  {}",
         format_net(ban.net),
         ban.expires.to_string(),
         ban.failures,
         accounts.join(", ")
-    )
+    );
+    if let Some(account) = &ban.account_under_attack {
+        let _ = write!(line, " (banned at once: account {account} under attack)");
+    }
+    line
 }

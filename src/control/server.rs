@@ -293,6 +293,7 @@ mod tests {
             kinds: Default::default(),
             services: Default::default(),
             accounts: vec![],
+            account_under_attack: None,
         }
     }
 

@@ -16,9 +16,12 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv6Net};
 use jiff::Timestamp;
 
+use super::accounts::{
+    AccountState, Accounts, KnownSites, SiteChange, SiteVerdict, saved_attack_of,
+};
 use super::ignore::{IgnoreList, IgnoreReason, canonical_net};
 use super::journal::Record;
-use super::state::{Saved, SavedOffender};
+use super::state::{Saved, SavedOffender, SavedSite};
 use super::{BanError, BanInfo, EngineEvent, EngineStats, MAX_ACCOUNTS, UnbanReason};
 use crate::config::JailSettings;
 use crate::failure::{AttackerText, Failure, KindSet, Report, ServiceSet};
@@ -69,6 +72,9 @@ pub(crate) enum Verdict {
     NotUnicast,
     /// Counted; `count` failures of `key` are now in the window.
     Counted { key: IpNet, count: u32 },
+    /// Counted, and `count` is `maxretry` or more, but `key` is a known
+    /// site failing on one account: banned only at `known_host_maxretry`.
+    Spared { key: IpNet, count: u32 },
     /// This failure reached `maxretry`: `key` is banned.
     Banned(IpNet),
     /// A success cleared the count of `key`.
@@ -100,7 +106,8 @@ fn bantime_for(settings: &JailSettings, offense: u32) -> i64 {
 /// times are `u32` Unix seconds, kinds and services are bit sets.
 #[derive(Debug, Default)]
 struct Tracked {
-    /// Times of the failures still in the window; fewer than `maxretry`.
+    /// Times of the failures still in the window; fewer than the host's
+    /// threshold (`maxretry`, or `known_host_maxretry` for a known site).
     times: Vec<u32>,
     /// Distinct accounts tried, at most [`MAX_ACCOUNTS`].
     accounts: Vec<AttackerText>,
@@ -162,6 +169,8 @@ struct NewBan {
     manual: bool,
     /// It replaces a ban of the same network.
     replacing: bool,
+    /// Made at once because the host failed on this account under attack.
+    account_under_attack: Option<AttackerText>,
 }
 
 /// A network's past bans.
@@ -185,12 +194,18 @@ pub(crate) struct Jail {
     odd: BTreeSet<IpNet>,
     expiry: BTreeSet<(Timestamp, IpNet)>,
     offenders: HashMap<IpNet, Offender>,
+    /// Failures per account Asterisk matched; accounts under attack.
+    accounts: Accounts,
+    /// Hosts that logged in with a password.
+    sites: KnownSites,
     failures_counted: u64,
     /// Failures dropped for being older than `findtime` when they arrived.
     failures_stale: u64,
     /// Tracked hosts forgotten, with their failures, to stay under the cap.
     hosts_evicted: u64,
     bans_total: u64,
+    /// Bans made at a first failure on an account under attack.
+    bans_account_under_attack: u64,
 }
 
 impl Jail {
@@ -203,10 +218,13 @@ impl Jail {
             odd: BTreeSet::new(),
             expiry: BTreeSet::new(),
             offenders: HashMap::new(),
+            accounts: Accounts::default(),
+            sites: KnownSites::default(),
             failures_counted: 0,
             failures_stale: 0,
             hosts_evicted: 0,
             bans_total: 0,
+            bans_account_under_attack: 0,
         }
     }
 
@@ -244,11 +262,27 @@ impl Jail {
             Report::Failure(failure) => self.failure(failure, now, fx),
             Report::Success(success) => {
                 let host = success.host.to_canonical();
-                if !self.settings.reset_on_success || self.ignore.host(host).is_some() {
+                if self.ignore.host(host).is_some() {
                     return Verdict::Unchanged;
                 }
                 let key = self.key(host);
                 let now_s = now.as_second();
+                if success.password {
+                    match self.sites.success(key, unix_u32(now_s), &self.settings) {
+                        SiteChange::New => {
+                            fx.journal.push(Record::KnownSite(SavedSite {
+                                host: key,
+                                last_success: at_second(now_s),
+                            }));
+                            fx.persist = true;
+                        }
+                        SiteChange::Refreshed => fx.persist = true,
+                        SiteChange::None => {}
+                    }
+                }
+                if !self.settings.reset_on_success {
+                    return Verdict::Unchanged;
+                }
                 let window_start = unix_u32(now_s - self.settings.findtime);
                 match self.tracked.get_mut(&key) {
                     Some(t) if t.failing(window_start) => {
@@ -292,20 +326,70 @@ impl Jail {
         {
             self.make_room(window_start);
         }
+        let now_u = unix_u32(now_s);
+        let fresh = self
+            .tracked
+            .get(&key)
+            .is_none_or(|t| !t.failing(unix_u32(window_start)));
+        let account = failure.matched_account();
+        let site = self
+            .sites
+            .failure(key, account, fresh, now_u, &self.settings);
+        // A known site failing on one account is most likely one phone
+        // with a stale password: it neither counts against the account
+        // (the office's own phone would flag it) nor is banned at once.
+        let lenient = site == SiteVerdict::OneAccount;
+        let mut maxretry = if lenient {
+            self.settings.known_host_maxretry
+        } else {
+            self.settings.maxretry
+        };
+        let mut attacked = None;
+        if let Some(account) = account
+            && !lenient
+        {
+            let state = self
+                .accounts
+                .record(account, at, now_u, &self.settings, &mut fx.events);
+            // The failure that flags the account is one of the attack's
+            // own; the ones after it ban at once.
+            if state == AccountState::UnderAttack && self.settings.account_ban_at_once {
+                maxretry = 1;
+                attacked = Some(account.clone());
+            }
+            if let AccountState::Started(info) = state {
+                fx.journal
+                    .push(Record::AccountUnderAttack(saved_attack_of(&info)));
+                fx.events.push(EngineEvent::AccountUnderAttack(info));
+                fx.persist = true;
+            }
+        }
         let tracked = self.tracked.entry(key).or_default();
-        tracked.record(failure, at, unix_u32(now_s), unix_u32(window_start));
+        tracked.record(failure, at, now_u, unix_u32(window_start));
         self.failures_counted += 1;
         let count = tracked.count();
-        if count < self.settings.maxretry {
+        if count < maxretry {
+            if lenient && count >= self.settings.maxretry {
+                if let Some(info) = self.sites.spare(key) {
+                    fx.events.push(EngineEvent::KnownSiteFailing(info));
+                }
+                return Verdict::Spared { key, count };
+            }
             return Verdict::Counted { key, count };
         }
         let tracked = self.tracked.remove(&key);
+        self.sites.settle(key);
+        if let Some(account) = &attacked {
+            self.accounts.banned_for(account);
+            self.bans_account_under_attack += 1;
+        }
         let ban = NewBan {
             net: key,
             tracked,
             secs: None,
             manual: false,
             replacing: false,
+            account_under_attack: attacked,
         };
         self.ban(ban, now, fx);
         Verdict::Banned(key)
@@ -361,6 +445,7 @@ impl Jail {
             secs,
             manual: true,
             replacing,
+            account_under_attack: None,
         };
         Ok(self.ban(ban, now, fx))
     }
@@ -395,9 +480,16 @@ impl Jail {
     /// Forgets what no longer matters (hosts whose failures left the
     /// window, offenders past `history`) and gives memory back after a
     /// flood.
-    pub(crate) fn housekeep(&mut self, now: Timestamp) {
+    pub(crate) fn housekeep(&mut self, now: Timestamp, fx: &mut Effects) {
         let window_start = unix_u32(now.as_second() - self.settings.findtime);
         self.tracked.retain(|_, t| t.live(window_start));
+        let now_u = unix_u32(now.as_second());
+        self.accounts
+            .housekeep(now_u, &self.settings, &mut fx.events);
+        let tracked = &self.tracked;
+        self.sites.housekeep(now_u, &self.settings, |key| {
+            tracked.get(&key).is_some_and(|t| t.failing(window_start))
+        });
         let history = self.settings.history;
         self.offenders.retain(|_, o| !forgotten(o, now, history));
         if self.tracked.capacity() > 4 * self.tracked.len() {
@@ -432,8 +524,20 @@ impl Jail {
         bans
     }
 
-    pub(crate) fn stats(&self, firewall: FirewallStatus) -> EngineStats {
+    pub(crate) fn stats(&self, firewall: FirewallStatus, now: Timestamp) -> EngineStats {
+        let (accounts_under_attack, accounts_under_attack_count) =
+            self.accounts.attacks(unix_u32(now.as_second()));
         EngineStats {
+            accounts_tracked: self.accounts.len(),
+            accounts_under_attack,
+            accounts_under_attack_count,
+            account_attacks_total: self.accounts.attacks_total,
+            accounts_evicted: self.accounts.evicted,
+            bans_account_under_attack: self.bans_account_under_attack,
+            known_sites: self.sites.len(),
+            known_sites_failing: self.sites.failing(),
+            known_sites_spared: self.sites.spared,
+            known_sites_evicted: self.sites.evicted,
             tracked_hosts: self.tracked.len(),
             active_bans: self.bans.len(),
             offenders: self.offenders.len(),
@@ -465,6 +569,8 @@ impl Jail {
             bans,
             offenders,
             journal: 0,
+            known_sites: self.sites.snapshot(),
+            accounts_under_attack: self.accounts.snapshot(),
         }
     }
 
@@ -528,6 +634,10 @@ impl Jail {
                 self.offenders.insert(canonical_net(o.host), offender);
             }
         }
+        let now_u = unix_u32(now.as_second());
+        self.sites.restore(saved.known_sites, now_u, &self.settings);
+        self.accounts
+            .restore(saved.accounts_under_attack, now_u, &self.settings);
         self.bans
             .values()
             .map(|b| ActiveBan {
@@ -569,6 +679,7 @@ impl Jail {
                 kinds: Default::default(),
                 services: Default::default(),
                 accounts: Vec::new(),
+                account_under_attack: None,
             };
             for inner in self.inside(net) {
                 self.remove_ban(inner, UnbanReason::Superseded, fx);
@@ -645,6 +756,7 @@ impl Jail {
             secs,
             manual,
             replacing,
+            account_under_attack,
         } = ban;
         for inner in self.inside(net) {
             self.remove_ban(inner, UnbanReason::Superseded, fx);
@@ -669,6 +781,7 @@ impl Jail {
             kinds: tracked.kinds,
             services: tracked.services,
             accounts: tracked.accounts,
+            account_under_attack,
         };
         self.insert_ban(info.clone());
         self.remember_offender(net, offense, expires, now);
@@ -862,6 +975,7 @@ mod tests {
             kind: FailureKind::InvalidPassword,
             service: Service::Pjsip,
             account: Some(AttackerText::new("1000")),
+            account_matched: false,
             session: None,
             time: at,
             source: Source::Ami,
@@ -912,7 +1026,7 @@ mod tests {
         assert_eq!(info.services.iter().collect::<Vec<_>>(), [Service::Pjsip]);
         assert_eq!(info.accounts, [AttackerText::new("1000")]);
         assert!(fx.persist);
-        assert_eq!(jail.stats(FirewallStatus::default()).tracked_hosts, 0);
+        assert_eq!(jail.stats(FirewallStatus::default(), t(0)).tracked_hosts, 0);
 
         // Further failures (racing the firewall) change nothing.
         let (verdict, fx) = fail(&mut jail, "192.0.2.7", 1, t(2));
@@ -1011,12 +1125,16 @@ mod tests {
         }
         let verdict = jail.report(&failure("192.0.2.8", t(99_999)), t(3600), &mut fx);
         assert_eq!(verdict, Verdict::Banned(net("192.0.2.8/32")));
-        assert_eq!(jail.stats(FirewallStatus::default()).failures_counted, 5);
+        assert_eq!(
+            jail.stats(FirewallStatus::default(), t(0)).failures_counted,
+            5
+        );
     }
 
     fn success(host: &str, at: Timestamp) -> Report {
         Report::Success(Success {
             host: host.parse().expect("ip"),
+            password: true,
             service: Service::Pjsip,
             time: at,
             source: Source::Ami,
@@ -1041,7 +1159,7 @@ mod tests {
             Verdict::NotReset(key)
         );
         // Housekeeping keeps the memory of the reset while it matters.
-        jail.housekeep(t(4));
+        jail.housekeep(t(4), &mut Effects::default());
         assert_eq!(
             fail(&mut jail, "192.0.2.7", 1, t(5)).0,
             Verdict::Banned(key)
@@ -1052,15 +1170,15 @@ mod tests {
         fail(&mut jail, "192.0.2.7", 4, t(0));
         jail.report(&success("192.0.2.7", t(1)), t(1), &mut fx);
         // The reset alone is remembered, not forgotten by housekeeping.
-        jail.housekeep(t(599));
-        assert_eq!(jail.stats(FirewallStatus::default()).tracked_hosts, 1);
+        jail.housekeep(t(599), &mut Effects::default());
+        assert_eq!(jail.stats(FirewallStatus::default(), t(0)).tracked_hosts, 1);
         fail(&mut jail, "192.0.2.7", 4, t(602));
         assert_eq!(
             jail.report(&success("192.0.2.7", t(603)), t(603), &mut fx),
             Verdict::Reset(key)
         );
-        jail.housekeep(t(603 + 601));
-        assert_eq!(jail.stats(FirewallStatus::default()).tracked_hosts, 0);
+        jail.housekeep(t(603 + 601), &mut Effects::default());
+        assert_eq!(jail.stats(FirewallStatus::default(), t(0)).tracked_hosts, 0);
         assert!(fx.changes.is_empty());
     }
 
@@ -1266,8 +1384,8 @@ mod tests {
             panic!("{:?}", fx.events)
         };
         assert_eq!(info.offense, 1);
-        jail.housekeep(t(100_000));
-        assert_eq!(jail.stats(FirewallStatus::default()).offenders, 0);
+        jail.housekeep(t(100_000), &mut Effects::default());
+        assert_eq!(jail.stats(FirewallStatus::default(), t(0)).offenders, 0);
     }
 
     #[test]
@@ -1329,10 +1447,10 @@ mod tests {
         fail(&mut jail, "192.0.2.1", 3, t(1));
         fail(&mut jail, "192.0.2.2", 3, t(2));
         fail(&mut jail, "192.0.2.3", 3, t(3));
-        assert_eq!(jail.stats(FirewallStatus::default()).tracked_hosts, 3);
+        assert_eq!(jail.stats(FirewallStatus::default(), t(0)).tracked_hosts, 3);
         fail(&mut jail, "192.0.2.2", 1, t(4)); // .2 has the most failures now
         fail(&mut jail, "192.0.2.4", 1, t(5));
-        let stats = jail.stats(FirewallStatus::default());
+        let stats = jail.stats(FirewallStatus::default(), t(0));
         assert_eq!((stats.tracked_hosts, stats.active_bans), (3, 1));
         assert_eq!(stats.hosts_evicted, 1);
         // .1 (3 failures, the stalest of the fewest) was evicted and starts
@@ -1362,7 +1480,7 @@ mod tests {
             let host = format!("2001:db8:{:x}:{:x}::1", i >> 16, i & 0xffff);
             fail(&mut jail, &host, 1, t(1));
         }
-        let stats = jail.stats(FirewallStatus::default());
+        let stats = jail.stats(FirewallStatus::default(), t(0));
         assert!(stats.hosts_evicted >= 100, "{stats:?}");
         // Its fifth failure bans it: its four were kept.
         assert_eq!(
@@ -1380,7 +1498,7 @@ mod tests {
             jail.report(&failure("192.0.2.5", old), t(0), &mut fx),
             Verdict::Stale
         );
-        let stats = jail.stats(FirewallStatus::default());
+        let stats = jail.stats(FirewallStatus::default(), t(0));
         assert_eq!((stats.failures_stale, stats.failures_counted), (1, 0));
     }
 
@@ -1469,7 +1587,7 @@ mod tests {
                 ..
             }
         ));
-        let stats = jail.stats(FirewallStatus::default());
+        let stats = jail.stats(FirewallStatus::default(), t(0));
         assert_eq!((stats.active_bans, stats.tracked_hosts), (1, 0));
 
         // Inside a banned network: refused, and failures are covered.
@@ -1604,11 +1722,13 @@ mod tests {
                     kinds: Default::default(),
                     services: Default::default(),
                     accounts: vec![AttackerText::new("x"); 9],
+                    account_under_attack: None,
                 })
                 .map(Arc::new)
                 .collect(),
             offenders: Vec::new(),
             journal: 0,
+            ..Saved::default()
         };
         let mut jail = jail_of(JailConfig {
             ignoreip: vec![net("10.0.0.0/8")],
@@ -1642,6 +1762,7 @@ mod tests {
             kinds: Default::default(),
             services: Default::default(),
             accounts: Vec::new(),
+            account_under_attack: None,
         };
         let saved = Saved {
             bans: [
@@ -1656,6 +1777,7 @@ mod tests {
             .collect(),
             offenders: Vec::new(),
             journal: 0,
+            ..Saved::default()
         };
         let mut jail = jail_of(config());
         let mut fx = Effects::default();
@@ -1821,5 +1943,364 @@ mod tests {
             }]
         ));
         assert!(matches!(fx.journal.as_slice(), [Record::Unban(_)]));
+    }
+
+    /// A wrong password for `account`, which Asterisk matched (PJSIP's
+    /// `ChallengeResponseFailed` for an endpoint), or, with `matched`
+    /// false, a name the attacker chose (`InvalidAccountID`).
+    fn on_account(host: &str, account: &str, matched: bool, at: Timestamp) -> Report {
+        Report::Failure(Failure {
+            host: host.parse().expect("ip"),
+            kind: if matched {
+                FailureKind::ChallengeResponseFailed
+            } else {
+                FailureKind::InvalidAccountId
+            },
+            service: Service::Pjsip,
+            account: Some(AttackerText::new(account)),
+            account_matched: matched,
+            session: None,
+            time: at,
+            source: Source::Ami,
+        })
+    }
+
+    fn host_n(i: u32) -> String {
+        format!("203.0.{}.{}", i / 250, i % 250 + 1)
+    }
+
+    #[test]
+    fn a_distributed_attack_on_one_account_flags_it_and_bans_later_guessers_at_once() {
+        let mut jail = jail_of(config());
+        let mut fx = Effects::default();
+        let mut banned = Vec::new();
+        // 300 hosts, 2 guesses each, all below maxretry 5.
+        for i in 0..300 {
+            for _ in 0..2 {
+                let at = t(i64::from(i) / 2);
+                let report = on_account(&host_n(i), "300", true, at);
+                if let Verdict::Banned(net) = jail.report(&report, at, &mut fx) {
+                    banned.push(net);
+                }
+            }
+        }
+        // The 20th failure (the 10th host's 2nd) flags the account: from
+        // the 11th host on, every guesser is banned at its first failure.
+        let flagged: Vec<&EngineEvent> = fx
+            .events
+            .iter()
+            .filter(|e| matches!(e, EngineEvent::AccountUnderAttack(_)))
+            .collect();
+        let [EngineEvent::AccountUnderAttack(attack)] = flagged.as_slice() else {
+            panic!("{flagged:?}")
+        };
+        assert_eq!((attack.account.as_str(), attack.failures), ("300", 20));
+        assert_eq!(banned.len(), 290);
+        assert_eq!(
+            banned[0],
+            IpNet::from(host_n(10).parse::<IpAddr>().expect("ip"))
+        );
+        let bans = jail.bans();
+        assert!(bans.iter().all(|b| b.failures == 1
+            && b.account_under_attack.as_ref().map(AttackerText::as_str) == Some("300")));
+        assert!(
+            fx.journal
+                .iter()
+                .any(|r| matches!(r, Record::AccountUnderAttack(a) if a.account.as_str() == "300"))
+        );
+        let stats = jail.stats(FirewallStatus::default(), t(150));
+        assert_eq!(stats.accounts_under_attack_count, 1);
+        assert_eq!(stats.accounts_under_attack[0].bans, 290);
+        assert_eq!(stats.accounts_under_attack[0].failures, 20 + 290);
+        assert_eq!(
+            (stats.bans_account_under_attack, stats.account_attacks_total),
+            (290, 1)
+        );
+        // The 10 hosts that failed before the flag fail again: banned at
+        // once too.
+        assert_eq!(
+            jail.report(
+                &on_account(&host_n(0), "300", true, t(151)),
+                t(151),
+                &mut fx
+            ),
+            Verdict::Banned(IpNet::from(host_n(0).parse::<IpAddr>().expect("ip")))
+        );
+        // Another account is not under attack.
+        assert!(matches!(
+            jail.report(
+                &on_account(&host_n(1), "301", true, t(151)),
+                t(151),
+                &mut fx
+            ),
+            Verdict::Counted { .. }
+        ));
+
+        // account_bantime after the last failure the attack is over.
+        let mut fx = Effects::default();
+        jail.housekeep(t(151 + 3600), &mut fx);
+        assert!(
+            fx.events.iter().any(
+                |e| matches!(e, EngineEvent::AccountAttackOver(a) if a.account.as_str() == "300")
+            ),
+            "{:?}",
+            fx.events
+        );
+        let stats = jail.stats(FirewallStatus::default(), t(151 + 3600));
+        assert_eq!(stats.accounts_under_attack_count, 0);
+        assert!(matches!(
+            jail.report(
+                &on_account("198.51.100.1", "300", true, t(3800)),
+                t(3800),
+                &mut fx
+            ),
+            Verdict::Counted { count: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn attacker_chosen_names_are_never_counted_per_account() {
+        let mut jail = jail_of(config());
+        let mut fx = Effects::default();
+        for i in 0..600 {
+            let at = t(i64::from(i) / 4);
+            // The same 600 failures, one InvalidAccountID name each, and
+            // the name of a real account among them, written by the
+            // attacker.
+            let name = if i % 2 == 0 {
+                "300".to_owned()
+            } else {
+                format!("u{i}")
+            };
+            jail.report(&on_account(&host_n(i / 2), &name, false, at), at, &mut fx);
+        }
+        assert!(fx.events.is_empty(), "{:?}", fx.events);
+        assert!(jail.bans().is_empty());
+        let stats = jail.stats(FirewallStatus::default(), t(150));
+        assert_eq!(
+            (stats.accounts_tracked, stats.accounts_under_attack_count),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn accounts_are_bounded_and_one_under_attack_is_never_pushed_out() {
+        let mut jail = jail_of(JailConfig {
+            account_maxretry: 3,
+            max_tracked_accounts: 10,
+            ..config()
+        });
+        let mut fx = Effects::default();
+        for i in 0..3 {
+            jail.report(&on_account(&host_n(i), "300", true, t(0)), t(0), &mut fx);
+        }
+        for i in 0..1000 {
+            let account = format!("{}", 1000 + i);
+            jail.report(
+                &on_account(&host_n(i % 200 + 3), &account, true, t(1)),
+                t(1),
+                &mut fx,
+            );
+        }
+        let stats = jail.stats(FirewallStatus::default(), t(1));
+        assert!(stats.accounts_tracked <= 10, "{}", stats.accounts_tracked);
+        assert!(stats.accounts_evicted >= 990, "{}", stats.accounts_evicted);
+        assert_eq!(stats.accounts_under_attack[0].account.as_str(), "300");
+        assert!(matches!(
+            jail.report(
+                &on_account("198.51.100.1", "300", true, t(2)),
+                t(2),
+                &mut fx
+            ),
+            Verdict::Banned(_)
+        ));
+    }
+
+    #[test]
+    fn account_counting_can_be_off_or_only_flag() {
+        let mut jail = jail_of(JailConfig {
+            account_maxretry: 0,
+            ..config()
+        });
+        let mut fx = Effects::default();
+        for i in 0..100 {
+            jail.report(&on_account(&host_n(i), "300", true, t(0)), t(0), &mut fx);
+        }
+        assert!(fx.events.is_empty() && jail.bans().is_empty());
+
+        let mut jail = jail_of(JailConfig {
+            account_ban_at_once: false,
+            ..config()
+        });
+        let mut fx = Effects::default();
+        for i in 0..100 {
+            jail.report(&on_account(&host_n(i), "300", true, t(0)), t(0), &mut fx);
+        }
+        assert!(
+            fx.events
+                .iter()
+                .any(|e| matches!(e, EngineEvent::AccountUnderAttack(_)))
+        );
+        assert!(jail.bans().is_empty());
+    }
+
+    #[test]
+    fn a_known_site_failing_on_one_account_is_spared_until_known_host_maxretry() {
+        let office = "198.51.100.20";
+        let mut jail = jail_of(config());
+        let mut fx = Effects::default();
+        jail.report(&success(office, t(0)), t(0), &mut fx);
+        assert!(matches!(fx.journal.as_slice(), [Record::KnownSite(_)]));
+        // One phone with a stale password: 10 failures on one account.
+        let mut verdicts = Vec::new();
+        for i in 0..10 {
+            verdicts.push(jail.report(&on_account(office, "201", true, t(i)), t(i), &mut fx));
+        }
+        assert!(jail.bans().is_empty());
+        assert_eq!(
+            verdicts[4],
+            Verdict::Spared {
+                key: net("198.51.100.20/32"),
+                count: 5
+            }
+        );
+        let reported: Vec<&EngineEvent> = fx
+            .events
+            .iter()
+            .filter(|e| matches!(e, EngineEvent::KnownSiteFailing(_)))
+            .collect();
+        let [EngineEvent::KnownSiteFailing(site)] = reported.as_slice() else {
+            panic!("{reported:?}")
+        };
+        assert_eq!((site.account.as_str(), site.failures), ("201", 5));
+        let stats = jail.stats(FirewallStatus::default(), t(10));
+        assert_eq!((stats.known_sites, stats.known_sites_spared), (1, 1));
+        assert_eq!(stats.known_sites_failing[0].failures, 10);
+        // They count neither against the account nor to maxretry.
+        assert_eq!(stats.accounts_tracked, 0);
+        // known_host_maxretry (30) still bans.
+        let mut last = Verdict::Unchanged;
+        for i in 10..30 {
+            last = jail.report(&on_account(office, "201", true, t(i)), t(i), &mut fx);
+        }
+        assert_eq!(last, Verdict::Banned(net("198.51.100.20/32")));
+    }
+
+    #[test]
+    fn a_known_site_guessing_several_accounts_is_banned_at_maxretry() {
+        let office = "198.51.100.20";
+        let mut jail = jail_of(config());
+        let mut fx = Effects::default();
+        jail.report(&success(office, t(0)), t(0), &mut fx);
+        let mut verdicts = Vec::new();
+        for (i, account) in ["201", "201", "202", "203", "201"].iter().enumerate() {
+            let at = t(i as i64 + 1);
+            verdicts.push(jail.report(&on_account(office, account, true, at), at, &mut fx));
+        }
+        assert_eq!(verdicts[4], Verdict::Banned(net("198.51.100.20/32")));
+        // Unknown accounts count as usual too.
+        let other = "198.51.100.21";
+        jail.report(&success(other, t(0)), t(0), &mut fx);
+        let mut last = Verdict::Unchanged;
+        for i in 0..5 {
+            let name = if i == 0 { "201" } else { "nobody" };
+            last = jail.report(&on_account(other, name, i == 0, t(i)), t(i), &mut fx);
+        }
+        assert_eq!(last, Verdict::Banned(net("198.51.100.21/32")));
+        // A success without a password makes no known site.
+        let mut jail = jail_of(config());
+        let mut nopass = success(office, t(0));
+        if let Report::Success(s) = &mut nopass {
+            s.password = false;
+        }
+        jail.report(&nopass, t(0), &mut fx);
+        assert_eq!(jail.stats(FirewallStatus::default(), t(0)).known_sites, 0);
+    }
+
+    #[test]
+    fn a_known_site_is_not_banned_at_once_by_an_account_under_attack() {
+        let office = "198.51.100.20";
+        let mut jail = jail_of(config());
+        let mut fx = Effects::default();
+        jail.report(&success(office, t(0)), t(0), &mut fx);
+        for i in 0..20 {
+            jail.report(&on_account(&host_n(i), "201", true, t(1)), t(1), &mut fx);
+        }
+        let stats = jail.stats(FirewallStatus::default(), t(1));
+        assert_eq!(stats.accounts_under_attack_count, 1);
+        assert!(matches!(
+            jail.report(&on_account(office, "201", true, t(2)), t(2), &mut fx),
+            Verdict::Counted { count: 1, .. }
+        ));
+        // After known_host_window it is a stranger again.
+        let later = t(7 * 24 * 3600 + 10);
+        jail.housekeep(later, &mut fx);
+        assert_eq!(jail.stats(FirewallStatus::default(), later).known_sites, 0);
+    }
+
+    #[test]
+    fn known_sites_and_accounts_under_attack_survive_a_restart() {
+        let mut jail = jail_of(config());
+        let mut fx = Effects::default();
+        jail.report(&success("198.51.100.20", t(0)), t(0), &mut fx);
+        for i in 0..20 {
+            jail.report(&on_account(&host_n(i), "300", true, t(1)), t(1), &mut fx);
+        }
+        let saved = jail.snapshot();
+        let json = serde_json::to_string(&saved).expect("json");
+        let back: Saved = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, saved);
+        let mut restored = jail_of(config());
+        restored.restore(back, t(100), &mut Effects::default());
+        let stats = restored.stats(FirewallStatus::default(), t(100));
+        assert_eq!(
+            (stats.known_sites, stats.accounts_under_attack_count),
+            (1, 1)
+        );
+        assert!(matches!(
+            restored.report(
+                &on_account("192.0.2.50", "300", true, t(101)),
+                t(101),
+                &mut fx
+            ),
+            Verdict::Banned(_)
+        ));
+        let mut verdict = Verdict::Unchanged;
+        for i in 0..6 {
+            verdict = restored.report(
+                &on_account("198.51.100.20", "201", true, t(102 + i)),
+                t(102 + i),
+                &mut fx,
+            );
+        }
+        assert!(
+            matches!(verdict, Verdict::Spared { count: 6, .. }),
+            "{verdict:?}"
+        );
+        // Over by the time of a later restart: not restored.
+        let mut late = jail_of(config());
+        late.restore(jail.snapshot(), t(2 * 3600), &mut Effects::default());
+        assert_eq!(
+            late.stats(FirewallStatus::default(), t(2 * 3600))
+                .accounts_under_attack_count,
+            0
+        );
+    }
+
+    #[test]
+    fn hosts_that_never_touch_a_matched_account_leave_both_tables_alone() {
+        let mut jail = jail_of(config());
+        for i in 0..1000 {
+            fail(&mut jail, &host_n(i), 4, t(0));
+        }
+        let stats = jail.stats(FirewallStatus::default(), t(0));
+        assert_eq!(
+            (
+                stats.tracked_hosts,
+                stats.accounts_tracked,
+                stats.known_sites
+            ),
+            (1000, 0, 0)
+        );
     }
 }

@@ -24,7 +24,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::BanInfo;
-use super::state::{Saved, SavedOffender};
+use super::state::{Saved, SavedAttack, SavedOffender, SavedSite};
 use crate::units::host_format;
 
 /// One change to the bans.
@@ -35,6 +35,11 @@ pub(crate) enum Record {
     Ban(BanInfo),
     /// A ban ended before its time (unban, superseded, now ignored).
     Unban(#[serde(with = "host_format")] IpNet),
+    /// A host logged in with a password for the first time in
+    /// `jail.known_host_window` (later logins go with the snapshots).
+    KnownSite(SavedSite),
+    /// An account came under attack.
+    AccountUnderAttack(SavedAttack),
 }
 
 /// The journal being appended to.
@@ -155,6 +160,16 @@ pub(crate) fn apply(saved: &mut Saved, record: Record) {
             saved.bans.push(std::sync::Arc::new(info));
         }
         Record::Unban(net) => saved.bans.retain(|b| b.net != net),
+        Record::KnownSite(site) => {
+            saved.known_sites.retain(|s| s.host != site.host);
+            saved.known_sites.push(site);
+        }
+        Record::AccountUnderAttack(attack) => {
+            saved
+                .accounts_under_attack
+                .retain(|a| a.account != attack.account);
+            saved.accounts_under_attack.push(attack);
+        }
     }
 }
 
@@ -174,6 +189,7 @@ mod tests {
             kinds: Default::default(),
             services: Default::default(),
             accounts: vec![],
+            account_under_attack: None,
         }
     }
 
@@ -222,5 +238,33 @@ mod tests {
         // A snapshot that holds generation 1 lets it go.
         Journal::forget_before(dir.path(), 2).expect("forget");
         assert_eq!(generations(dir.path()).expect("ls"), [2]);
+    }
+
+    #[test]
+    fn known_sites_and_accounts_under_attack_replay_the_latest_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path(), 1).expect("open");
+        let ts = |s: i64| Timestamp::from_second(1_800_000_000 + s).expect("ts");
+        let site = |at: i64| SavedSite {
+            host: "198.51.100.20/32".parse().expect("net"),
+            last_success: ts(at),
+        };
+        let attack = SavedAttack {
+            account: crate::failure::AttackerText::new("300"),
+            since: ts(0),
+            until: ts(3600),
+            failures: 20,
+            bans: 0,
+        };
+        j.commit(&[
+            Record::KnownSite(site(1)),
+            Record::AccountUnderAttack(attack.clone()),
+            Record::KnownSite(site(2)),
+        ])
+        .expect("commit");
+        let mut saved = Saved::default();
+        replay(dir.path(), 1, &mut saved).expect("replay");
+        assert_eq!(saved.known_sites, [site(2)]);
+        assert_eq!(saved.accounts_under_attack, [attack]);
     }
 }

@@ -8,6 +8,7 @@
 //! time (the kernel does too, on its own); another saves state a moment
 //! after it changes.
 
+mod accounts;
 mod ignore;
 mod jail;
 mod journal;
@@ -48,6 +49,11 @@ const EVENT_QUEUE: usize = 1024;
 /// tried, bounded because the attacker chooses them.
 pub const MAX_ACCOUNTS: usize = 3;
 
+/// Most accounts under attack and known sites listed in [`EngineStats`]:
+/// `astban status` stays readable, and its reply small, whatever the
+/// attack; the counts say how many there are.
+pub const MAX_LISTED: usize = 20;
+
 /// A ban, as shown by `astban bans`, mailed, and saved in the state file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BanInfo {
@@ -72,6 +78,10 @@ pub struct BanInfo {
     pub services: ServiceSet,
     /// Distinct accounts tried, at most [`MAX_ACCOUNTS`]; for humans only.
     pub accounts: Vec<AttackerText>,
+    /// Banned at its first failure because it failed on this account while
+    /// the account was under attack (`jail.account_ban_at_once`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_under_attack: Option<AttackerText>,
 }
 
 impl BanInfo {
@@ -79,6 +89,44 @@ impl BanInfo {
     pub fn duration(&self) -> Duration {
         Duration::try_from(self.expires.duration_since(self.banned_at)).unwrap_or_default()
     }
+}
+
+/// An account under attack: its failures from all hosts together passed
+/// `jail.account_maxretry` within `jail.account_findtime`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountAttack {
+    /// The account, as Asterisk's config names it.
+    pub account: AttackerText,
+    /// When it came under attack.
+    pub since: Timestamp,
+    /// When it stops being under attack, unless failures go on (each one
+    /// moves this to `jail.account_bantime` after it).
+    pub until: Timestamp,
+    /// Failures on it since `since`, including the ones that flagged it.
+    pub failures: u32,
+    /// Hosts banned at their first failure on it.
+    pub bans: u32,
+    /// Whether hosts failing on it are banned at their first failure
+    /// (`jail.account_ban_at_once` when it came under attack).
+    #[serde(default)]
+    pub ban_at_once: bool,
+}
+
+/// A known site (a host that logged in with a password within
+/// `jail.known_host_window`) failing on one account: most likely one
+/// phone with a stale password behind the office's NAT, so it is banned
+/// only at `jail.known_host_maxretry`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownSiteFailing {
+    /// The site (its counting key: an address, or an IPv6 prefix).
+    #[serde(rename = "host", with = "crate::units::host_format")]
+    pub net: IpNet,
+    /// The one account it fails on.
+    pub account: AttackerText,
+    /// Its failures in the current window.
+    pub failures: u32,
+    /// When it last logged in with a password.
+    pub last_success: Timestamp,
 }
 
 /// Why a ban ended.
@@ -124,6 +172,14 @@ pub enum EngineEvent {
         /// Why.
         reason: UnbanReason,
     },
+    /// An account came under attack.
+    AccountUnderAttack(AccountAttack),
+    /// An account is no longer under attack (`jail.account_bantime` passed
+    /// without a failure on it).
+    AccountAttackOver(AccountAttack),
+    /// A known site reached `jail.maxretry` failures on one account and
+    /// was not banned (once per episode).
+    KnownSiteFailing(KnownSiteFailing),
     /// A failure from an address that is never banned (one event per
     /// failure).
     Ignored {
@@ -153,6 +209,40 @@ pub struct EngineStats {
     pub hosts_evicted: u64,
     /// Bans made since start (restored ones not included).
     pub bans_total: u64,
+    /// Accounts with failures counted (matched accounts only).
+    #[serde(default)]
+    pub accounts_tracked: usize,
+    /// Accounts under attack now, soonest to end last; at most
+    /// [`MAX_LISTED`] (`accounts_under_attack_count` has them all).
+    #[serde(default)]
+    pub accounts_under_attack: Vec<AccountAttack>,
+    /// How many accounts are under attack now.
+    #[serde(default)]
+    pub accounts_under_attack_count: usize,
+    /// Accounts that came under attack since start.
+    #[serde(default)]
+    pub account_attacks_total: u64,
+    /// Accounts forgotten (or not counted) to stay under
+    /// `jail.max_tracked_accounts`.
+    #[serde(default)]
+    pub accounts_evicted: u64,
+    /// Bans made at a host's first failure on an account under attack.
+    #[serde(default)]
+    pub bans_account_under_attack: u64,
+    /// Known sites (hosts that logged in with a password within
+    /// `jail.known_host_window`).
+    #[serde(default)]
+    pub known_sites: usize,
+    /// Known sites failing on one account now, at most [`MAX_LISTED`].
+    #[serde(default)]
+    pub known_sites_failing: Vec<KnownSiteFailing>,
+    /// Times a known site reached `jail.maxretry` on one account and was
+    /// spared.
+    #[serde(default)]
+    pub known_sites_spared: u64,
+    /// Known sites forgotten to stay under `jail.max_known_hosts`.
+    #[serde(default)]
+    pub known_sites_evicted: u64,
     /// Why the ban state cannot be saved, while it cannot: bans then hold
     /// in the kernel but would not survive a restart.
     pub state_error: Option<String>,
@@ -496,6 +586,7 @@ mod tests {
             kind: crate::failure::FailureKind::InvalidPassword,
             service: Service::Sip,
             account: None,
+            account_matched: false,
             session: None,
             time: Timestamp::now(),
             source: Source::Log,
@@ -700,6 +791,7 @@ mod tests {
                 .collect(),
             services: [Service::Pjsip].into_iter().collect(),
             accounts: vec![AttackerText::new("1000")],
+            account_under_attack: None,
         };
         let json = serde_json::to_value(&info).expect("json");
         assert_eq!(json["host"], "192.0.2.7");

@@ -8,6 +8,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::{BanInfo, EngineError};
+use crate::failure::AttackerText;
 use crate::persist::{self, Loaded};
 
 /// The file in `state.dir` that holds bans and offender history.
@@ -25,6 +26,32 @@ pub(crate) struct Saved {
     /// after this snapshot; 0 in a file from before the journal.
     #[serde(default)]
     pub(crate) journal: u64,
+    /// Hosts that logged in with a password (`jail.known_host_window`).
+    #[serde(default)]
+    pub(crate) known_sites: Vec<SavedSite>,
+    /// Accounts under attack (`jail.account_maxretry`).
+    #[serde(default)]
+    pub(crate) accounts_under_attack: Vec<SavedAttack>,
+}
+
+/// A known site: when it last logged in with a password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SavedSite {
+    #[serde(with = "crate::units::host_format")]
+    pub(crate) host: IpNet,
+    pub(crate) last_success: Timestamp,
+}
+
+/// An account under attack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SavedAttack {
+    pub(crate) account: AttackerText,
+    pub(crate) since: Timestamp,
+    pub(crate) until: Timestamp,
+    #[serde(default)]
+    pub(crate) failures: u32,
+    #[serde(default)]
+    pub(crate) bans: u32,
 }
 
 /// A network's ban history, kept to escalate its next ban.
@@ -96,6 +123,22 @@ mod tests {
         std::fs::write(&path, br#"{"offenders":[{"host":"not-an-ip","offenses":1,"last_expires":"2026-01-01T00:00:00Z"}]}"#)
             .expect("write");
         assert_eq!(load(&path).expect("not fatal"), Saved::default());
+    }
+
+    #[test]
+    fn a_file_from_before_accounts_and_known_sites_still_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(STATE_FILE);
+        std::fs::write(
+            &path,
+            br#"{"bans":[{"host":"192.0.2.7","banned_at":"2027-01-15T08:00:00Z","expires":"2027-01-15T09:00:00Z","failures":5,"offense":1,"manual":false,"kinds":["invalid_password"],"services":["sip"],"accounts":["100"]}],"offenders":[],"journal":3}"#,
+        )
+        .expect("write");
+        let saved = load(&path).expect("load");
+        assert_eq!(saved.bans.len(), 1);
+        assert_eq!(saved.bans[0].account_under_attack, None);
+        assert!(saved.known_sites.is_empty() && saved.accounts_under_attack.is_empty());
+        assert_eq!(saved.journal, 3);
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl Engine {
                     self.save_at = None;
                     self.save_in_background();
                 }
-                _ = housekeeping.tick() => self.housekeep(),
+                _ = housekeeping.tick() => self.housekeep(&mut fx),
                 news = self.parts.firewall.news() => match news {
                     FirewallNews::Refused(net) => self.parts.jail.refused(net, &mut fx),
                     FirewallNews::Died(why) => {
@@ -193,7 +193,7 @@ impl Engine {
                 let _ = reply.send(jail.bans_page(after, limit));
             }
             Command::Stats { reply } => {
-                let mut stats = jail.stats(self.parts.firewall.status());
+                let mut stats = jail.stats(self.parts.firewall.status(), now);
                 self.collect_save();
                 stats.state_error = self
                     .journal_error
@@ -287,7 +287,7 @@ impl Engine {
         }
     }
 
-    fn housekeep(&mut self) {
+    fn housekeep(&mut self, fx: &mut Effects) {
         if self.parts.ignore_self {
             match own_addresses() {
                 Ok(own) => self.parts.jail.set_own_addresses(own),
@@ -296,7 +296,7 @@ impl Engine {
                 ),
             }
         }
-        self.parts.jail.housekeep(Timestamp::now());
+        self.parts.jail.housekeep(Timestamp::now(), fx);
     }
 
     /// Takes the outcome of a finished background save.
@@ -392,6 +392,12 @@ fn deadline(at: Timestamp) -> Instant {
 fn trace(host: IpAddr, verdict: Verdict) {
     match verdict {
         Verdict::Counted { key, count } => tracing::debug!(%host, %key, count, "failure counted"),
+        Verdict::Spared { key, count } => tracing::debug!(
+            %host,
+            %key,
+            count,
+            "failure counted; not banned yet: a known site failing on one account"
+        ),
         Verdict::Stale => tracing::debug!(%host, "failure older than findtime, not counted"),
         Verdict::NotUnicast => {
             tracing::debug!(%host, "failure from a multicast, broadcast or unspecified address, never counted")
@@ -424,5 +430,23 @@ fn log(event: &EngineEvent) {
             tracing::info!(host = %format_net(*net), %reason, "unbanned")
         }
         EngineEvent::Ignored { host, reason } => tracing::debug!(%host, %reason, "failure ignored"),
+        EngineEvent::AccountUnderAttack(a) => tracing::warn!(
+            account = %a.account,
+            failures = a.failures,
+            until = %a.until,
+            "account under attack: its failures from all hosts passed jail.account_maxretry"
+        ),
+        EngineEvent::AccountAttackOver(a) => tracing::info!(
+            account = %a.account,
+            failures = a.failures,
+            bans = a.bans,
+            "account no longer under attack"
+        ),
+        EngineEvent::KnownSiteFailing(site) => tracing::warn!(
+            host = %format_net(site.net),
+            account = %site.account,
+            failures = site.failures,
+            "account failing from a known site (it logged in with a password recently): not banned before jail.known_host_maxretry"
+        ),
     }
 }

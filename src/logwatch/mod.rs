@@ -367,6 +367,7 @@ impl Reader {
                             kind: a.rule.kind(),
                             service: a.rule.service(),
                             account: None,
+                            account_matched: false,
                             session: None,
                             time: a.time.unwrap_or(now),
                             source: Source::Log,

@@ -3,7 +3,7 @@
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
-use super::{BanNotice, Mailer, Notice};
+use super::{AccountNotice, BanNotice, Mailer, Notice};
 use crate::config::Config;
 use crate::engine::{BanInfo, EngineEvent};
 use crate::units::{format_duration, format_net};
@@ -25,6 +25,14 @@ pub async fn forward_bans(
         match event {
             Ok(EngineEvent::Banned(ban)) => {
                 mailer.notify(Notice::Banned(ban_notice(&ban)));
+            }
+            Ok(EngineEvent::AccountUnderAttack(attack)) => {
+                mailer.notify(Notice::AccountUnderAttack(AccountNotice {
+                    account: attack.account.to_string(),
+                    failures: attack.failures,
+                    until: attack.until,
+                    ban_at_once: attack.ban_at_once,
+                }));
             }
             Ok(_) => {}
             Err(RecvError::Lagged(n)) => {

@@ -28,6 +28,42 @@ pub struct BanNotice {
     pub manual: bool,
 }
 
+/// An account under attack, as a mail reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountNotice {
+    /// The account (the config's name, sanitised).
+    pub account: String,
+    /// Failures on it, from all hosts, that flagged it.
+    pub failures: u32,
+    /// Until when it stays under attack, unless failures go on.
+    pub until: Timestamp,
+    /// Whether hosts failing on it are now banned at their first failure.
+    pub ban_at_once: bool,
+}
+
+/// The mail sent when an account comes under attack: never batched, since
+/// it is rare and asks for a human (change the password, check the phone).
+pub fn account_attack_mail(system: &str, a: &AccountNotice) -> Mail {
+    let mut body = format!(
+        "astban on {system}: account {} is under attack.\n\n{} failed logins on it from all hosts together within jail.account_findtime.\n",
+        a.account, a.failures
+    );
+    if a.ban_at_once {
+        body.push_str(
+            "Until it calms down, any host that fails on it is banned at its first failure.\n",
+        );
+    }
+    let _ = write!(
+        body,
+        "It stays under attack until {} (later if the failures go on).\nConsider a stronger password for it. See `astban status`.\n",
+        a.until
+    );
+    Mail {
+        subject: format!("[astban] account {} under attack on {system}", a.account),
+        body,
+    }
+}
+
 /// A mail ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mail {
@@ -149,6 +185,22 @@ mod tests {
             offense: 2,
             manual: false,
         }
+    }
+
+    #[test]
+    fn account_mail_names_the_account_and_what_happens_now() {
+        let mail = account_attack_mail(
+            "pbx1",
+            &AccountNotice {
+                account: "300".into(),
+                failures: 20,
+                until: Timestamp::UNIX_EPOCH,
+                ban_at_once: true,
+            },
+        );
+        assert_eq!(mail.subject, "[astban] account 300 under attack on pbx1");
+        assert!(mail.body.contains("20 failed logins"), "{}", mail.body);
+        assert!(mail.body.contains("first failure"), "{}", mail.body);
     }
 
     #[test]

@@ -20,7 +20,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use forward::{describe, forward_bans, system_name};
-pub use message::{BanNotice, Mail, ban_mail, digest_mail, started_mail, stopped_mail};
+pub use message::{
+    AccountNotice, BanNotice, Mail, account_attack_mail, ban_mail, digest_mail, started_mail,
+    stopped_mail,
+};
 pub use transport::{NotifyError, Transport};
 
 #[cfg(doc)]
@@ -39,6 +42,8 @@ pub enum Notice {
     Started(String),
     /// A host was banned.
     Banned(BanNotice),
+    /// An account came under attack.
+    AccountUnderAttack(AccountNotice),
     /// The daemon is stopping with this many bans in place.
     Stopped {
         /// Bans that stay in the kernel.
@@ -131,6 +136,9 @@ impl MailTask {
                         let mail = ban_mail(&self.system, &ban);
                         self.send(mail).await;
                     }
+                }
+                Some(Notice::AccountUnderAttack(account)) => {
+                    self.send(account_attack_mail(&self.system, &account)).await
                 }
                 Some(Notice::Stopped { active_bans }) => {
                     self.flush().await;
