@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::JailSettings;
 use crate::failure::{AttackerText, KindSet, Report, ServiceSet};
 use crate::firewall::{ActiveBan, Applier, Firewall, FirewallStatus};
+use crate::metrics::{BanOrigin, Metrics};
 use crate::units::format_net;
 
 pub use ignore::IgnoreReason;
@@ -364,6 +365,18 @@ pub fn spawn<F: Firewall>(
     firewall: F,
     shutdown: CancellationToken,
 ) -> Result<(EngineHandle, JoinHandle<()>), EngineError> {
+    spawn_metered(jail, state_dir, firewall, Metrics::default(), shutdown)
+}
+
+/// [`spawn`], counting into `metrics` (the daemon's, which the metrics
+/// endpoint serves).
+pub fn spawn_metered<F: Firewall>(
+    jail: &JailSettings,
+    state_dir: &Path,
+    firewall: F,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(EngineHandle, JoinHandle<()>), EngineError> {
     let mut policy = jail::Jail::new(jail);
     if jail.ignore_self {
         policy.set_own_addresses(ignore::own_addresses().map_err(EngineError::OwnAddresses)?);
@@ -384,7 +397,9 @@ pub fn spawn<F: Firewall>(
         path = %path.display(),
         "ban state restored"
     );
-    let firewall = Applier::spawn(firewall, restored);
+    metrics.banned(BanOrigin::Restored, restored.len() as u64);
+    metrics.engine_sizes(restored.len(), 0);
+    let firewall = Applier::spawn(firewall, restored, metrics.clone());
     if !lifted.changes.is_empty() {
         firewall.send(lifted.changes);
     }
@@ -399,6 +414,7 @@ pub fn spawn<F: Firewall>(
         journal: Some(journal),
         ignore_self: jail.ignore_self,
         shutdown,
+        metrics,
     });
     let handle = EngineHandle { commands, events };
     Ok((handle, tokio::spawn(engine.run())))
