@@ -83,6 +83,13 @@ pub enum BanOrigin {
 }
 
 impl BanOrigin {
+    const ALL: [BanOrigin; 4] = [
+        BanOrigin::Automatic,
+        BanOrigin::Manual,
+        BanOrigin::Restored,
+        BanOrigin::Adopted,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             BanOrigin::Automatic => "automatic",
@@ -132,8 +139,12 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// Every ban and unban reason starts at an explicit 0 (few, and known):
+    /// `increase()` then sees the first one. Failures are by kind, service
+    /// and input, too many combinations to list: each appears when it
+    /// first happens.
     fn default() -> Metrics {
-        Metrics {
+        let metrics = Metrics {
             failures: Family::default(),
             dropped: Family::default(),
             bans: Family::default(),
@@ -145,9 +156,26 @@ impl Default for Metrics {
             pending: Gauge::default(),
             firewall_healthy: Gauge::default(),
             latency: Histogram::new(LATENCY_BUCKETS),
+        };
+        for origin in BanOrigin::ALL {
+            metrics.banned(origin, 0);
         }
+        for reason in UNBAN_REASONS {
+            metrics.unbans.get_or_create(&ReasonLabel {
+                reason: unban_str(reason),
+            });
+        }
+        metrics
     }
 }
+
+const UNBAN_REASONS: [UnbanReason; 5] = [
+    UnbanReason::Expired,
+    UnbanReason::Manual,
+    UnbanReason::Superseded,
+    UnbanReason::Ignored,
+    UnbanReason::Refused,
+];
 
 impl Metrics {
     /// A failure the engine counted.
