@@ -161,9 +161,12 @@ impl Default for Metrics {
             metrics.banned(origin, 0);
         }
         for reason in UNBAN_REASONS {
-            metrics.unbans.get_or_create(&ReasonLabel {
-                reason: unban_str(reason),
-            });
+            metrics
+                .unbans
+                .get_or_create(&ReasonLabel {
+                    reason: unban_str(reason),
+                })
+                .inc_by(0);
         }
         metrics
     }
