@@ -546,6 +546,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_engine_counts_each_verdict_and_ban_into_its_metrics() {
+        use crate::metrics::{EngineDrop, sample};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shutdown = CancellationToken::new();
+        let metrics = Metrics::default();
+        let (engine, task) = spawn_metered(
+            &jail(),
+            dir.path(),
+            Recorder::default(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .expect("spawn");
+        for _ in 0..6 {
+            engine.report(failure("192.0.2.1")).await.expect("report");
+        }
+        engine.report(failure("10.0.0.1")).await.expect("report");
+        let Report::Failure(mut old) = failure("192.0.2.2") else {
+            unreachable!()
+        };
+        old.time -= jiff::SignedDuration::from_hours(24);
+        engine.report(Report::Failure(old)).await.expect("report");
+        let net = "198.51.100.0/24".parse().expect("net");
+        engine.ban(net, None, false).await.expect("ban");
+        engine.unban(net).await.expect("unban");
+        engine.stats().await.expect("all handled");
+        let sample = |series| sample(&metrics, series);
+        assert_eq!(
+            sample(r#"astban_failures_total{kind="invalid_password",service="sip",input="log"}"#),
+            Some(5.0)
+        );
+        assert_eq!(
+            sample(r#"astban_bans_total{reason="automatic"}"#),
+            Some(1.0)
+        );
+        assert_eq!(sample(r#"astban_bans_total{reason="manual"}"#), Some(1.0));
+        assert_eq!(sample(r#"astban_unbans_total{reason="manual"}"#), Some(1.0));
+        assert_eq!(sample("astban_bans_active"), Some(1.0));
+        for (reason, n) in [
+            (EngineDrop::AlreadyBanned, 1),
+            (EngineDrop::Ignored, 1),
+            (EngineDrop::Stale, 1),
+            (EngineDrop::NotUnicast, 0),
+        ] {
+            assert_eq!(metrics.dropped_count(reason, Source::Log), n, "{reason:?}");
+        }
+        stop(&shutdown, task).await;
+    }
+
+    #[tokio::test]
     async fn reports_that_arrive_together_make_one_transaction() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fw = Recorder::default();

@@ -269,10 +269,12 @@ impl<F: Firewall> Worker<F> {
         if resynced && let Err(e) = self.resync(now).await {
             return self.failed(e);
         }
+        // Refusals from here on are of these changes (the rare ban of an
+        // earlier batch refused by a rebuild inside `apply` aside).
+        let refused_before = self.refused_count;
         let mut changes: Vec<Change> = self.pending.values().cloned().collect();
         changes.sort_by_key(apply_order);
         let count = changes.len();
-        let refused_before = self.refused_count;
         if let Err(e) = self.apply(changes, resynced, now).await {
             // Rebuild the table on the next try, in case it was deleted.
             self.synced = false;
@@ -310,8 +312,11 @@ impl<F: Firewall> Worker<F> {
         }
         // nft rejects every change while the table is gone: rebuild it
         // before blaming a change.
+        let mut changes = changes;
         if !resynced {
             self.resync(now).await?;
+            // A ban the rebuild found refused is dropped already.
+            changes.retain(|c| self.pending.contains_key(&c.net()));
         }
         let refused = self.bisect(changes, !resynced, now).await?;
         self.drop_refused(refused);
@@ -377,6 +382,9 @@ impl<F: Firewall> Worker<F> {
         for (change, reason) in refused {
             let net = change.net();
             self.mirror.remove(&net);
+            // Found by a rebuild, it is pending too: not tried again.
+            self.pending.remove(&net);
+            self.detected.remove(&net);
             let what = match change {
                 Change::Ban { .. } | Change::Replace { .. } => "ban",
                 Change::Unban { .. } => "unban",
@@ -712,6 +720,41 @@ mod tests {
             Some("apply +192.0.2.1/32 +192.0.2.2/32")
         );
         assert!(calls.iter().filter(|c| c.starts_with("reconcile")).count() >= 2);
+    }
+
+    #[tokio::test]
+    async fn applied_refused_and_the_latency_from_detection_are_counted() {
+        let fw = FakeKernel::default();
+        fw.state().failing = true;
+        fw.state().refuse = Some(net("192.0.2.9/32"));
+        let metrics = Metrics::default();
+        let applier = Applier::spawn(fw.clone(), Vec::new(), metrics.clone());
+        let detected = Timestamp::now() - jiff::SignedDuration::from_secs(2);
+        applier.send_detected(
+            vec![ban("192.0.2.1/32"), ban("192.0.2.9/32")],
+            vec![
+                (net("192.0.2.1/32"), detected),
+                (net("192.0.2.9/32"), detected),
+            ],
+        );
+        applier.send(vec![ban("198.51.100.0/24")]);
+        wait_for(&applier, |s| s.last_error.is_some() && s.pending == 3).await;
+        let sample = |series| crate::metrics::sample(&metrics, series);
+        assert_eq!(sample("astban_firewall_changes_pending"), Some(3.0));
+        assert_eq!(sample("astban_ban_latency_seconds_count"), Some(0.0));
+
+        fw.state().failing = false;
+        wait_for(&applier, |s| s.healthy && s.refused == 1).await;
+        applier.finish().await;
+        assert_eq!(sample("astban_firewall_changes_applied_total"), Some(2.0));
+        assert_eq!(sample("astban_firewall_changes_refused_total"), Some(1.0));
+        assert_eq!(sample("astban_firewall_changes_pending"), Some(0.0));
+        assert_eq!(sample("astban_firewall_healthy"), Some(1.0));
+        // One automatic ban enforced (the manual one has no detection, the
+        // refused one was never enforced), after the failing attempts.
+        assert_eq!(sample("astban_ban_latency_seconds_count"), Some(1.0));
+        let took = sample("astban_ban_latency_seconds_sum").expect("sum");
+        assert!((2.0..60.0).contains(&took), "{took}");
     }
 
     #[tokio::test]

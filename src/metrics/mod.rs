@@ -250,7 +250,7 @@ impl Metrics {
     }
 
     /// The engine's count of failures dropped for `reason` from `input`.
-    fn dropped_count(&self, reason: EngineDrop, input: Source) -> u64 {
+    pub(crate) fn dropped_count(&self, reason: EngineDrop, input: Source) -> u64 {
         self.dropped
             .get_or_create(&DropLabels {
                 reason: reason.as_str(),
@@ -317,6 +317,19 @@ impl Metrics {
     }
 }
 
+/// The value of the sample `series` (exactly as written) in `metrics`
+/// rendered with nothing published, for tests of the parts that count.
+#[cfg(test)]
+pub(crate) fn sample(metrics: &Metrics, series: &str) -> Option<f64> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &metrics.registry(Published::default()))
+        .expect("encode");
+    text.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 fn input_str(input: Source) -> &'static str {
     match input {
         Source::Ami => "ami",
@@ -336,4 +349,44 @@ fn unban_str(reason: UnbanReason) -> &'static str {
 
 fn gauge_value(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_start_at_zero_and_failures_appear_when_they_happen() {
+        let m = Metrics::default();
+        assert_eq!(
+            sample(&m, r#"astban_bans_total{reason="adopted"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&m, r#"astban_unbans_total{reason="refused"}"#),
+            Some(0.0)
+        );
+        let pjsip = r#"astban_failures_total{kind="challenge_response_failed",service="pjsip",input="ami"}"#;
+        assert_eq!(sample(&m, pjsip), None);
+        m.failure_counted(
+            FailureKind::ChallengeResponseFailed,
+            Service::Pjsip,
+            Source::Ami,
+        );
+        m.failure_counted(
+            FailureKind::ChallengeResponseFailed,
+            Service::Pjsip,
+            Source::Ami,
+        );
+        assert_eq!(sample(&m, pjsip), Some(2.0));
+        // The engine's reasons render with the inputs that run (none here).
+        m.failure_dropped(EngineDrop::Stale, Source::Log);
+        assert_eq!(
+            sample(
+                &m,
+                r#"astban_failures_not_counted_total{reason="stale",input="log"}"#
+            ),
+            None
+        );
+    }
 }
