@@ -209,6 +209,11 @@ fn failures_and_bans_show_in_a_real_scrape_that_promtool_accepts() {
         "{}",
         String::from_utf8_lossy(&ban.stderr)
     );
+    // In the kernel before the unban: queued together, the two would
+    // merge into one change.
+    wait_for(addr, "both bans applied", |s| {
+        value(s, "astban_firewall_changes_applied_total") >= 2.0
+    });
     let unban = d.cli(&["unban", "198.51.100.7"]);
     assert!(
         unban.status.success(),
@@ -216,8 +221,10 @@ fn failures_and_bans_show_in_a_real_scrape_that_promtool_accepts() {
         String::from_utf8_lossy(&unban.stderr)
     );
 
-    let body = wait_for(addr, "the bans applied and the late lines judged", |s| {
+    let body = wait_for(addr, "the unban applied and the late lines judged", |s| {
         value(s, "astban_firewall_changes_applied_total") >= 3.0
+            && value(s, "astban_log_lines_read_total") >= 7.0
+            && value(s, "astban_ban_latency_seconds_count") >= 1.0
             && value(
                 s,
                 r#"astban_failures_not_counted_total{reason="already_banned",input="log"}"#,

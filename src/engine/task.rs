@@ -18,7 +18,6 @@ use super::state::{self, Saved};
 use super::{BanError, BanInfo, EngineEvent, EngineStats};
 use crate::config::JailSettings;
 use crate::failure::Report;
-use crate::failure::Source;
 use crate::firewall::{ActiveBan, Applier, FirewallNews};
 use crate::metrics::{BanOrigin, EngineDrop, Metrics};
 use crate::units::{format_duration, format_net};
@@ -412,7 +411,7 @@ fn count(metrics: &Metrics, report: &Report, verdict: Verdict) {
     let Report::Failure(failure) = report else {
         return;
     };
-    let input: Source = failure.source;
+    let input = failure.source;
     match verdict {
         Verdict::Counted { .. } | Verdict::Banned(_) => {
             metrics.failure_counted(failure.kind, failure.service, input)
