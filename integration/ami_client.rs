@@ -323,6 +323,11 @@ async fn a_dropped_connection_is_followed_by_a_reconnect() {
     fake.hold_new_connections(false);
     let second_up = client.up().await;
     assert!(second_up > first_up);
+    // Counted for the metrics' reconnects.
+    assert!(matches!(
+        *client.health.borrow(),
+        Health::Up { logins: 2, .. }
+    ));
     let after = client.reports_through_sentinel(2).await;
     assert_eq!(failures_per_host(&after).len(), 30);
     assert!(failures_per_host(&after).values().all(|&n| n == 5));

@@ -78,11 +78,14 @@ async fn start_ban_flood_digest_and_stop_are_mailed() {
     let stopped = sink.next(WAIT).await.expect("stop mail");
     assert_eq!(stopped.subject(), "[astban] stopped on pbx1");
     assert!(stopped.data.contains("201 bans stay enforced"));
+    let counts = mailer.counts();
     drop(mailer);
     tokio::time::timeout(WAIT, task)
         .await
         .expect("mailer ends after Stopped")
         .expect("task");
+    // Counted for the metrics: start, ban, digest, stop.
+    assert_eq!(counts.get(), (4, 0));
     assert!(
         sink.next(Duration::from_millis(300)).await.is_none(),
         "nothing else was sent"
@@ -102,6 +105,7 @@ async fn a_dead_mta_is_retried_a_bounded_number_of_times_then_given_up() {
         assert!(mailer.notify(Notice::Banned(ban(i))));
     }
     mailer.notify(Notice::Stopped { active_bans: 50 });
+    let counts = mailer.counts();
     drop(mailer);
     // Two mails (the first ban, then the digest with the rest) and the stop
     // mail, each tried twice with a 1 s pause: the task ends on its own.
@@ -109,6 +113,7 @@ async fn a_dead_mta_is_retried_a_bounded_number_of_times_then_given_up() {
         .await
         .expect("the mailer gives up instead of hanging")
         .expect("task");
+    assert_eq!(counts.get(), (0, 3), "each given up on is counted");
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ use crate::failure::Report;
 use crate::firewall::{AnyFirewall, Firewall as _};
 use crate::input::{self, Gate, GateStats, Inputs, ReportSink};
 use crate::logwatch::{self, LogStats, filter::RuleSet};
+use crate::metrics::{self, Metrics};
 use crate::notify::{self, Mailer, Notice};
 use crate::reload::Plan;
 use crate::service::{self, Readiness, Signal, Signals};
@@ -84,6 +85,9 @@ pub enum DaemonError {
     /// Mail is enabled but cannot be set up.
     #[error(transparent)]
     Mail(#[from] notify::NotifyError),
+    /// `metrics.listen` cannot be bound.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -128,7 +132,8 @@ struct Daemon {
     mail: Option<(Mailer, JoinHandle<()>)>,
 }
 
-/// What the inputs publish, for the control socket.
+/// What the inputs publish, for the control socket and the metrics.
+#[derive(Clone)]
 struct Published {
     health: watch::Receiver<Health>,
     log_stats: watch::Receiver<LogStats>,
@@ -147,15 +152,21 @@ impl Daemon {
             }
         })?;
         let server = control::Server::bind(&config.control.socket).await?;
+        let endpoint = match config.metrics.listen {
+            Some(addr) => Some(metrics::Endpoint::bind(addr).await?),
+            None => None,
+        };
         let rules = (config.input.mode.uses_log())
             .then(|| RuleSet::from_config(&config.log))
             .transpose()?;
 
         let engine_stop = CancellationToken::new();
-        let (engine, engine_task) = engine::spawn(
+        let counters = Metrics::default();
+        let (engine, engine_task) = engine::spawn_metered(
             &JailSettings::try_from(&config.jail)?,
             &config.state.dir,
             AnyFirewall::from_config(&config.firewall),
+            counters.clone(),
             engine_stop.clone(),
         )?;
         let mut core = Tasks::default();
@@ -180,8 +191,11 @@ impl Daemon {
             config,
         };
         let published = daemon.start_inputs(rules);
-        daemon.serve_control(server, published);
+        daemon.serve_control(server, published.clone());
         daemon.start_mail()?;
+        if let Some(endpoint) = endpoint {
+            daemon.serve_metrics(endpoint, counters, published);
+        }
         tracing::info!(
             mode = ?daemon.config.input.mode,
             firewall = ?daemon.config.firewall.backend,
@@ -250,6 +264,22 @@ impl Daemon {
         };
         let serve = server.serve(Arc::new(handler), self.shutdown.clone());
         self.tasks.spawn("the control socket", serve);
+    }
+
+    fn serve_metrics(&mut self, endpoint: metrics::Endpoint, counters: Metrics, from: Published) {
+        let mode = self.config.input.mode;
+        let published = metrics::Published {
+            ami: mode.uses_ami().then_some(from.health),
+            log: mode.uses_log().then_some(from.log_stats),
+            gate: Some(from.gate_stats),
+            mail: self.mail.as_ref().map(|(mailer, _)| mailer.counts()),
+        };
+        match endpoint.local_addr() {
+            Ok(addr) => tracing::info!(%addr, "metrics endpoint listening"),
+            Err(e) => tracing::warn!("metrics endpoint listening (its address is unknown: {e})"),
+        }
+        let serve = endpoint.serve(counters, published, self.shutdown.clone());
+        self.tasks.spawn("the metrics endpoint", serve);
     }
 
     fn start_mail(&mut self) -> Result<(), DaemonError> {

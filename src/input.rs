@@ -123,7 +123,9 @@ impl Gate {
     /// before it fills the gap.
     pub fn set_health(&mut self, health: &Health) {
         match *health {
-            Health::Up { since, down_since } => {
+            Health::Up {
+                since, down_since, ..
+            } => {
                 let start = match self.down_since.take() {
                     Some(start) => Some(start),
                     // A Down was missed: its own start is in this Up.
@@ -353,6 +355,7 @@ mod tests {
         Health::Up {
             since: ts(ms),
             down_since: None,
+            logins: 1,
         }
     }
 
@@ -361,6 +364,7 @@ mod tests {
             since: ts(ms),
             up_since: None,
             reason: "test".into(),
+            logins: 0,
         }
     }
 
@@ -443,6 +447,7 @@ mod tests {
         g.set_health(&Health::Up {
             since: ts(30_000),
             down_since: Some(ts(10_000)),
+            logins: 2,
         });
         assert!(!g.admit(&failure(Source::Log, "192.0.2.1", 5_000)));
         assert!(g.admit(&failure(Source::Log, "192.0.2.1", 20_000)));
@@ -457,6 +462,7 @@ mod tests {
             since: ts(50_000),
             up_since: Some(ts(10_000)),
             reason: "test".into(),
+            logins: 1,
         });
         assert!(g.admit(&failure(Source::Log, "192.0.2.1", 5_000)));
         assert!(

@@ -69,6 +69,7 @@ impl Plan {
         );
         check("control", !same(&running.control, &file.control));
         check("state", !same(&running.state, &file.state));
+        check("metrics", running.metrics != file.metrics);
         check("log (other than its rules)", !same(&applied.log, &file.log));
         Plan {
             applied,

@@ -48,6 +48,9 @@ pub enum Health {
         /// When AMI went silent before this session (the last `Down`'s
         /// `since`); `None` for the first session.
         down_since: Option<Timestamp>,
+        /// Sessions logged in since start, this one included (more than
+        /// one: AMI reconnected).
+        logins: u64,
     },
     /// The session is gone.
     Down {
@@ -60,6 +63,8 @@ pub enum Health {
         up_since: Option<Timestamp>,
         /// Why, for humans (`connection refused`, `login refused: ...`).
         reason: String,
+        /// Sessions logged in since start.
+        logins: u64,
     },
 }
 
@@ -148,6 +153,7 @@ pub async fn run(
         last_frame: Timestamp::now(),
         session_up: None,
         last_down: None,
+        logins: 0,
         skips: Throttle::new(SKIP_WARN_INTERVAL),
         next_action_id: 0,
         config,
@@ -171,6 +177,7 @@ pub async fn run(
             since: input.last_frame,
             up_since: input.session_up.take(),
             reason: error.to_string(),
+            logins: input.logins,
         };
         if let Health::Down { since, .. } = &down {
             input.last_down = Some(*since);
@@ -211,6 +218,8 @@ struct Input {
     session_up: Option<Timestamp>,
     /// The `since` of the last `Down` published.
     last_down: Option<Timestamp>,
+    /// Sessions logged in since start.
+    logins: u64,
     skips: Throttle,
     next_action_id: u64,
 }
@@ -233,9 +242,11 @@ impl Input {
         );
         let since = Timestamp::now();
         self.session_up = Some(since);
+        self.logins += 1;
         self.publish(Health::Up {
             since,
             down_since: self.last_down,
+            logins: self.logins,
         });
         self.serve(&mut conn, early).await
     }

@@ -58,6 +58,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// Persistent state (bans, offender history, log cursor).
     pub state: StateConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
 }
 
 /// `[ami]`: how to reach and log in to the Manager Interface.
@@ -462,6 +464,16 @@ impl Default for StateConfig {
     }
 }
 
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics` (`"127.0.0.1:9772"`); unset, nothing
+    /// listens. Port 0 picks a free port (logged at start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 /// A secret that never shows up in `Debug`, logs or `check-config`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -589,6 +601,13 @@ impl Config {
             warnings.push(
                 "ami.secret is empty: Asterisk will refuse the login; set ami.secret_file (or ami.secret) to the secret of astban's user in manager.conf".into(),
             );
+        }
+        if let Some(addr) = self.metrics.listen
+            && !addr.ip().is_loopback()
+        {
+            warnings.push(format!(
+                "metrics.listen = {addr} is not a loopback address: anyone who reaches it sees how many failures and bans there are (no hosts or accounts); firewall the port, or listen on 127.0.0.1"
+            ));
         }
         warnings
     }

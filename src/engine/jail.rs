@@ -55,6 +55,9 @@ pub(crate) struct Effects {
     /// Bans and unbans to make durable before anything else is told.
     pub(crate) journal: Vec<Record>,
     pub(crate) persist: bool,
+    /// When the failure that caused each automatic ban was detected, for
+    /// the ban latency the applier measures.
+    pub(crate) detected: Vec<(IpNet, Timestamp)>,
 }
 
 /// What became of one report (for debug logs and tests).
@@ -392,6 +395,7 @@ impl Jail {
             account_under_attack: attacked,
         };
         self.ban(ban, now, fx);
+        fx.detected.push((key, failure.time.min(now)));
         Verdict::Banned(key)
     }
 
@@ -522,6 +526,11 @@ impl Jail {
         let mut bans: Vec<BanInfo> = self.bans.values().map(|b| BanInfo::clone(b)).collect();
         bans.sort_by_key(|b| (b.banned_at, b.net));
         bans
+    }
+
+    /// Bans in force and hosts tracked, for the metrics after each batch.
+    pub(crate) fn sizes(&self) -> (usize, usize) {
+        (self.bans.len(), self.tracked.len())
     }
 
     pub(crate) fn stats(&self, firewall: FirewallStatus, now: Timestamp) -> EngineStats {

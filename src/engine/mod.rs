@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::JailSettings;
 use crate::failure::{AttackerText, KindSet, Report, ServiceSet};
 use crate::firewall::{ActiveBan, Applier, Firewall, FirewallStatus};
+use crate::metrics::{BanOrigin, Metrics};
 use crate::units::format_net;
 
 pub use ignore::IgnoreReason;
@@ -464,6 +465,18 @@ pub fn spawn<F: Firewall>(
     firewall: F,
     shutdown: CancellationToken,
 ) -> Result<(EngineHandle, JoinHandle<()>), EngineError> {
+    spawn_metered(jail, state_dir, firewall, Metrics::default(), shutdown)
+}
+
+/// [`spawn`], counting into `metrics` (the daemon's, which the metrics
+/// endpoint serves).
+pub fn spawn_metered<F: Firewall>(
+    jail: &JailSettings,
+    state_dir: &Path,
+    firewall: F,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(EngineHandle, JoinHandle<()>), EngineError> {
     let mut policy = jail::Jail::new(jail);
     if jail.ignore_self {
         policy.set_own_addresses(ignore::own_addresses().map_err(EngineError::OwnAddresses)?);
@@ -484,7 +497,9 @@ pub fn spawn<F: Firewall>(
         path = %path.display(),
         "ban state restored"
     );
-    let firewall = Applier::spawn(firewall, restored);
+    metrics.banned(BanOrigin::Restored, restored.len() as u64);
+    metrics.engine_sizes(restored.len(), 0);
+    let firewall = Applier::spawn(firewall, restored, metrics.clone());
     if !lifted.changes.is_empty() {
         firewall.send(lifted.changes);
     }
@@ -499,6 +514,7 @@ pub fn spawn<F: Firewall>(
         journal: Some(journal),
         ignore_self: jail.ignore_self,
         shutdown,
+        metrics,
     });
     let handle = EngineHandle { commands, events };
     Ok((handle, tokio::spawn(engine.run())))
@@ -647,6 +663,56 @@ mod tests {
             msg.contains("not-created") && msg.contains("must exist"),
             "{msg}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_engine_counts_each_verdict_and_ban_into_its_metrics() {
+        use crate::metrics::{EngineDrop, sample};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shutdown = CancellationToken::new();
+        let metrics = Metrics::default();
+        let (engine, task) = spawn_metered(
+            &jail(),
+            dir.path(),
+            Recorder::default(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .expect("spawn");
+        for _ in 0..6 {
+            engine.report(failure("192.0.2.1")).await.expect("report");
+        }
+        engine.report(failure("10.0.0.1")).await.expect("report");
+        let Report::Failure(mut old) = failure("192.0.2.2") else {
+            unreachable!()
+        };
+        old.time -= jiff::SignedDuration::from_hours(24);
+        engine.report(Report::Failure(old)).await.expect("report");
+        let net = "198.51.100.0/24".parse().expect("net");
+        engine.ban(net, None, false).await.expect("ban");
+        engine.unban(net).await.expect("unban");
+        engine.stats().await.expect("all handled");
+        let sample = |series| sample(&metrics, series);
+        assert_eq!(
+            sample(r#"astban_failures_total{kind="invalid_password",service="sip",input="log"}"#),
+            Some(5.0)
+        );
+        assert_eq!(
+            sample(r#"astban_bans_total{reason="automatic"}"#),
+            Some(1.0)
+        );
+        assert_eq!(sample(r#"astban_bans_total{reason="manual"}"#), Some(1.0));
+        assert_eq!(sample(r#"astban_unbans_total{reason="manual"}"#), Some(1.0));
+        assert_eq!(sample("astban_bans_active"), Some(1.0));
+        for (reason, n) in [
+            (EngineDrop::AlreadyBanned, 1),
+            (EngineDrop::Ignored, 1),
+            (EngineDrop::Stale, 1),
+            (EngineDrop::NotUnicast, 0),
+        ] {
+            assert_eq!(metrics.dropped_count(reason, Source::Log), n, "{reason:?}");
+        }
+        stop(&shutdown, task).await;
     }
 
     #[tokio::test]

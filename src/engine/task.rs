@@ -19,6 +19,7 @@ use super::{BanError, BanInfo, EngineEvent, EngineStats};
 use crate::config::JailSettings;
 use crate::failure::Report;
 use crate::firewall::{ActiveBan, Applier, FirewallNews};
+use crate::metrics::{BanOrigin, EngineDrop, Metrics};
 use crate::units::{format_duration, format_net};
 
 /// Most commands handled before the resulting changes go to the firewall:
@@ -78,6 +79,7 @@ pub(super) struct Parts {
     pub(super) journal: Option<Journal>,
     pub(super) ignore_self: bool,
     pub(super) shutdown: CancellationToken,
+    pub(super) metrics: Metrics,
 }
 
 pub(super) struct Engine {
@@ -164,7 +166,11 @@ impl Engine {
         let now = Timestamp::now();
         let jail = &mut self.parts.jail;
         match command {
-            Command::Report(report) => trace(report.host(), jail.report(&report, now, fx)),
+            Command::Report(report) => {
+                let verdict = jail.report(&report, now, fx);
+                count(&self.parts.metrics, &report, verdict);
+                trace(report.host(), verdict);
+            }
             Command::Ban {
                 net,
                 duration,
@@ -203,6 +209,7 @@ impl Engine {
             }
             Command::Adopt { bans, reply } => {
                 let result = jail.adopt(&bans, now, fx);
+                self.parts.metrics.banned(BanOrigin::Adopted, result as u64);
                 replies.push(Box::new(move || {
                     let _ = reply.send(result);
                 }));
@@ -269,13 +276,26 @@ impl Engine {
     /// to subscribers and the log, and schedules a save.
     fn publish(&mut self, fx: Effects) {
         if !fx.changes.is_empty() {
-            self.parts.firewall.send(fx.changes);
+            self.parts.firewall.send_detected(fx.changes, fx.detected);
         }
+        let (bans, tracked) = self.parts.jail.sizes();
+        self.parts.metrics.engine_sizes(bans, tracked);
         if fx.persist && self.save_at.is_none() {
             self.save_at = Some(Instant::now() + SAVE_DELAY);
         }
         for event in fx.events {
             log(&event);
+            match &event {
+                EngineEvent::Banned(ban) if ban.manual => {
+                    self.parts.metrics.banned(BanOrigin::Manual, 1)
+                }
+                EngineEvent::Banned(_) => self.parts.metrics.banned(BanOrigin::Automatic, 1),
+                EngineEvent::Unbanned { reason, .. } => self.parts.metrics.unbanned(*reason),
+                EngineEvent::AccountUnderAttack(_) => self.parts.metrics.account_attack(),
+                EngineEvent::Ignored { .. }
+                | EngineEvent::AccountAttackOver(_)
+                | EngineEvent::KnownSiteFailing(_) => {}
+            }
             // Only bans and unbans go to subscribers (mail): the broadcast
             // drops its oldest under load, and a burst of failures from an
             // ignored address must never push a ban out of it.
@@ -387,6 +407,28 @@ fn save(path: &Path, saved: &Saved) -> Result<(), String> {
 fn deadline(at: Timestamp) -> Instant {
     let wait = at.duration_since(Timestamp::now());
     Instant::now() + Duration::try_from(wait).unwrap_or(Duration::ZERO)
+}
+
+/// What a failure's verdict adds to the metrics (a success's adds nothing).
+fn count(metrics: &Metrics, report: &Report, verdict: Verdict) {
+    let Report::Failure(failure) = report else {
+        return;
+    };
+    let input = failure.source;
+    match verdict {
+        Verdict::Counted { .. } | Verdict::Banned(_) => {
+            metrics.failure_counted(failure.kind, failure.service, input)
+        }
+        Verdict::Spared { .. } => {
+            metrics.failure_counted(failure.kind, failure.service, input);
+            metrics.known_site_spared();
+        }
+        Verdict::Ignored(_) => metrics.failure_dropped(EngineDrop::Ignored, input),
+        Verdict::Stale => metrics.failure_dropped(EngineDrop::Stale, input),
+        Verdict::NotUnicast => metrics.failure_dropped(EngineDrop::NotUnicast, input),
+        Verdict::AlreadyBanned(_) => metrics.failure_dropped(EngineDrop::AlreadyBanned, input),
+        Verdict::Reset(_) | Verdict::NotReset(_) | Verdict::Unchanged => {}
+    }
 }
 
 fn trace(host: IpAddr, verdict: Verdict) {

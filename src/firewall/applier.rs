@@ -24,6 +24,11 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
 use super::{ActiveBan, Change, Firewall, FirewallError, FirewallStatus};
+use crate::metrics::Metrics;
+
+/// Changes handed over together, with when the failure behind each
+/// automatic ban among them was detected.
+type Batch = (Vec<Change>, Vec<(IpNet, Timestamp)>);
 
 /// Longest a stop waits for the firewall's last transaction.
 pub(crate) const FINISH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -40,7 +45,7 @@ pub(crate) enum FirewallNews {
 /// The engine's side of the applier task.
 #[derive(Debug)]
 pub(crate) struct Applier {
-    changes: mpsc::UnboundedSender<Vec<Change>>,
+    changes: mpsc::UnboundedSender<Batch>,
     status: watch::Receiver<FirewallStatus>,
     /// The worker; `None` once it has been seen to end.
     task: Option<JoinHandle<()>>,
@@ -51,8 +56,12 @@ pub(crate) struct Applier {
 
 impl Applier {
     /// Starts the task: it first reconciles `firewall` with `restored`,
-    /// then applies whatever is sent.
-    pub(crate) fn spawn<F: Firewall>(firewall: F, restored: Vec<ActiveBan>) -> Applier {
+    /// then applies whatever is sent, counting into `metrics`.
+    pub(crate) fn spawn<F: Firewall>(
+        firewall: F,
+        restored: Vec<ActiveBan>,
+        metrics: Metrics,
+    ) -> Applier {
         let (changes, rx) = mpsc::unbounded_channel();
         let (refused_tx, refused) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(FirewallStatus {
@@ -73,6 +82,8 @@ impl Applier {
             refused: refused_tx,
             refused_count: 0,
             last_refused: None,
+            detected: HashMap::new(),
+            metrics,
         };
         Applier {
             changes,
@@ -104,7 +115,14 @@ impl Applier {
 
     /// Queues `changes`; they reach the kernel with the next transaction.
     pub(crate) fn send(&self, changes: Vec<Change>) {
-        if self.changes.send(changes).is_err() {
+        self.send_detected(changes, Vec::new());
+    }
+
+    /// Queues `changes`, with when the failure behind each automatic ban
+    /// among them was detected: the time to the kernel is measured from
+    /// there.
+    pub(crate) fn send_detected(&self, changes: Vec<Change>, detected: Vec<(IpNet, Timestamp)>) {
+        if self.changes.send((changes, detected)).is_err() {
             tracing::error!("firewall task has stopped; bans are no longer applied");
         }
     }
@@ -137,7 +155,7 @@ impl Applier {
 
 struct Worker<F> {
     firewall: F,
-    rx: mpsc::UnboundedReceiver<Vec<Change>>,
+    rx: mpsc::UnboundedReceiver<Batch>,
     status: watch::Sender<FirewallStatus>,
     /// The bans that should be in the kernel, and when each ends: every
     /// change given is folded in, so a rebuilt table gets all of them.
@@ -151,6 +169,10 @@ struct Worker<F> {
     refused: mpsc::UnboundedSender<IpNet>,
     refused_count: u64,
     last_refused: Option<String>,
+    /// When the failure behind each pending automatic ban was detected;
+    /// one entry per pending ban at most.
+    detected: HashMap<IpNet, Timestamp>,
+    metrics: Metrics,
 }
 
 impl<F: Firewall> Worker<F> {
@@ -197,8 +219,8 @@ impl<F: Firewall> Worker<F> {
         !self.synced || !self.pending.is_empty()
     }
 
-    fn merge(&mut self, batch: Vec<Change>) {
-        for change in batch {
+    fn merge(&mut self, (changes, detected): Batch) {
+        for change in changes {
             let net = change.net();
             match change {
                 Change::Ban { expires, .. } | Change::Replace { expires, .. } => {
@@ -206,6 +228,7 @@ impl<F: Firewall> Worker<F> {
                 }
                 Change::Unban { .. } => {
                     self.mirror.remove(&net);
+                    self.detected.remove(&net);
                 }
             }
             let merged = match self.pending.remove(&net) {
@@ -213,6 +236,11 @@ impl<F: Firewall> Worker<F> {
                 None => change,
             };
             self.pending.insert(net, merged);
+        }
+        for (net, at) in detected {
+            if self.pending.contains_key(&net) {
+                self.detected.entry(net).or_insert(at);
+            }
         }
     }
 
@@ -241,6 +269,9 @@ impl<F: Firewall> Worker<F> {
         if resynced && let Err(e) = self.resync(now).await {
             return self.failed(e);
         }
+        // Refusals from here on are of these changes (the rare ban of an
+        // earlier batch refused by a rebuild inside `apply` aside).
+        let refused_before = self.refused_count;
         let mut changes: Vec<Change> = self.pending.values().cloned().collect();
         changes.sort_by_key(apply_order);
         let count = changes.len();
@@ -250,6 +281,9 @@ impl<F: Firewall> Worker<F> {
             return self.failed(e);
         }
         self.pending.clear();
+        let refused = usize::try_from(self.refused_count - refused_before).unwrap_or(count);
+        self.metrics.changes_applied(count.saturating_sub(refused));
+        self.measure_latency();
         // A flood's batch must not keep its table for good.
         if self.pending.capacity() > 4096 {
             self.pending.shrink_to(1024);
@@ -278,8 +312,11 @@ impl<F: Firewall> Worker<F> {
         }
         // nft rejects every change while the table is gone: rebuild it
         // before blaming a change.
+        let mut changes = changes;
         if !resynced {
             self.resync(now).await?;
+            // A ban the rebuild found refused is dropped already.
+            changes.retain(|c| self.pending.contains_key(&c.net()));
         }
         let refused = self.bisect(changes, !resynced, now).await?;
         self.drop_refused(refused);
@@ -345,6 +382,9 @@ impl<F: Firewall> Worker<F> {
         for (change, reason) in refused {
             let net = change.net();
             self.mirror.remove(&net);
+            // Found by a rebuild, it is pending too: not tried again.
+            self.pending.remove(&net);
+            self.detected.remove(&net);
             let what = match change {
                 Change::Ban { .. } | Change::Replace { .. } => "ban",
                 Change::Unban { .. } => "unban",
@@ -354,10 +394,26 @@ impl<F: Firewall> Worker<F> {
                 "nft refused the {what} of {net}, which is dropped (the other changes were applied): {reason}"
             );
             self.refused_count += 1;
+            self.metrics.change_refused();
             self.last_refused = Some(format!("the {what} of {net}: {reason}"));
             if what == "ban" {
                 let _ = self.refused.send(net);
             }
+        }
+    }
+
+    /// Observes, for each automatic ban just enforced, the time from the
+    /// detection of its failure until now (refused ones left the mirror).
+    fn measure_latency(&mut self) {
+        let now = Timestamp::now();
+        for (net, at) in self.detected.drain() {
+            if self.mirror.contains_key(&net) {
+                let took = now.duration_since(at).as_secs_f64().max(0.0);
+                self.metrics.ban_latency(took);
+            }
+        }
+        if self.detected.capacity() > 4096 {
+            self.detected.shrink_to(1024);
         }
     }
 
@@ -408,9 +464,11 @@ impl<F: Firewall> Worker<F> {
     }
 
     fn publish(&self) {
+        let (healthy, pending) = (self.synced && self.last_error.is_none(), self.waiting());
+        self.metrics.firewall_state(pending, healthy);
         self.status.send_replace(FirewallStatus {
-            healthy: self.synced && self.last_error.is_none(),
-            pending: self.waiting(),
+            healthy,
+            pending,
             last_error: self.last_error.clone(),
             refused: self.refused_count,
             last_refused: self.last_refused.clone(),
@@ -640,7 +698,7 @@ mod tests {
     async fn failures_keep_changes_and_retry_until_they_succeed() {
         let fw = FakeKernel::default();
         fw.state().failing = true;
-        let applier = Applier::spawn(fw.clone(), Vec::new());
+        let applier = Applier::spawn(fw.clone(), Vec::new(), Metrics::default());
         applier.send(vec![ban("192.0.2.1/32")]);
         applier.send(vec![ban("192.0.2.2/32")]);
         let status = wait_for(&applier, |s| s.last_error.is_some() && s.pending == 2).await;
@@ -665,10 +723,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn applied_refused_and_the_latency_from_detection_are_counted() {
+        let fw = FakeKernel::default();
+        fw.state().failing = true;
+        fw.state().refuse = Some(net("192.0.2.9/32"));
+        let metrics = Metrics::default();
+        let applier = Applier::spawn(fw.clone(), Vec::new(), metrics.clone());
+        let detected = Timestamp::now() - jiff::SignedDuration::from_secs(2);
+        applier.send_detected(
+            vec![ban("192.0.2.1/32"), ban("192.0.2.9/32")],
+            vec![
+                (net("192.0.2.1/32"), detected),
+                (net("192.0.2.9/32"), detected),
+            ],
+        );
+        applier.send(vec![ban("198.51.100.0/24")]);
+        wait_for(&applier, |s| s.last_error.is_some() && s.pending == 3).await;
+        let sample = |series| crate::metrics::sample(&metrics, series);
+        assert_eq!(sample("astban_firewall_changes_pending"), Some(3.0));
+        assert_eq!(sample("astban_ban_latency_seconds_count"), Some(0.0));
+
+        fw.state().failing = false;
+        wait_for(&applier, |s| s.healthy && s.refused == 1).await;
+        applier.finish().await;
+        assert_eq!(sample("astban_firewall_changes_applied_total"), Some(2.0));
+        assert_eq!(sample("astban_firewall_changes_refused_total"), Some(1.0));
+        assert_eq!(sample("astban_firewall_changes_pending"), Some(0.0));
+        assert_eq!(sample("astban_firewall_healthy"), Some(1.0));
+        // One automatic ban enforced (the manual one has no detection, the
+        // refused one was never enforced), after the failing attempts.
+        assert_eq!(sample("astban_ban_latency_seconds_count"), Some(1.0));
+        let took = sample("astban_ban_latency_seconds_sum").expect("sum");
+        assert!((2.0..60.0).contains(&took), "{took}");
+    }
+
+    #[tokio::test]
     async fn the_latest_change_of_a_network_wins() {
         let fw = FakeKernel::default();
         fw.state().failing = true;
-        let applier = Applier::spawn(fw.clone(), vec![]);
+        let applier = Applier::spawn(fw.clone(), vec![], Metrics::default());
         applier.send(vec![ban("192.0.2.1/32")]);
         applier.send(vec![Change::Unban {
             net: net("192.0.2.1/32"),
@@ -686,7 +779,7 @@ mod tests {
     #[tokio::test]
     async fn a_worker_that_dies_is_told_to_the_engine() {
         let fw = FakeKernel::default();
-        let mut applier = Applier::spawn(fw.clone(), vec![]);
+        let mut applier = Applier::spawn(fw.clone(), vec![], Metrics::default());
         wait_for(&applier, |s| s.healthy).await;
         fw.state().panics = true;
         applier.send(vec![ban("192.0.2.1/32")]);
@@ -704,7 +797,7 @@ mod tests {
     #[tokio::test]
     async fn finishing_flushes_what_is_queued() {
         let fw = FakeKernel::default();
-        let applier = Applier::spawn(fw.clone(), Vec::new());
+        let applier = Applier::spawn(fw.clone(), Vec::new(), Metrics::default());
         applier.send(vec![ban("192.0.2.9/32")]);
         applier.finish().await;
         let calls = fw.calls();
@@ -718,7 +811,11 @@ mod tests {
     #[tokio::test]
     async fn a_rebuilt_table_gets_every_ban_given_not_only_the_restored() {
         let fw = FakeKernel::default();
-        let applier = Applier::spawn(fw.clone(), vec![restored("192.0.2.1/32")]);
+        let applier = Applier::spawn(
+            fw.clone(),
+            vec![restored("192.0.2.1/32")],
+            Metrics::default(),
+        );
         applier.send(vec![ban("192.0.2.2/32")]);
         applier.send(vec![Change::Unban {
             net: net("192.0.2.1/32"),
@@ -741,7 +838,11 @@ mod tests {
     #[tokio::test]
     async fn a_periodic_check_puts_back_a_flushed_table_and_lost_bans() {
         let fw = FakeKernel::checking(Duration::from_millis(10));
-        let applier = Applier::spawn(fw.clone(), vec![restored("192.0.2.1/32")]);
+        let applier = Applier::spawn(
+            fw.clone(),
+            vec![restored("192.0.2.1/32")],
+            Metrics::default(),
+        );
         applier.send(vec![ban("2001:db8::/64")]);
         wait_for_kernel(&applier, &fw, &["192.0.2.1/32", "2001:db8::/64"]).await;
 
@@ -762,6 +863,7 @@ mod tests {
         let mut applier = Applier::spawn(
             fw.clone(),
             vec![restored("192.0.2.1/32"), restored("192.0.2.66/32")],
+            Metrics::default(),
         );
         wait_for_kernel(&applier, &fw, &["192.0.2.1/32"]).await;
 

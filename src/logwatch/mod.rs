@@ -85,6 +85,10 @@ pub struct LogStats {
     /// Lines longer than `log.max_line_length` whose kept ends named no
     /// sender certainly.
     pub too_long: u64,
+    /// Bytes of the file not read yet, at the last read: nonzero for long
+    /// means the input falls behind Asterisk.
+    #[serde(default)]
+    pub behind: u64,
     /// Whether the file is missing right now.
     pub file_missing: bool,
 }
@@ -263,6 +267,7 @@ pub async fn run(
             s.unparsable += batch.counts.unparsable;
             s.too_long += batch.too_long;
             s.file_missing = batch.missing.unwrap_or(s.file_missing);
+            s.behind = batch.behind;
             *s != before
         });
         if batch.poll == Poll::More {
@@ -340,6 +345,8 @@ struct Batch {
     counts: Uncounted,
     /// Whether the file turned out missing (or present again).
     missing: Option<bool>,
+    /// Bytes of the file left to read after this batch.
+    behind: u64,
 }
 
 impl Reader {
@@ -423,6 +430,7 @@ impl Reader {
             too_long,
             counts,
             missing,
+            behind: self.follower.behind(),
         }
     }
 }

@@ -136,6 +136,16 @@ impl Follower {
         &self.path
     }
 
+    /// Bytes of the open file past what was read: a backlog while it
+    /// grows (0 with no file open, or when its size cannot be read).
+    pub fn behind(&self) -> u64 {
+        self.open.as_ref().map_or(0, |open| {
+            open.file
+                .metadata()
+                .map_or(0, |m| m.len().saturating_sub(open.reader.offset()))
+        })
+    }
+
     /// Reads what is new, up to about `budget` bytes, handing each line to
     /// `on_line` with the cursor just past it. `on_notice` hears about
     /// state changes (each distinct one once in a row).

@@ -11,7 +11,7 @@ mod message;
 mod transport;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -57,6 +57,26 @@ pub struct Mailer {
     tx: mpsc::Sender<Notice>,
     /// Notices dropped because the queue was full; the next digest says so.
     missed: Arc<AtomicUsize>,
+    counts: MailCounts,
+}
+
+/// Mails delivered and given up on since start, kept by the mail task for
+/// the metrics endpoint. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct MailCounts(Arc<[AtomicU64; 2]>);
+
+impl MailCounts {
+    /// (sent, failed after every retry).
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.0[0].load(Ordering::Relaxed),
+            self.0[1].load(Ordering::Relaxed),
+        )
+    }
+
+    fn record(&self, sent: bool) {
+        self.0[usize::from(!sent)].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Mailer {
@@ -75,6 +95,11 @@ impl Mailer {
         }
     }
 
+    /// How many mails were sent and given up on.
+    pub fn counts(&self) -> MailCounts {
+        self.counts.clone()
+    }
+
     /// Counts `n` notices that never reached the mailer (its source fell
     /// behind), so that the next digest says so.
     pub fn missed(&self, n: usize) {
@@ -89,15 +114,17 @@ pub fn spawn(config: &MailConfig, system: String) -> Result<(Mailer, JoinHandle<
     let transport = Transport::from_config(config)?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let missed = Arc::new(AtomicUsize::new(0));
+    let counts = MailCounts::default();
     let task = MailTask {
         missed: Arc::clone(&missed),
+        counts: counts.clone(),
         transport,
         system,
         rx,
         batch: Batch::new(config.digest_interval, config.digest_max_bans),
         retries: config.retries,
     };
-    Ok((Mailer { tx, missed }, tokio::spawn(task.run())))
+    Ok((Mailer { tx, missed, counts }, tokio::spawn(task.run())))
 }
 
 /// Waits for the mailer to deliver its last mails, at most [`STOP_GRACE`].
@@ -112,6 +139,7 @@ struct MailTask {
     system: String,
     rx: mpsc::Receiver<Notice>,
     missed: Arc<AtomicUsize>,
+    counts: MailCounts,
     batch: Batch,
     retries: u32,
 }
@@ -179,6 +207,7 @@ impl MailTask {
             match self.transport.send(&mail).await {
                 Ok(()) => {
                     tracing::debug!(subject = %mail.subject, "mail sent");
+                    self.counts.record(true);
                     return;
                 }
                 Err(e) if attempt < self.retries => {
@@ -188,6 +217,7 @@ impl MailTask {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, subject = %mail.subject, "giving up on a mail after {attempt} attempts");
+                    self.counts.record(false);
                 }
             }
         }
