@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_astban");
 
+/// Longest a start may take before a test calls it hung.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// The same for a start that replays a large ban journal.
+const RESTORE_DEADLINE: Duration = Duration::from_secs(180);
+
 /// A running `astban run`.
 pub struct Daemon {
     child: Option<Child>,
@@ -29,6 +34,15 @@ impl Daemon {
         Daemon::start_with_env(config, socket, &[])
     }
 
+    /// Like [`Daemon::start`], for a start that has much to restore (a
+    /// journal of 50,000 bans in a debug build on a loaded machine): a
+    /// longer guard against a hang, nothing more.
+    #[allow(dead_code)]
+    pub fn start_restoring(config: &Path, socket: &Path) -> Daemon {
+        let config = config.to_str().expect("UTF-8 config path");
+        Daemon::spawn(&["run", "--config", config], socket, &[], RESTORE_DEADLINE)
+    }
+
     /// Like [`Daemon::start`], with extra environment variables.
     pub fn start_with_env(config: &Path, socket: &Path, env: &[(&str, &str)]) -> Daemon {
         let config = config.to_str().expect("UTF-8 config path");
@@ -38,6 +52,10 @@ impl Daemon {
     /// Starts `astban ARGS` (a `run` of some kind, listening on `socket`)
     /// and waits until it says it is running.
     pub fn start_args(args: &[&str], socket: &Path, env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn(args, socket, env, START_DEADLINE)
+    }
+
+    fn spawn(args: &[&str], socket: &Path, env: &[(&str, &str)], deadline: Duration) -> Daemon {
         let mut child = Command::new(BIN)
             .args(args)
             .env("RUST_LOG", "info,astban=debug")
@@ -63,7 +81,7 @@ impl Daemon {
             seen: Vec::new(),
             socket: socket.to_path_buf(),
         };
-        daemon.wait_for_log("astban running", Duration::from_secs(30));
+        daemon.wait_for_log("astban running", deadline);
         daemon
     }
 
