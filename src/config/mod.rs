@@ -657,9 +657,33 @@ impl Config {
     /// Every check, each section's by building its settings where it has
     /// them; the first problem found, by key.
     fn check(&self) -> Result<(), Invalid> {
-        let invalid = |key: &'static str, message: String| Err(Invalid { key, message });
         JailSettings::try_from(&self.jail)?;
-        let fw = &self.firewall;
+        self.firewall.check()?;
+        self.ami.check(self.input.mode)?;
+        self.log.check()?;
+        self.mail.check()
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.ami.secret_file {
+            self.ami.secret = read_secret_file("ami.secret_file", path)?;
+        }
+        if let Some(path) = &self.mail.password_file {
+            self.mail.password = read_secret_file("mail.password_file", path)?;
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets masked, for
+    /// `astban check-config`.
+    pub fn to_masked_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+}
+
+impl FirewallConfig {
+    fn check(&self) -> Result<(), Invalid> {
+        let fw = self;
         if fw.table.is_empty()
             || fw.table.len() > 32
             || !fw
@@ -693,8 +717,16 @@ impl Config {
                 "port 0 cannot be blocked; list 1-65535".into(),
             );
         }
-        let ami = &self.ami;
-        if self.input.mode.uses_ami() {
+        Ok(())
+    }
+}
+
+impl AmiConfig {
+    /// The login and keepalive settings matter only when the input mode
+    /// uses AMI; the message size bound is checked in every mode.
+    fn check(&self, mode: InputMode) -> Result<(), Invalid> {
+        let ami = self;
+        if mode.uses_ami() {
             if ami.username.is_empty() {
                 return invalid(
                     "ami.username",
@@ -738,19 +770,31 @@ impl Config {
                 "must be between 1024 bytes and 16 MiB".into(),
             );
         }
-        if !(256..=1 << 20).contains(&self.log.max_line_length) {
+        Ok(())
+    }
+}
+
+impl LogConfig {
+    fn check(&self) -> Result<(), Invalid> {
+        if !(256..=1 << 20).contains(&self.max_line_length) {
             return invalid(
                 "log.max_line_length",
                 "must be between 256 bytes and 1 MiB".into(),
             );
         }
-        if self.log.poll_interval < Duration::from_millis(10) {
+        if self.poll_interval < Duration::from_millis(10) {
             return invalid(
                 "log.poll_interval",
                 "must be at least 10ms (e.g. \"1s\")".into(),
             );
         }
-        let mail = &self.mail;
+        Ok(())
+    }
+}
+
+impl MailConfig {
+    fn check(&self) -> Result<(), Invalid> {
+        let mail = self;
         if mail.enabled {
             if mail.destemail.parse::<lettre::message::Mailbox>().is_err() {
                 return invalid(
@@ -785,22 +829,11 @@ impl Config {
         }
         Ok(())
     }
+}
 
-    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
-        if let Some(path) = &self.ami.secret_file {
-            self.ami.secret = read_secret_file("ami.secret_file", path)?;
-        }
-        if let Some(path) = &self.mail.password_file {
-            self.mail.password = read_secret_file("mail.password_file", path)?;
-        }
-        Ok(())
-    }
-
-    /// The effective configuration as TOML, secrets masked, for
-    /// `astban check-config`.
-    pub fn to_masked_toml(&self) -> Result<String, toml::ser::Error> {
-        toml::to_string(self)
-    }
+/// A refusal of `key`'s value, for the section checks.
+fn invalid(key: &'static str, message: String) -> Result<(), Invalid> {
+    Err(Invalid { key, message })
 }
 
 /// One line per problem: where it came from, the key, what is wrong.
