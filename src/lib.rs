@@ -17,6 +17,7 @@ pub mod failure;
 pub mod firewall;
 pub mod input;
 pub mod logwatch;
+pub mod names;
 pub mod notify;
 pub mod persist;
 pub mod reload;

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::ignore::own_addresses;
+use super::ignore::{ResolvedIgnore, own_addresses};
 use super::jail::{Effects, Jail, Verdict};
 use super::journal::{Journal, Record};
 use super::state::{self, Saved};
@@ -63,6 +63,10 @@ pub(super) enum Command {
     },
     Adopt {
         bans: Vec<ActiveBan>,
+        reply: oneshot::Sender<usize>,
+    },
+    SetNamed {
+        named: Vec<ResolvedIgnore>,
         reply: oneshot::Sender<usize>,
     },
 }
@@ -203,6 +207,12 @@ impl Engine {
             }
             Command::Adopt { bans, reply } => {
                 let result = jail.adopt(&bans, now, fx);
+                replies.push(Box::new(move || {
+                    let _ = reply.send(result);
+                }));
+            }
+            Command::SetNamed { named, reply } => {
+                let result = jail.set_named(&named, fx);
                 replies.push(Box::new(move || {
                     let _ = reply.send(result);
                 }));
