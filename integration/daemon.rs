@@ -544,6 +544,15 @@ fn host_names_in_ignoreip_follow_their_dns_answers() {
     let out = astban(&["check-config", "--config", config.to_str().expect("UTF-8")]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("trunk.astban.test"));
+    let bad = s.path("bad.toml");
+    std::fs::write(&bad, "[jail]\nignore_names_servers = [\"dns.example\"]\n").expect("config");
+    let out = astban(&["check-config", "--config", bad.to_str().expect("UTF-8")]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("jail.ignore_names_servers"),
+        "{}",
+        text(&out.stderr)
+    );
     log_attempts(&s.path("messages"), "203.0.113.5", 5);
     let mut d = Daemon::start(&config, &s.socket());
     d.wait_for_log("banned host=203.0.113.5", SOON);

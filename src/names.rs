@@ -246,8 +246,9 @@ pub async fn run(
             () = stop.cancelled() => return,
             changed = settings.changed() => {
                 if changed.is_err() {
-                    // The daemon dropped the sender: no reloads any more.
-                    std::future::pending::<()>().await;
+                    // The daemon is going away: no more reloads.
+                    stop.cancelled().await;
+                    return;
                 }
                 let new = settings.borrow_and_update().clone();
                 if new.servers() != current.servers() {
