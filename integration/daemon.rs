@@ -4,6 +4,8 @@
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/dnsmasq.rs"]
+mod dnsmasq;
 #[path = "support/fake_ami.rs"]
 mod fake_ami;
 #[path = "support/smtp.rs"]
@@ -500,4 +502,103 @@ fn a_changed_secret_on_reload_says_a_restart_applies_it() {
         "the secret leaked: {}",
         d.logged()
     );
+}
+
+/// The addresses `status --json` lists for `name`, and whether the name
+/// is failing.
+fn name_state(st: &serde_json::Value, name: &str) -> (Vec<String>, bool) {
+    let Some(n) = st["ignore_names"]
+        .as_array()
+        .and_then(|names| names.iter().find(|n| n["name"] == name))
+    else {
+        return (Vec::new(), false);
+    };
+    let addrs = n["addresses"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    (addrs, n["failing_since"].is_string())
+}
+
+#[test]
+fn host_names_in_ignoreip_follow_their_dns_answers() {
+    let s = Setup::new();
+    let Some(dns) = dnsmasq::Dnsmasq::start(
+        s.dir.path(),
+        "192.0.2.10 trunk.astban.test\n198.51.100.20 admin.astban.test\n",
+    ) else {
+        return;
+    };
+    let names = |grace: &str| {
+        format!(
+            "{DRY_RUN}\n[jail]\nignoreip = [\"127.0.0.0/8\", \"trunk.astban.test\", \"admin.astban.test\"]\n\
+             ignore_names_servers = [\"{}\"]\nignore_names_interval = \"1s\"\nignore_names_grace = \"{grace}\"\n",
+            dns.server()
+        )
+    };
+    let config = s.config(&names("1h"));
+    let out = astban(&["check-config", "--config", config.to_str().expect("UTF-8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("trunk.astban.test"));
+    let bad = s.path("bad.toml");
+    std::fs::write(&bad, "[jail]\nignore_names_servers = [\"dns.example\"]\n").expect("config");
+    let out = astban(&["check-config", "--config", bad.to_str().expect("UTF-8")]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("jail.ignore_names_servers"),
+        "{}",
+        text(&out.stderr)
+    );
+    log_attempts(&s.path("messages"), "203.0.113.5", 5);
+    let mut d = Daemon::start(&config, &s.socket());
+    d.wait_for_log("banned host=203.0.113.5", SOON);
+    d.wait_status("both names resolved", SOON, |st| {
+        name_state(st, "trunk.astban.test").0 == ["192.0.2.10"]
+            && name_state(st, "admin.astban.test").0 == ["198.51.100.20"]
+    });
+
+    // The trunk moves onto the banned address: its ban is lifted. The
+    // admin's name stops resolving: its last address stays ignored.
+    dns.set_hosts("203.0.113.5 trunk.astban.test\n");
+    d.wait_for_log("unbanned host=203.0.113.5", SOON);
+    let st = d.wait_status("the admin's name failing", SOON, |st| {
+        name_state(st, "trunk.astban.test").0 == ["203.0.113.5"]
+            && name_state(st, "admin.astban.test") == (vec!["198.51.100.20".into()], true)
+    });
+    assert_eq!(st["engine"]["active_bans"], 0);
+    let human = text(&d.cli(&["status"]).stdout);
+    assert!(
+        human.contains("ignoreip name trunk.astban.test: 203.0.113.5 (resolved"),
+        "{human}"
+    );
+    assert!(
+        human.contains("ignoreip name admin.astban.test: 198.51.100.20; NOT RESOLVING since"),
+        "{human}"
+    );
+    log_attempts(&s.path("messages"), "198.51.100.20", 5);
+    d.wait_for_log("failure ignored host=198.51.100.20", SOON);
+
+    // A reload with no grace: the admin's address is no longer ignored.
+    s.config(&names("0s"));
+    hangup(&d);
+    d.wait_status("the admin's address dropped", SOON, |st| {
+        name_state(st, "admin.astban.test") == (Vec::new(), true)
+    });
+    let st = d.status();
+    assert_eq!(
+        st["reload"]["applied"],
+        serde_json::json!(["jail.ignoreip host names", "jail"])
+    );
+    log_attempts(&s.path("messages"), "198.51.100.20", 5);
+    d.wait_for_log("banned host=198.51.100.20", SOON);
+    let human = text(&d.cli(&["status"]).stdout);
+    assert!(
+        human.contains("ignoreip name admin.astban.test: no addresses; NOT RESOLVING since"),
+        "{human}"
+    );
+    assert_eq!(banned(&d), ["198.51.100.20"]);
 }

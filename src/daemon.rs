@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ami::client::Health;
-use crate::config::{self, Backend, Config, JailSettings};
+use crate::config::{self, Backend, Config, JailSettings, NameSettings};
 use crate::control::protocol::ReloadReport;
 use crate::control::{self, DaemonHandler};
 use crate::engine::{self, EngineHandle};
@@ -21,6 +21,7 @@ use crate::firewall::{AnyFirewall, Firewall as _};
 use crate::input::{self, Gate, GateStats, Inputs, ReportSink};
 use crate::logwatch::{self, LogStats, filter::RuleSet};
 use crate::metrics::{self, Metrics};
+use crate::names::{self, NameStatus};
 use crate::notify::{self, Mailer, Notice};
 use crate::reload::Plan;
 use crate::service::{self, Readiness, Signal, Signals};
@@ -130,6 +131,8 @@ struct Daemon {
     rules: Option<watch::Sender<Arc<RuleSet>>>,
     reload: watch::Sender<Option<ReloadReport>>,
     mail: Option<(Mailer, JoinHandle<()>)>,
+    /// The host names of `jail.ignoreip`, for the resolver task.
+    names: watch::Sender<NameSettings>,
 }
 
 /// What the inputs publish, for the control socket and the metrics.
@@ -188,10 +191,12 @@ impl Daemon {
             rules: None,
             reload: watch::channel(None).0,
             mail: None,
+            names: watch::channel(NameSettings::try_from(&config.jail)?).0,
             config,
         };
+        let names = daemon.start_names();
         let published = daemon.start_inputs(rules);
-        daemon.serve_control(server, published.clone());
+        daemon.serve_control(server, published.clone(), names);
         daemon.start_mail()?;
         if let Some(endpoint) = endpoint {
             daemon.serve_metrics(endpoint, counters, published);
@@ -252,7 +257,26 @@ impl Daemon {
         }
     }
 
-    fn serve_control(&mut self, server: control::Server, published: Published) {
+    /// The task that looks up `jail.ignoreip`'s host names, off the
+    /// engine's task; what it knows of each, for the control socket.
+    fn start_names(&mut self) -> watch::Receiver<Vec<NameStatus>> {
+        let (status_tx, status) = watch::channel(Vec::new());
+        let run = names::run(
+            self.names.subscribe(),
+            self.engine.clone(),
+            status_tx,
+            self.shutdown.clone(),
+        );
+        self.tasks.spawn("the host name resolver", run);
+        status
+    }
+
+    fn serve_control(
+        &mut self,
+        server: control::Server,
+        published: Published,
+        names: watch::Receiver<Vec<NameStatus>>,
+    ) {
         let handler = DaemonHandler {
             engine: self.engine.clone(),
             mode: self.config.input.mode,
@@ -261,6 +285,7 @@ impl Daemon {
             log_stats: published.log_stats,
             gate_stats: published.gate_stats,
             reload: self.reload.subscribe(),
+            names,
         };
         let serve = server.serve(Arc::new(handler), self.shutdown.clone());
         self.tasks.spawn("the control socket", serve);
@@ -391,7 +416,19 @@ impl Daemon {
                 return ReloadReport::refused(e.to_string());
             }
         };
+        let names = match NameSettings::try_from(&plan.applied.jail) {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; keeping the running config");
+                return ReloadReport::refused(e.to_string());
+            }
+        };
         let mut report = ReloadReport::now();
+        if plan.names_changed {
+            self.names.send_replace(names);
+            tracing::info!("host names in jail.ignoreip reloaded");
+            report.applied.push("jail.ignoreip host names".into());
+        }
         if let Some((tx, rules)) = rules {
             tx.send_replace(Arc::new(rules));
             tracing::info!(rules = %plan.applied.log.rules, "log rules reloaded");

@@ -18,6 +18,7 @@ pub mod firewall;
 pub mod input;
 pub mod logwatch;
 pub mod metrics;
+pub mod names;
 pub mod notify;
 pub mod persist;
 pub mod reload;

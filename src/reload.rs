@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use crate::config::{Config, LogConfig};
+use crate::config::{Config, LogConfig, NameSettings};
 
 /// What a reload will do.
 #[derive(Debug, Clone)]
@@ -22,6 +22,9 @@ pub struct Plan {
     pub rules_changed: bool,
     /// `[jail]` settings that apply live changed.
     pub jail_changed: bool,
+    /// The host names of `jail.ignoreip`, or how they are looked up
+    /// (`jail.ignore_names_*`), changed: the resolver task takes them.
+    pub names_changed: bool,
     /// Settings that changed in the file but wait for a restart.
     pub restart_needed: Vec<&'static str>,
 }
@@ -40,6 +43,8 @@ impl Plan {
         jail.ignore_self = running.jail.ignore_self;
         jail.ipv6_prefix = running.jail.ipv6_prefix;
         let jail_changed = !same(&running.jail, &jail);
+        let names_changed =
+            NameSettings::try_from(&running.jail).ok() != NameSettings::try_from(&jail).ok();
         applied.jail = jail;
 
         let mut restart_needed = Vec::new();
@@ -75,6 +80,7 @@ impl Plan {
             applied,
             rules_changed,
             jail_changed,
+            names_changed,
             restart_needed,
         }
     }
@@ -118,8 +124,29 @@ mod tests {
     #[test]
     fn an_unchanged_file_changes_nothing() {
         let plan = Plan::new(&base(), &base());
-        assert!(!plan.rules_changed && !plan.jail_changed);
+        assert!(!plan.rules_changed && !plan.jail_changed && !plan.names_changed);
         assert!(plan.restart_needed.is_empty());
+    }
+
+    #[test]
+    fn host_names_and_their_lookup_settings_apply_live() {
+        let mut file = base();
+        file.jail
+            .ignoreip
+            .push("trunk.example".parse().expect("name"));
+        let plan = Plan::new(&base(), &file);
+        assert!(plan.names_changed && plan.jail_changed);
+        assert!(plan.restart_needed.is_empty());
+        let mut later = file.clone();
+        later.jail.ignore_names_servers = vec!["127.0.0.1:5353".into()];
+        assert!(Plan::new(&file, &later).names_changed);
+        // A network alone is no business of the resolver's.
+        let mut nets = base();
+        nets.jail
+            .ignoreip
+            .push("192.0.2.0/24".parse().expect("net"));
+        let plan = Plan::new(&base(), &nets);
+        assert!(plan.jail_changed && !plan.names_changed);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::{Invalid, JailConfig};
-use crate::units::{MAX_DURATION, format_duration};
+use crate::units::{IgnoreEntry, MAX_DURATION, format_duration};
 
 /// `[jail]`, validated: every number in range and in the unit the policy
 /// computes with (seconds as `i64`, like `Timestamp::as_second`), so that
@@ -25,7 +25,8 @@ pub struct JailSettings {
     pub(crate) bantime_max: i64,
     /// How long past bans are remembered, in seconds; 0 forgets at once.
     pub(crate) history: i64,
-    /// Networks never banned.
+    /// Networks never banned (the host names of `jail.ignoreip` are not
+    /// here: see [`super::NameSettings`]).
     pub(crate) ignoreip: Vec<IpNet>,
     /// Also never ban this host's own addresses.
     pub(crate) ignore_self: bool,
@@ -122,7 +123,16 @@ impl TryFrom<&JailConfig> for JailSettings {
             bantime_factor: j.bantime_factor.into(),
             bantime_max: secs("jail.bantime_max", j.bantime_max)?,
             history: secs("jail.history", j.history)?,
-            ignoreip: j.ignoreip.clone(),
+            // Host names are looked up by `crate::names`, which hands the
+            // engine their addresses apart.
+            ignoreip: j
+                .ignoreip
+                .iter()
+                .filter_map(|e| match e {
+                    IgnoreEntry::Net(net) => Some(*net),
+                    IgnoreEntry::Name(_) => None,
+                })
+                .collect(),
             ignore_self: j.ignore_self,
             ipv6_prefix: j.ipv6_prefix,
             max_tracked_hosts: j.max_tracked_hosts,

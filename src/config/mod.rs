@@ -19,18 +19,19 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::failure::FailureKind;
 use crate::logwatch::LogSettings;
 use crate::logwatch::filter::{RuleDef, RuleSources};
-use crate::units::{duration, net_list};
+use crate::units::{IgnoreEntry, duration};
 
 mod jail;
+mod names;
 
 pub use crate::logwatch::tail::StartAt;
 pub use jail::JailSettings;
+pub use names::NameSettings;
 
 /// Where `astban` looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/astban/astban.toml";
@@ -247,9 +248,19 @@ pub struct JailConfig {
     /// How long a host's ban history is remembered for escalation.
     #[serde(with = "duration")]
     pub history: Duration,
-    /// Networks that are never banned (addresses or CIDRs).
-    #[serde(with = "net_list")]
-    pub ignoreip: Vec<IpNet>,
+    /// Networks that are never banned: addresses, CIDRs, and host names
+    /// whose addresses are looked up (`crate::names`).
+    pub ignoreip: Vec<IgnoreEntry>,
+    /// DNS servers (`address` or `address:port`) for the host names in
+    /// `ignoreip`; empty uses the system's `/etc/resolv.conf`.
+    pub ignore_names_servers: Vec<String>,
+    /// How often host names are looked up again (sooner when their TTL
+    /// is shorter).
+    #[serde(with = "duration")]
+    pub ignore_names_interval: Duration,
+    /// How long a name that stops resolving keeps its last addresses.
+    #[serde(with = "duration")]
+    pub ignore_names_grace: Duration,
     /// Also never ban the addresses of this host's own interfaces.
     pub ignore_self: bool,
     /// IPv6 sources are counted and banned per prefix of this length.
@@ -294,9 +305,12 @@ impl Default for JailConfig {
             bantime_max: Duration::from_secs(5 * 7 * 24 * 3600),
             history: Duration::from_secs(30 * 24 * 3600),
             ignoreip: vec![
-                "127.0.0.0/8".parse().expect("literal"),
-                "::1/128".parse().expect("literal"),
+                IgnoreEntry::Net("127.0.0.0/8".parse().expect("literal")),
+                IgnoreEntry::Net("::1/128".parse().expect("literal")),
             ],
+            ignore_names_servers: Vec::new(),
+            ignore_names_interval: Duration::from_secs(5 * 60),
+            ignore_names_grace: Duration::from_secs(24 * 3600),
             ignore_self: true,
             ipv6_prefix: 64,
             max_tracked_hosts: 200_000,
@@ -658,6 +672,7 @@ impl Config {
     /// them; the first problem found, by key.
     fn check(&self) -> Result<(), Invalid> {
         JailSettings::try_from(&self.jail)?;
+        NameSettings::try_from(&self.jail)?;
         self.firewall.check()?;
         self.ami.check(self.input.mode)?;
         self.log.check()?;
@@ -971,15 +986,28 @@ mod tests {
     }
 
     #[test]
-    fn ignoreip_takes_addresses_and_cidrs() {
-        let c = load("[jail]\nignoreip = [\"192.0.2.7\", \"10.1.2.3/8\", \"2001:db8::/32\"]")
-            .expect("loads");
+    fn ignoreip_takes_addresses_cidrs_and_host_names() {
+        let c = load(
+            "[jail]\nignoreip = [\"192.0.2.7\", \"10.1.2.3/8\", \"2001:db8::/32\", \"SIP.Provider.example\"]",
+        )
+        .expect("loads");
         let nets: Vec<String> = c.jail.ignoreip.iter().map(|n| n.to_string()).collect();
-        assert_eq!(nets, ["192.0.2.7/32", "10.0.0.0/8", "2001:db8::/32"]);
+        assert_eq!(
+            nets,
+            [
+                "192.0.2.7/32",
+                "10.0.0.0/8",
+                "2001:db8::/32",
+                "sip.provider.example"
+            ]
+        );
+        let names = NameSettings::try_from(&c.jail).expect("valid");
+        assert_eq!(names.names().len(), 1);
         let msg = load("[jail]\nignoreip = [\"not-an-ip\"]")
             .expect_err("bad")
             .to_string();
         assert!(msg.contains("not-an-ip"), "{msg}");
+        assert!(msg.contains("jail.ignoreip"), "{msg}");
     }
 
     #[test]
@@ -1118,6 +1146,9 @@ mod tests {
         let again =
             load(&c.to_masked_toml().expect("renders")).expect("rendered config is valid TOML");
         assert_eq!(again.jail.maxretry, 4);
+        assert_eq!(again.jail.ignoreip, c.jail.ignoreip);
+        let c = load("[jail]\nignoreip = [\"10.0.0.0/8\", \"pbx.example.org\"]").expect("loads");
+        let again = load(&c.to_masked_toml().expect("renders")).expect("loads back");
         assert_eq!(again.jail.ignoreip, c.jail.ignoreip);
         assert_eq!(again.jail.bantime, c.jail.bantime);
     }

@@ -14,6 +14,7 @@ use crate::config::InputMode;
 use crate::engine::{BanError, BanInfo, EngineGone, EngineHandle, EngineStats};
 use crate::input::GateStats;
 use crate::logwatch::LogStats;
+use crate::names::NameStatus;
 
 /// Bans per page when `astban bans` streams its answer: small enough that
 /// the daemon holds next to nothing, large enough to cost few round trips.
@@ -37,6 +38,8 @@ pub struct DaemonHandler {
     pub gate_stats: watch::Receiver<GateStats>,
     /// What the last reload did.
     pub reload: watch::Receiver<Option<ReloadReport>>,
+    /// What the resolver knows of `jail.ignoreip`'s host names.
+    pub names: watch::Receiver<Vec<NameStatus>>,
 }
 
 impl From<EngineGone> for Refusal {
@@ -58,6 +61,7 @@ impl DaemonHandler {
             counted: *self.gate_stats.borrow(),
             engine,
             reload: self.reload.borrow().clone(),
+            ignore_names: self.names.borrow().clone(),
         }
     }
 

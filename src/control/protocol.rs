@@ -18,6 +18,7 @@ use crate::config::InputMode;
 use crate::engine::{BanError, EngineStats};
 use crate::input::GateStats;
 use crate::logwatch::LogStats;
+use crate::names::NameStatus;
 use crate::units::{format_net, host_format};
 
 /// What the CLI asks.
@@ -129,6 +130,10 @@ pub struct Status {
     /// The last SIGHUP reload, if there was one since start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadReport>,
+    /// The host names of `jail.ignoreip`: their addresses, and the ones
+    /// that stopped resolving.
+    #[serde(default)]
+    pub ignore_names: Vec<NameStatus>,
 }
 
 /// One input's state.

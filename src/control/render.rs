@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use super::protocol::{InputStatus, ReloadReport, Status};
 use crate::config::InputMode;
 use crate::engine::BanInfo;
+use crate::names::NameStatus;
 use crate::units::format_net;
 
 /// `astban status`.
@@ -101,6 +102,9 @@ pub fn status(s: &Status) -> String {
         );
     }
     out.push('\n');
+    for name in &s.ignore_names {
+        ignore_name(&mut out, name);
+    }
     if let Some(reload) = &s.reload {
         self::reload(&mut out, reload);
     }
@@ -129,6 +133,38 @@ fn input(out: &mut String, name: &str, i: &InputStatus) {
         "not counting"
     };
     let _ = writeln!(out, ", {counting}");
+}
+
+/// One host name of `jail.ignoreip`: what it stands for now, and loudly
+/// when it does not resolve.
+fn ignore_name(out: &mut String, n: &NameStatus) {
+    let addrs: Vec<String> = n.addresses.iter().map(ToString::to_string).collect();
+    let addrs = match addrs.as_slice() {
+        [] => "no addresses".to_owned(),
+        list => list.join(", "),
+    };
+    let _ = write!(out, "ignoreip name {}: {addrs}", n.name);
+    match (&n.failing_since, &n.error) {
+        (Some(since), error) => {
+            let _ = write!(out, "; NOT RESOLVING since {since}");
+            if let Some(error) = error {
+                let _ = write!(out, " ({error})");
+            }
+            if !n.addresses.is_empty() {
+                out.push_str(", last addresses kept for jail.ignore_names_grace");
+            }
+        }
+        (None, _) => match n.resolved_at {
+            Some(at) => {
+                let _ = write!(out, " (resolved {at})");
+            }
+            None => out.push_str(" (not looked up yet)"),
+        },
+    }
+    if n.dropped > 0 {
+        let _ = write!(out, "; {} addresses of its answer left out", n.dropped);
+    }
+    out.push('\n');
 }
 
 fn reload(out: &mut String, r: &ReloadReport) {

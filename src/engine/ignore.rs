@@ -7,14 +7,33 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::units::HostName;
+
+/// An address a host name of `jail.ignoreip` resolved to, as the resolver
+/// task (`crate::names`) hands it to the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedIgnore {
+    /// The name.
+    pub name: HostName,
+    /// One of its addresses (never a network: see `crate::names`).
+    pub addr: IpAddr,
+}
+
 /// Why an address is never banned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum IgnoreReason {
     /// It is in `jail.ignoreip`.
     Listed {
         /// The matching `ignoreip` entry.
         net: IpNet,
+    },
+    /// A host name in `jail.ignoreip` resolves to it.
+    Named {
+        /// The name.
+        name: HostName,
+        /// The address.
+        addr: IpAddr,
     },
     /// It is one of this host's own addresses (`jail.ignore_self`).
     OwnAddress {
@@ -27,18 +46,25 @@ impl fmt::Display for IgnoreReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             IgnoreReason::Listed { net } => write!(f, "in jail.ignoreip ({net})"),
+            IgnoreReason::Named { name, addr } => {
+                write!(f, "in jail.ignoreip as {name} ({addr})")
+            }
             IgnoreReason::OwnAddress { addr } => write!(f, "this host's own address {addr}"),
         }
     }
 }
 
-/// The configured `ignoreip` networks plus this host's own addresses.
+/// The configured `ignoreip` networks, the addresses of its host names,
+/// and this host's own addresses.
 ///
 /// Lists are short (a handful of entries), so a linear scan beats any
 /// index.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct IgnoreList {
     listed: Vec<IpNet>,
+    /// At most `crate::config::MAX_NAMES` names times `crate::names`'s
+    /// cap per name: still short enough to scan.
+    named: Vec<(IpAddr, HostName)>,
     own: Vec<IpAddr>,
 }
 
@@ -47,6 +73,7 @@ impl IgnoreList {
     pub(crate) fn new(listed: &[IpNet]) -> IgnoreList {
         IgnoreList {
             listed: listed.iter().map(|&n| canonical_net(n)).collect(),
+            named: Vec::new(),
             own: Vec::new(),
         }
     }
@@ -54,6 +81,15 @@ impl IgnoreList {
     /// Replaces the configured networks (a config reload).
     pub(crate) fn set_listed(&mut self, listed: &[IpNet]) {
         self.listed = listed.iter().map(|&n| canonical_net(n)).collect();
+    }
+
+    /// Replaces the addresses of `ignoreip`'s host names (a lookup
+    /// changed them).
+    pub(crate) fn set_named(&mut self, named: &[ResolvedIgnore]) {
+        self.named = named
+            .iter()
+            .map(|r| (r.addr.to_canonical(), r.name.clone()))
+            .collect();
     }
 
     /// Replaces this host's own addresses (interfaces come and go).
@@ -74,7 +110,16 @@ impl IgnoreList {
             .iter()
             .find(|l| l.contains(&net) || net.contains(*l))
             .map(|&net| IgnoreReason::Listed { net });
-        listed.or_else(|| {
+        let named = || {
+            self.named
+                .iter()
+                .find(|(a, _)| net.contains(a))
+                .map(|(addr, name)| IgnoreReason::Named {
+                    name: name.clone(),
+                    addr: *addr,
+                })
+        };
+        listed.or_else(named).or_else(|| {
             self.own
                 .iter()
                 .find(|a| net.contains(*a))
@@ -157,6 +202,25 @@ mod tests {
             net("192.0.2.0/24")
         );
         assert_eq!(canonical_net(net("2001:db8::1/64")), net("2001:db8::/64"));
+    }
+
+    #[test]
+    fn addresses_of_names_are_ignored_and_say_which_name() {
+        let mut list = IgnoreList::new(&[]);
+        let name: HostName = "sip.provider.example".parse().expect("name");
+        list.set_named(&[ResolvedIgnore {
+            name: name.clone(),
+            addr: ip("::ffff:198.51.100.9"),
+        }]);
+        let reason = list.host(ip("198.51.100.9")).expect("ignored");
+        assert_eq!(
+            reason.to_string(),
+            "in jail.ignoreip as sip.provider.example (198.51.100.9)"
+        );
+        assert!(list.overlap(net("198.51.100.0/24")).is_some());
+        assert!(list.host(ip("198.51.100.10")).is_none());
+        list.set_named(&[]);
+        assert!(list.host(ip("198.51.100.9")).is_none());
     }
 
     #[test]

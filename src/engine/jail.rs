@@ -19,7 +19,7 @@ use jiff::Timestamp;
 use super::accounts::{
     AccountState, Accounts, KnownSites, SiteChange, SiteVerdict, saved_attack_of,
 };
-use super::ignore::{IgnoreList, IgnoreReason, canonical_net};
+use super::ignore::{IgnoreList, IgnoreReason, ResolvedIgnore, canonical_net};
 use super::journal::Record;
 use super::state::{Saved, SavedOffender, SavedSite};
 use super::{BanError, BanInfo, EngineEvent, EngineStats, MAX_ACCOUNTS, UnbanReason};
@@ -61,7 +61,7 @@ pub(crate) struct Effects {
 }
 
 /// What became of one report (for debug logs and tests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// The host is never banned.
     Ignored(IgnoreReason),
@@ -242,6 +242,20 @@ impl Jail {
         self.settings = settings.clone();
         self.settings.ipv6_prefix = ipv6_prefix;
         self.ignore.set_listed(&settings.ignoreip);
+        self.lift_ignored(fx)
+    }
+
+    /// Takes the current addresses of `ignoreip`'s host names (the
+    /// resolver's whole set, replacing the last), lifting automatic bans
+    /// they now cover as a reloaded `ignoreip` does. Returns how many.
+    pub(crate) fn set_named(&mut self, named: &[ResolvedIgnore], fx: &mut Effects) -> usize {
+        self.ignore.set_named(named);
+        self.lift_ignored(fx)
+    }
+
+    /// Lifts the automatic bans the ignore list covers (a forced manual
+    /// ban stays); how many.
+    fn lift_ignored(&mut self, fx: &mut Effects) -> usize {
         let covered: Vec<IpNet> = self
             .bans
             .values()
@@ -308,7 +322,10 @@ impl Jail {
             return Verdict::NotUnicast;
         }
         if let Some(reason) = self.ignore.host(host) {
-            fx.events.push(EngineEvent::Ignored { host, reason });
+            fx.events.push(EngineEvent::Ignored {
+                host,
+                reason: reason.clone(),
+            });
             return Verdict::Ignored(reason);
         }
         if let Some(by) = self.covering(IpNet::from(host)) {
@@ -1044,6 +1061,57 @@ mod tests {
     }
 
     #[test]
+    fn addresses_a_name_resolves_to_lift_automatic_bans_and_are_ignored() {
+        let mut jail = jail_of(config());
+        fail(&mut jail, "192.0.2.7", 5, t(0));
+        fail(&mut jail, "198.51.100.1", 5, t(0));
+        let mut fx = Effects::default();
+        jail.manual_ban(net("192.0.2.8/32"), None, false, t(0), &mut fx)
+            .expect("manual ban");
+        let name: crate::units::HostName = "trunk.example".parse().expect("name");
+        let resolved = |addrs: &[&str]| -> Vec<ResolvedIgnore> {
+            addrs
+                .iter()
+                .map(|a| ResolvedIgnore {
+                    name: name.clone(),
+                    addr: a.parse().expect("ip"),
+                })
+                .collect()
+        };
+        let mut fx = Effects::default();
+        assert_eq!(
+            jail.set_named(&resolved(&["192.0.2.7", "192.0.2.8"]), &mut fx),
+            1
+        );
+        // The manual ban stays, as with a reloaded ignoreip.
+        let banned: Vec<IpNet> = jail.bans().iter().map(|b| b.net).collect();
+        assert!(banned.contains(&net("192.0.2.8/32")) && !banned.contains(&net("192.0.2.7/32")));
+        assert_eq!(
+            fx.changes,
+            [Change::Unban {
+                net: net("192.0.2.7/32")
+            }]
+        );
+        assert!(matches!(
+            fail(&mut jail, "192.0.2.7", 1, t(1)).0,
+            Verdict::Ignored(IgnoreReason::Named { .. })
+        ));
+        // A reload keeps the names' addresses (they are not ignoreip's
+        // networks); a new set replaces the old one.
+        jail.reconfigure(&settings(config()), &mut Effects::default());
+        assert!(matches!(
+            fail(&mut jail, "192.0.2.7", 1, t(1)).0,
+            Verdict::Ignored(_)
+        ));
+        let mut fx = Effects::default();
+        assert_eq!(jail.set_named(&resolved(&["198.51.100.1"]), &mut fx), 1);
+        assert!(matches!(
+            fail(&mut jail, "192.0.2.7", 1, t(2)).0,
+            Verdict::Counted { .. }
+        ));
+    }
+
+    #[test]
     fn a_reload_applies_new_numbers_and_ignoreip_wins_at_once() {
         let mut jail = jail_of(config());
         fail(&mut jail, "192.0.2.7", 5, t(0));
@@ -1056,7 +1124,7 @@ mod tests {
         let mut fx = Effects::default();
         let reloaded = JailConfig {
             maxretry: 2,
-            ignoreip: vec![net("192.0.2.0/24")],
+            ignoreip: vec![net("192.0.2.0/24").into()],
             ipv6_prefix: 48,
             ..config()
         };
@@ -1285,9 +1353,9 @@ mod tests {
     fn ignoreip_wins_for_v4_v6_and_cidrs() {
         let mut jail = jail_of(JailConfig {
             ignoreip: vec![
-                net("10.0.0.0/8"),
-                net("192.0.2.7/32"),
-                net("2001:db8:5::/48"),
+                net("10.0.0.0/8").into(),
+                net("192.0.2.7/32").into(),
+                net("2001:db8:5::/48").into(),
             ],
             ..config()
         });
@@ -1740,7 +1808,7 @@ mod tests {
             ..Saved::default()
         };
         let mut jail = jail_of(JailConfig {
-            ignoreip: vec![net("10.0.0.0/8")],
+            ignoreip: vec![net("10.0.0.0/8").into()],
             ..config()
         });
         let mut fx = Effects::default();
@@ -1896,7 +1964,7 @@ mod tests {
     #[test]
     fn kernel_bans_the_state_lacks_are_adopted_unless_covered_ignored_or_over() {
         let mut jail = jail_of(JailConfig {
-            ignoreip: vec![net("10.0.0.0/8")],
+            ignoreip: vec![net("10.0.0.0/8").into()],
             ..config()
         });
         fail(&mut jail, "192.0.2.9", 5, t(0));

@@ -33,7 +33,7 @@ use crate::firewall::{ActiveBan, Applier, Firewall, FirewallStatus};
 use crate::metrics::{BanOrigin, Metrics};
 use crate::units::format_net;
 
-pub use ignore::IgnoreReason;
+pub use ignore::{IgnoreReason, ResolvedIgnore};
 pub use state::STATE_FILE;
 
 use task::Command;
@@ -141,7 +141,8 @@ pub enum UnbanReason {
     /// A wider ban now covers it (a manual CIDR ban, or an IPv6 prefix ban
     /// around a single banned address); the addresses stay banned.
     Superseded,
-    /// A reloaded `jail.ignoreip` now covers it.
+    /// A reloaded `jail.ignoreip`, or a new address of one of its host
+    /// names, now covers it.
     Ignored,
     /// nft refused to add it: it was never enforced.
     Refused,
@@ -429,6 +430,16 @@ impl EngineHandle {
             reply,
         })
         .await
+    }
+
+    /// Replaces the addresses of `jail.ignoreip`'s host names with
+    /// `named` (the resolver's whole current set); returns how many
+    /// automatic bans they now cover and lifted, as a reload would.
+    pub async fn set_resolved_ignores(
+        &self,
+        named: Vec<ResolvedIgnore>,
+    ) -> Result<usize, EngineGone> {
+        self.ask(|reply| Command::SetNamed { named, reply }).await
     }
 
     /// Events from now on.

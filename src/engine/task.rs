@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::ignore::own_addresses;
+use super::ignore::{ResolvedIgnore, own_addresses};
 use super::jail::{Effects, Jail, Verdict};
 use super::journal::{Journal, Record};
 use super::state::{self, Saved};
@@ -64,6 +64,10 @@ pub(super) enum Command {
     },
     Adopt {
         bans: Vec<ActiveBan>,
+        reply: oneshot::Sender<usize>,
+    },
+    SetNamed {
+        named: Vec<ResolvedIgnore>,
         reply: oneshot::Sender<usize>,
     },
 }
@@ -168,7 +172,7 @@ impl Engine {
         match command {
             Command::Report(report) => {
                 let verdict = jail.report(&report, now, fx);
-                count(&self.parts.metrics, &report, verdict);
+                count(&self.parts.metrics, &report, &verdict);
                 trace(report.host(), verdict);
             }
             Command::Ban {
@@ -210,6 +214,12 @@ impl Engine {
             Command::Adopt { bans, reply } => {
                 let result = jail.adopt(&bans, now, fx);
                 self.parts.metrics.banned(BanOrigin::Adopted, result as u64);
+                replies.push(Box::new(move || {
+                    let _ = reply.send(result);
+                }));
+            }
+            Command::SetNamed { named, reply } => {
+                let result = jail.set_named(&named, fx);
                 replies.push(Box::new(move || {
                     let _ = reply.send(result);
                 }));
@@ -410,7 +420,7 @@ fn deadline(at: Timestamp) -> Instant {
 }
 
 /// What a failure's verdict adds to the metrics (a success's adds nothing).
-fn count(metrics: &Metrics, report: &Report, verdict: Verdict) {
+fn count(metrics: &Metrics, report: &Report, verdict: &Verdict) {
     let Report::Failure(failure) = report else {
         return;
     };
