@@ -84,6 +84,9 @@ pub enum DaemonError {
     /// Mail is enabled but cannot be set up.
     #[error(transparent)]
     Mail(#[from] notify::NotifyError),
+    /// The CrowdSec LAPI client could not be set up (TLS roots).
+    #[error("cannot set up the CrowdSec LAPI client for crowdsec.url: {0}")]
+    Lapi(reqwest::Error),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -180,7 +183,8 @@ impl Daemon {
             config,
         };
         let published = daemon.start_inputs(rules);
-        daemon.serve_control(server, published);
+        let fleet = daemon.start_fleet()?;
+        daemon.serve_control(server, published, fleet);
         daemon.start_mail()?;
         tracing::info!(
             mode = ?daemon.config.input.mode,
@@ -238,7 +242,12 @@ impl Daemon {
         }
     }
 
-    fn serve_control(&mut self, server: control::Server, published: Published) {
+    fn serve_control(
+        &mut self,
+        server: control::Server,
+        published: Published,
+        fleet: Option<crate::crowdsec::Link>,
+    ) {
         let handler = DaemonHandler {
             engine: self.engine.clone(),
             mode: self.config.input.mode,
@@ -247,9 +256,38 @@ impl Daemon {
             log_stats: published.log_stats,
             gate_stats: published.gate_stats,
             reload: self.reload.subscribe(),
+            fleet,
         };
         let serve = server.serve(Arc::new(handler), self.shutdown.clone());
         self.tasks.spawn("the control socket", serve);
+    }
+
+    /// The CrowdSec push and pull tasks, when `[crowdsec]` is on; neither
+    /// is in the path of local bans (see [`crate::crowdsec`]).
+    fn start_fleet(&mut self) -> Result<Option<crate::crowdsec::Link>, DaemonError> {
+        use crate::crowdsec::{Lapi, Link};
+        let Some(settings) = crate::config::CrowdsecSettings::from_config(&self.config.crowdsec)?
+        else {
+            return Ok(None);
+        };
+        let link = Link::new(
+            settings.url.as_str(),
+            settings.push.is_some(),
+            settings.pull.is_some(),
+        );
+        if settings.push.is_some() {
+            let lapi = Lapi::new(&settings).map_err(DaemonError::Lapi)?;
+            let run = crate::crowdsec::run_push(
+                settings.clone(),
+                lapi,
+                self.engine.subscribe(),
+                self.config.state.dir.clone(),
+                link.clone(),
+                self.shutdown.clone(),
+            );
+            self.tasks.spawn("the CrowdSec push", run);
+        }
+        Ok(Some(link))
     }
 
     fn start_mail(&mut self) -> Result<(), DaemonError> {

@@ -27,9 +27,11 @@ use crate::logwatch::LogSettings;
 use crate::logwatch::filter::{RuleDef, RuleSources};
 use crate::units::{duration, net_list};
 
+mod crowdsec;
 mod jail;
 
 pub use crate::logwatch::tail::StartAt;
+pub use crowdsec::{CrowdsecConfig, CrowdsecSettings};
 pub use jail::JailSettings;
 
 /// Where `astban` looks for its config when `--config` is not given.
@@ -58,6 +60,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// Persistent state (bans, offender history, log cursor).
     pub state: StateConfig,
+    /// The fleet link: sharing bans through a CrowdSec Local API.
+    pub crowdsec: CrowdsecConfig,
 }
 
 /// `[ami]`: how to reach and log in to the Manager Interface.
@@ -640,6 +644,7 @@ impl Config {
     fn check(&self) -> Result<(), Invalid> {
         let invalid = |key: &'static str, message: String| Err(Invalid { key, message });
         JailSettings::try_from(&self.jail)?;
+        CrowdsecSettings::from_config(&self.crowdsec)?;
         let fw = &self.firewall;
         if fw.table.is_empty()
             || fw.table.len() > 32
@@ -773,6 +778,12 @@ impl Config {
         }
         if let Some(path) = &self.mail.password_file {
             self.mail.password = read_secret_file("mail.password_file", path)?;
+        }
+        if let Some(path) = &self.crowdsec.password_file {
+            self.crowdsec.password = read_secret_file("crowdsec.password_file", path)?;
+        }
+        if let Some(path) = &self.crowdsec.bouncer_key_file {
+            self.crowdsec.bouncer_key = read_secret_file("crowdsec.bouncer_key_file", path)?;
         }
         Ok(())
     }

@@ -37,6 +37,8 @@ pub struct DaemonHandler {
     pub gate_stats: watch::Receiver<GateStats>,
     /// What the last reload did.
     pub reload: watch::Receiver<Option<ReloadReport>>,
+    /// The CrowdSec LAPI link, when `[crowdsec]` is on.
+    pub fleet: Option<crate::crowdsec::Link>,
 }
 
 impl From<EngineGone> for Refusal {
@@ -58,6 +60,7 @@ impl DaemonHandler {
             counted: *self.gate_stats.borrow(),
             engine,
             reload: self.reload.borrow().clone(),
+            fleet: self.fleet.as_ref().map(crate::crowdsec::Link::status),
         }
     }
 

@@ -129,6 +129,9 @@ pub struct Status {
     /// The last SIGHUP reload, if there was one since start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadReport>,
+    /// The CrowdSec LAPI link, when `[crowdsec]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::crowdsec::FleetStatus>,
 }
 
 /// One input's state.

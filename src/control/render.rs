@@ -101,6 +101,9 @@ pub fn status(s: &Status) -> String {
         );
     }
     out.push('\n');
+    if let Some(fleet) = &s.fleet {
+        self::fleet(&mut out, fleet);
+    }
     if let Some(reload) = &s.reload {
         self::reload(&mut out, reload);
     }
@@ -129,6 +132,39 @@ fn input(out: &mut String, name: &str, i: &InputStatus) {
         "not counting"
     };
     let _ = writeln!(out, ", {counting}");
+}
+
+fn fleet(out: &mut String, f: &crate::crowdsec::FleetStatus) {
+    let link = match (f.up, f.since) {
+        (_, None) => "connecting".to_owned(),
+        (true, Some(since)) => format!("up since {since}"),
+        (false, Some(since)) => format!("DOWN since {since}"),
+    };
+    let _ = write!(out, "crowdsec: {} {link}", f.url);
+    if let Some(error) = &f.error {
+        let _ = write!(out, " ({error})");
+    }
+    let never = |t: Option<jiff::Timestamp>| t.map_or("never".to_owned(), |t| t.to_string());
+    if f.push {
+        let _ = write!(
+            out,
+            "; last push {}, {} queued",
+            never(f.last_push),
+            f.queued
+        );
+        if f.dropped > 0 {
+            let _ = write!(out, " ({} dropped at the bound)", f.dropped);
+        }
+    }
+    if f.pull {
+        let _ = write!(
+            out,
+            "; last pull {}, {} pulled bans",
+            never(f.last_pull),
+            f.pulled_bans
+        );
+    }
+    out.push('\n');
 }
 
 fn reload(out: &mut String, r: &ReloadReport) {
