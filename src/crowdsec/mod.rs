@@ -1,12 +1,11 @@
 //! The fleet link: astban's bans shared through a CrowdSec Local API.
 //!
-//! Two independent tasks, neither in the path of local protection. The
-//! push task follows the engine's events and turns bans into alerts (and
-//! `astban unban` into deletions) through a bounded queue kept in the
-//! state dir, so a LAPI that is down or slow only delays them. The pull
-//! task polls the decision stream and hands what it reads to the engine,
-//! which keeps pulled bans apart from its own (ignoreip wins; its own
-//! decisions coming back are not applied twice) in sets of their own.
+//! The push task follows the engine's events and turns bans into alerts
+//! (and `astban unban` into deletions) through a bounded queue kept in the
+//! state dir, so a LAPI that is down or slow only delays them; it is never
+//! in the path of local protection. The client's decision stream
+//! ([`Lapi::stream`], [`api::parse_stream`]) is what the pull side (issue
+//! 9, not wired yet) reads.
 
 pub mod api;
 pub mod client;
