@@ -89,6 +89,9 @@ pub enum DaemonError {
     /// `metrics.listen` cannot be bound.
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    /// The CrowdSec LAPI client could not be set up (TLS roots).
+    #[error("cannot set up the CrowdSec LAPI client for crowdsec.url: {0}")]
+    Lapi(reqwest::Error),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
@@ -196,7 +199,8 @@ impl Daemon {
         };
         let names = daemon.start_names();
         let published = daemon.start_inputs(rules);
-        daemon.serve_control(server, published.clone(), names);
+        let fleet = daemon.start_fleet()?;
+        daemon.serve_control(server, published.clone(), names, fleet);
         daemon.start_mail()?;
         if let Some(endpoint) = endpoint {
             daemon.serve_metrics(endpoint, counters, published);
@@ -276,6 +280,7 @@ impl Daemon {
         server: control::Server,
         published: Published,
         names: watch::Receiver<Vec<NameStatus>>,
+        fleet: Option<crate::crowdsec::Link>,
     ) {
         let handler = DaemonHandler {
             engine: self.engine.clone(),
@@ -286,6 +291,7 @@ impl Daemon {
             gate_stats: published.gate_stats,
             reload: self.reload.subscribe(),
             names,
+            fleet,
         };
         let serve = server.serve(Arc::new(handler), self.shutdown.clone());
         self.tasks.spawn("the control socket", serve);
@@ -305,6 +311,34 @@ impl Daemon {
         }
         let serve = endpoint.serve(counters, published, self.shutdown.clone());
         self.tasks.spawn("the metrics endpoint", serve);
+    }
+
+    /// The CrowdSec push and pull tasks, when `[crowdsec]` is on; neither
+    /// is in the path of local bans (see [`crate::crowdsec`]).
+    fn start_fleet(&mut self) -> Result<Option<crate::crowdsec::Link>, DaemonError> {
+        use crate::crowdsec::{Lapi, Link};
+        let Some(settings) = crate::config::CrowdsecSettings::from_config(&self.config.crowdsec)?
+        else {
+            return Ok(None);
+        };
+        let link = Link::new(
+            settings.url.as_str(),
+            settings.push.is_some(),
+            settings.pull.is_some(),
+        );
+        if settings.push.is_some() {
+            let lapi = Lapi::new(&settings).map_err(DaemonError::Lapi)?;
+            let run = crate::crowdsec::run_push(
+                settings.clone(),
+                lapi,
+                self.engine.subscribe(),
+                self.config.state.dir.clone(),
+                link.clone(),
+                self.shutdown.clone(),
+            );
+            self.tasks.spawn("the CrowdSec push", run);
+        }
+        Ok(Some(link))
     }
 
     fn start_mail(&mut self) -> Result<(), DaemonError> {

@@ -10,6 +10,7 @@ pub mod ami;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod crowdsec;
 pub mod daemon;
 pub mod demo;
 pub mod engine;

@@ -26,10 +26,12 @@ use crate::logwatch::LogSettings;
 use crate::logwatch::filter::{RuleDef, RuleSources};
 use crate::units::{IgnoreEntry, duration};
 
+mod crowdsec;
 mod jail;
 mod names;
 
 pub use crate::logwatch::tail::StartAt;
+pub use crowdsec::{CrowdsecConfig, CrowdsecSettings};
 pub use jail::JailSettings;
 pub use names::NameSettings;
 
@@ -61,6 +63,8 @@ pub struct Config {
     pub state: StateConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// The fleet link: sharing bans through a CrowdSec Local API.
+    pub crowdsec: CrowdsecConfig,
 }
 
 /// `[ami]`: how to reach and log in to the Manager Interface.
@@ -616,6 +620,11 @@ impl Config {
                 "ami.secret is empty: Asterisk will refuse the login; set ami.secret_file (or ami.secret) to the secret of astban's user in manager.conf".into(),
             );
         }
+        if self.crowdsec.url.is_some() && self.crowdsec.pull {
+            warnings.push(
+                "crowdsec.pull: this astban pushes its bans to the LAPI but does not pull decisions yet; other PBXs' bans are not enforced here".into(),
+            );
+        }
         if let Some(addr) = self.metrics.listen
             && !addr.ip().is_loopback()
         {
@@ -673,6 +682,7 @@ impl Config {
     fn check(&self) -> Result<(), Invalid> {
         JailSettings::try_from(&self.jail)?;
         NameSettings::try_from(&self.jail)?;
+        CrowdsecSettings::from_config(&self.crowdsec)?;
         self.firewall.check()?;
         self.ami.check(self.input.mode)?;
         self.log.check()?;
@@ -685,6 +695,12 @@ impl Config {
         }
         if let Some(path) = &self.mail.password_file {
             self.mail.password = read_secret_file("mail.password_file", path)?;
+        }
+        if let Some(path) = &self.crowdsec.password_file {
+            self.crowdsec.password = read_secret_file("crowdsec.password_file", path)?;
+        }
+        if let Some(path) = &self.crowdsec.bouncer_key_file {
+            self.crowdsec.bouncer_key = read_secret_file("crowdsec.bouncer_key_file", path)?;
         }
         Ok(())
     }

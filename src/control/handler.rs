@@ -40,6 +40,8 @@ pub struct DaemonHandler {
     pub reload: watch::Receiver<Option<ReloadReport>>,
     /// What the resolver knows of `jail.ignoreip`'s host names.
     pub names: watch::Receiver<Vec<NameStatus>>,
+    /// The CrowdSec LAPI link, when `[crowdsec]` is on.
+    pub fleet: Option<crate::crowdsec::Link>,
 }
 
 impl From<EngineGone> for Refusal {
@@ -62,6 +64,7 @@ impl DaemonHandler {
             engine,
             reload: self.reload.borrow().clone(),
             ignore_names: self.names.borrow().clone(),
+            fleet: self.fleet.as_ref().map(crate::crowdsec::Link::status),
         }
     }
 

@@ -134,6 +134,9 @@ pub struct Status {
     /// that stopped resolving.
     #[serde(default)]
     pub ignore_names: Vec<NameStatus>,
+    /// The CrowdSec LAPI link, when `[crowdsec]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::crowdsec::FleetStatus>,
 }
 
 /// One input's state.

@@ -105,6 +105,9 @@ pub fn status(s: &Status) -> String {
     for name in &s.ignore_names {
         ignore_name(&mut out, name);
     }
+    if let Some(fleet) = &s.fleet {
+        self::fleet(&mut out, fleet);
+    }
     if let Some(reload) = &s.reload {
         self::reload(&mut out, reload);
     }
@@ -163,6 +166,39 @@ fn ignore_name(out: &mut String, n: &NameStatus) {
     }
     if n.dropped > 0 {
         let _ = write!(out, "; {} addresses of its answer left out", n.dropped);
+    }
+    out.push('\n');
+}
+
+fn fleet(out: &mut String, f: &crate::crowdsec::FleetStatus) {
+    let link = match (f.up, f.since) {
+        (_, None) => "connecting".to_owned(),
+        (true, Some(since)) => format!("up since {since}"),
+        (false, Some(since)) => format!("DOWN since {since}"),
+    };
+    let _ = write!(out, "crowdsec: {} {link}", f.url);
+    if let Some(error) = &f.error {
+        let _ = write!(out, " ({error})");
+    }
+    let never = |t: Option<jiff::Timestamp>| t.map_or("never".to_owned(), |t| t.to_string());
+    if f.push {
+        let _ = write!(
+            out,
+            "; last push {}, {} queued",
+            never(f.last_push),
+            f.queued
+        );
+        if f.dropped > 0 {
+            let _ = write!(out, " ({} dropped at the bound)", f.dropped);
+        }
+    }
+    if f.pull {
+        let _ = write!(
+            out,
+            "; last pull {}, {} pulled bans",
+            never(f.last_pull),
+            f.pulled_bans
+        );
     }
     out.push('\n');
 }

@@ -294,6 +294,7 @@ mod tests {
             services: Default::default(),
             accounts: vec![],
             account_under_attack: None,
+            origin: None,
         }
     }
 

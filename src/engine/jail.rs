@@ -706,6 +706,7 @@ impl Jail {
                 services: Default::default(),
                 accounts: Vec::new(),
                 account_under_attack: None,
+                origin: None,
             };
             for inner in self.inside(net) {
                 self.remove_ban(inner, UnbanReason::Superseded, fx);
@@ -808,6 +809,7 @@ impl Jail {
             services: tracked.services,
             accounts: tracked.accounts,
             account_under_attack,
+            origin: None,
         };
         self.insert_ban(info.clone());
         self.remember_offender(net, offense, expires, now);
@@ -1800,6 +1802,7 @@ mod tests {
                     services: Default::default(),
                     accounts: vec![AttackerText::new("x"); 9],
                     account_under_attack: None,
+                    origin: None,
                 })
                 .map(Arc::new)
                 .collect(),
@@ -1840,6 +1843,7 @@ mod tests {
             services: Default::default(),
             accounts: Vec::new(),
             account_under_attack: None,
+            origin: None,
         };
         let saved = Saved {
             bans: [

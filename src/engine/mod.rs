@@ -83,6 +83,25 @@ pub struct BanInfo {
     /// the account was under attack (`jail.account_ban_at_once`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_under_attack: Option<AttackerText>,
+    /// Where a ban pulled from the fleet's CrowdSec LAPI came from; `None`
+    /// for astban's own (and in state saved before the fleet link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<FleetOrigin>,
+}
+
+/// Who made a ban astban pulled from the CrowdSec LAPI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetOrigin {
+    /// The decision's origin (`cscli`, `crowdsec`, `astban`, `CAPI`).
+    pub origin: String,
+    /// Its scenario.
+    pub scenario: String,
+}
+
+impl fmt::Display for FleetOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CrowdSec LAPI ({}, {})", self.origin, self.scenario)
+    }
 }
 
 impl BanInfo {
@@ -869,6 +888,7 @@ mod tests {
             services: [Service::Pjsip].into_iter().collect(),
             accounts: vec![AttackerText::new("1000")],
             account_under_attack: None,
+            origin: None,
         };
         let json = serde_json::to_value(&info).expect("json");
         assert_eq!(json["host"], "192.0.2.7");
