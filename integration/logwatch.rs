@@ -320,20 +320,11 @@ async fn reloaded_rules_apply_to_later_lines() {
     append(&f.path, &line(1));
     assert_eq!(f.next(1).await, hosts(1..=1));
     let custom = LogConfig {
-        extra_rules: vec![astban::logwatch::filter::RuleDef {
-            name: "scanner".into(),
-            kind: astban::failure::FailureKind::Suspicious,
-            service: None,
-            failregex: "Friendly Scanner from <HOST>$".into(),
-            module: None,
-            anchor: Default::default(),
-            attempt: None,
-            step: Default::default(),
-            host_first: false,
-            starts_unique: false,
-            sender_text_max: None,
-            session: None,
-        }],
+        extra_rules: vec![astban::logwatch::filter::RuleDef::plain(
+            "scanner",
+            astban::failure::FailureKind::Suspicious,
+            "Friendly Scanner from <HOST>$",
+        )],
         ..LogConfig::default()
     };
     f.rules

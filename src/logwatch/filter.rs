@@ -93,6 +93,28 @@ pub struct RuleDef {
     pub session: Option<String>,
 }
 
+impl RuleDef {
+    /// A rule with only what every rule needs: anchored on the message,
+    /// any module, in no attempt group; what `[[log.rule]]` gives when it
+    /// sets just these three keys.
+    pub fn plain(name: &str, kind: FailureKind, failregex: &str) -> RuleDef {
+        RuleDef {
+            name: name.into(),
+            kind,
+            service: None,
+            failregex: failregex.into(),
+            module: None,
+            anchor: Anchor::Message,
+            attempt: None,
+            step: Step::Refusal,
+            host_first: false,
+            starts_unique: false,
+            sender_text_max: None,
+            session: None,
+        }
+    }
+}
+
 fn is_refusal(step: &Step) -> bool {
     *step == Step::Refusal
 }
@@ -937,20 +959,11 @@ mod tests {
 
     #[test]
     fn config_adds_rules_and_ignoreregex() {
-        let extra = [RuleDef {
-            name: "custom".into(),
-            kind: FailureKind::Suspicious,
-            service: None,
-            failregex: "Friendly Scanner from <HOST>$".into(),
-            module: None,
-            anchor: Anchor::Message,
-            attempt: None,
-            step: Default::default(),
-            host_first: false,
-            starts_unique: false,
-            sender_text_max: None,
-            session: None,
-        }];
+        let extra = [RuleDef::plain(
+            "custom",
+            FailureKind::Suspicious,
+            "Friendly Scanner from <HOST>$",
+        )];
         let set = RuleSet::from_config(RuleSources {
             rules: "asterisk",
             extra_rules: &extra,
@@ -972,20 +985,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_rule_and_the_fix() {
-        let rule = |name: &str, failregex: &str| RuleDef {
-            name: name.into(),
-            kind: FailureKind::Suspicious,
-            service: None,
-            failregex: failregex.into(),
-            module: None,
-            anchor: Anchor::Message,
-            attempt: None,
-            step: Default::default(),
-            host_first: false,
-            starts_unique: false,
-            sender_text_max: None,
-            session: None,
-        };
+        let rule =
+            |name: &str, failregex: &str| RuleDef::plain(name, FailureKind::Suspicious, failregex);
         let with = |extra_rules: &[RuleDef], ignoreregex: &[String]| {
             RuleSet::from_config(RuleSources {
                 rules: "asterisk",

@@ -944,20 +944,7 @@ mod tests {
     use super::*;
 
     fn rule(failregex: &str) -> Rule {
-        let def = RuleDef {
-            name: "t".into(),
-            kind: FailureKind::InvalidPassword,
-            service: None,
-            failregex: failregex.into(),
-            module: None,
-            anchor: Anchor::Message,
-            attempt: None,
-            step: Default::default(),
-            host_first: false,
-            starts_unique: false,
-            sender_text_max: None,
-            session: None,
-        };
+        let def = RuleDef::plain("t", FailureKind::InvalidPassword, failregex);
         Rule::compile(&def, 0, None, 0).expect("compiles")
     }
 
@@ -1011,20 +998,7 @@ mod tests {
 
     #[test]
     fn bad_rules_say_why() {
-        let def = |re: &str| RuleDef {
-            name: "t".into(),
-            kind: FailureKind::InvalidPassword,
-            service: None,
-            failregex: re.into(),
-            module: None,
-            anchor: Anchor::Message,
-            attempt: None,
-            step: Default::default(),
-            host_first: false,
-            starts_unique: false,
-            sender_text_max: None,
-            session: None,
-        };
+        let def = |re: &str| RuleDef::plain("t", FailureKind::InvalidPassword, re);
         for (re, why) in [
             ("no host here", "has no <HOST>"),
             ("<HOST> and <HOST>", "more than once"),
