@@ -492,6 +492,14 @@ impl Jail {
             if expires > now {
                 break;
             }
+            // Pulled bans end quietly, as they came (see `pull`); the
+            // kernel drops the element on its own timeout too.
+            if self.bans.get(&net).is_some_and(|b| b.origin.is_some()) {
+                self.take_ban(net);
+                fx.changes.push(Change::Unban { net });
+                fx.persist = true;
+                continue;
+            }
             self.remove_ban(net, UnbanReason::Expired, fx);
         }
     }
@@ -2637,6 +2645,13 @@ mod tests {
         let mut fx = Effects::default();
         jail.expire(t(60), &mut fx);
         assert!(jail.bans().is_empty());
+        assert!(fx.events.is_empty() && fx.journal.is_empty());
+        assert_eq!(
+            fx.changes,
+            [Change::Unban {
+                net: net("198.51.100.2/32")
+            }]
+        );
         // The ban restores as pulled, in the fleet's set.
         let mut jail = jail_of(config());
         jail.pull(
