@@ -338,6 +338,17 @@ impl Daemon {
             );
             self.tasks.spawn("the CrowdSec push", run);
         }
+        if settings.pull.is_some() {
+            let lapi = Lapi::new(&settings).map_err(DaemonError::Lapi)?;
+            let run = crate::crowdsec::run_pull(
+                settings.clone(),
+                lapi,
+                self.engine.clone(),
+                link.clone(),
+                self.shutdown.clone(),
+            );
+            self.tasks.spawn("the CrowdSec pull", run);
+        }
         Ok(Some(link))
     }
 

@@ -87,6 +87,18 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Unban { host, socket } => {
             let ban = ask(&socket, |c| async move { c.unban(host).await })?;
             println!("unbanned {}", astban::units::format_net(ban.net));
+            if let Some(origin) = &ban.origin {
+                // Lifted here only: the LAPI still holds the decision.
+                let flag = if ban.net.prefix_len() == ban.net.max_prefix_len() {
+                    "--ip"
+                } else {
+                    "--range"
+                };
+                println!(
+                    "it came from the fleet: {origin}; the LAPI may send it again unless it is deleted there (`cscli decisions delete {flag} {}`)",
+                    astban::units::format_net(ban.net)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

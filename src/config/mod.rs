@@ -620,11 +620,6 @@ impl Config {
                 "ami.secret is empty: Asterisk will refuse the login; set ami.secret_file (or ami.secret) to the secret of astban's user in manager.conf".into(),
             );
         }
-        if self.crowdsec.url.is_some() && self.crowdsec.pull {
-            warnings.push(
-                "crowdsec.pull: this astban pushes its bans to the LAPI but does not pull decisions yet; other PBXs' bans are not enforced here".into(),
-            );
-        }
         if let Some(addr) = self.metrics.listen
             && !addr.ip().is_loopback()
         {

@@ -249,5 +249,8 @@ pub fn ban_line(ban: &BanInfo) -> String {
     if let Some(account) = &ban.account_under_attack {
         let _ = write!(line, " (banned at once: account {account} under attack)");
     }
+    if let Some(origin) = &ban.origin {
+        let _ = write!(line, " (from {origin})");
+    }
     line
 }

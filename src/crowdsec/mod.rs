@@ -3,13 +3,15 @@
 //! The push task follows the engine's events and turns bans into alerts
 //! (and `astban unban` into deletions) through a bounded queue kept in the
 //! state dir, so a LAPI that is down or slow only delays them; it is never
-//! in the path of local protection. The client's decision stream
-//! ([`Lapi::stream`], [`api::parse_stream`]) is what the pull side (issue
-//! 9, not wired yet) reads.
+//! in the path of local protection. The pull task polls the decision
+//! stream ([`Lapi::stream`], [`api::parse_stream`]) and hands it to the
+//! engine, which keeps pulled bans apart from its own and lets `ignoreip`
+//! win over them.
 
 pub mod api;
 pub mod client;
 
+mod pull;
 mod push;
 
 use jiff::Timestamp;
@@ -21,6 +23,7 @@ use crate::failure::{FailureKind, Service};
 
 pub use client::{Lapi, LapiError};
 
+pub use pull::run_pull;
 pub use push::{QUEUE_FILE, run_push};
 
 /// The scenario suffixes astban pushes (for the machine's login).

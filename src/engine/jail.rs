@@ -22,7 +22,10 @@ use super::accounts::{
 use super::ignore::{IgnoreList, IgnoreReason, ResolvedIgnore, canonical_net};
 use super::journal::Record;
 use super::state::{Saved, SavedOffender, SavedSite};
-use super::{BanError, BanInfo, EngineEvent, EngineStats, MAX_ACCOUNTS, UnbanReason};
+use super::{
+    BanError, BanInfo, EngineEvent, EngineStats, FleetOrigin, MAX_ACCOUNTS, PullOutcome, PulledBan,
+    UnbanReason,
+};
 use crate::config::JailSettings;
 use crate::failure::{AttackerText, Failure, KindSet, Report, ServiceSet};
 use crate::firewall::{ActiveBan, Change, FirewallStatus};
@@ -489,6 +492,14 @@ impl Jail {
             if expires > now {
                 break;
             }
+            // Pulled bans end quietly, as they came (see `pull`); the
+            // kernel drops the element on its own timeout too.
+            if self.bans.get(&net).is_some_and(|b| b.origin.is_some()) {
+                self.take_ban(net);
+                fx.changes.push(Change::Unban { net });
+                fx.persist = true;
+                continue;
+            }
             self.remove_ban(net, UnbanReason::Expired, fx);
         }
     }
@@ -669,8 +680,138 @@ impl Jail {
             .map(|b| ActiveBan {
                 net: b.net,
                 expires: b.expires,
+                fleet: b.origin.is_some(),
             })
             .collect()
+    }
+
+    /// Applies one poll of the fleet's decision stream. `new` bans what
+    /// no ban covers yet (astban's own decisions coming back find their
+    /// local ban and are skipped), for the decision's time; `ignoreip` and
+    /// own addresses win over every one of them. `deleted` lifts pulled
+    /// bans (never local ones); after a `startup` listing, which holds
+    /// every decision in force, pulled bans it lacks are lifted too.
+    ///
+    /// Pulled bans raise no events: a startup listing can hold thousands
+    /// (CAPI), which must not push local bans out of the event queue.
+    pub(crate) fn pull(
+        &mut self,
+        new: &[PulledBan],
+        deleted: &[IpNet],
+        startup: bool,
+        now: Timestamp,
+        fx: &mut Effects,
+    ) -> PullOutcome {
+        let mut out = PullOutcome::default();
+        // One per network: the longest decision.
+        let mut wanted: HashMap<IpNet, &PulledBan> = HashMap::new();
+        for b in new.iter().filter(|b| b.expires > now) {
+            let net = canonical_net(b.net);
+            let e = wanted.entry(net).or_insert(b);
+            if b.expires > e.expires {
+                *e = b;
+            }
+        }
+        let pulled = |b: &BanInfo| b.origin.is_some();
+        let gone: Vec<IpNet> = if startup {
+            self.bans
+                .values()
+                .filter(|b| pulled(b) && !wanted.contains_key(&b.net))
+                .map(|b| b.net)
+                .collect()
+        } else {
+            deleted
+                .iter()
+                .map(|&n| canonical_net(n))
+                .filter(|n| !wanted.contains_key(n) && self.bans.get(n).is_some_and(|b| pulled(b)))
+                .collect()
+        };
+        for net in gone {
+            self.lift_pulled(net, fx);
+            out.lifted += 1;
+        }
+        let mut wanted: Vec<(IpNet, &PulledBan)> = wanted.into_iter().collect();
+        // Wider first, so that a narrower one inside it is seen as covered.
+        wanted.sort_by_key(|(net, _)| (net.prefix_len(), *net));
+        for (net, b) in wanted {
+            // As for a manual ban without --force: no address nobody
+            // sends from, no huge prefix.
+            let min = match net {
+                IpNet::V4(_) => MIN_MANUAL_PREFIX_V4,
+                IpNet::V6(_) => MIN_MANUAL_PREFIX_V6,
+            };
+            let odd = (net.prefix_len() == net.max_prefix_len() && !is_unicast(net.addr()))
+                || net.prefix_len() < min;
+            if odd || self.ignore.overlap(net).is_some() {
+                out.ignored += 1;
+                continue;
+            }
+            let origin = Some(b.origin.clone());
+            if let Some(existing) = self.bans.get(&net) {
+                if !pulled(existing) {
+                    out.local += 1;
+                } else if existing.expires != b.expires || existing.origin != origin {
+                    let Some(mut info) = self.take_ban(net) else {
+                        continue;
+                    };
+                    info.expires = b.expires;
+                    info.origin = origin;
+                    self.insert_ban(info.clone());
+                    fx.changes.push(Change::Replace {
+                        net,
+                        expires: b.expires,
+                        fleet: true,
+                    });
+                    fx.journal.push(Record::Ban(info));
+                    fx.persist = true;
+                }
+                continue;
+            }
+            if self.covering(net).is_some() {
+                out.local += 1;
+                continue;
+            }
+            // Pulled bans inside it give way (one interval set holds
+            // them); astban's own stay, in their own sets.
+            for inner in self.inside(net) {
+                if self.bans.get(&inner).is_some_and(|b| pulled(b)) {
+                    self.lift_pulled(inner, fx);
+                }
+            }
+            let info = BanInfo {
+                net,
+                banned_at: at_second(now.as_second()),
+                expires: b.expires,
+                failures: 0,
+                offense: 1,
+                manual: false,
+                kinds: Default::default(),
+                services: Default::default(),
+                accounts: Vec::new(),
+                account_under_attack: None,
+                origin,
+            };
+            self.insert_ban(info.clone());
+            fx.changes.push(Change::Ban {
+                net,
+                expires: b.expires,
+                fleet: true,
+            });
+            fx.journal.push(Record::Ban(info));
+            fx.persist = true;
+            out.added += 1;
+        }
+        out.in_force = self.bans.values().filter(|b| pulled(b)).count();
+        out
+    }
+
+    /// Ends a pulled ban the fleet no longer has, quietly (see `pull`).
+    fn lift_pulled(&mut self, net: IpNet, fx: &mut Effects) {
+        if self.take_ban(net).is_some() {
+            fx.changes.push(Change::Unban { net });
+            fx.journal.push(Record::Unban(net));
+            fx.persist = true;
+        }
     }
 
     /// Takes back the ban of `net`, which nft refused: it is not enforced,
@@ -706,7 +847,12 @@ impl Jail {
                 services: Default::default(),
                 accounts: Vec::new(),
                 account_under_attack: None,
-                origin: None,
+                // A startup listing of the stream lifts it if the LAPI no
+                // longer has it.
+                origin: ban.fleet.then(|| FleetOrigin {
+                    origin: "unknown".into(),
+                    scenario: "found in the kernel".into(),
+                }),
             };
             for inner in self.inside(net) {
                 self.remove_ban(inner, UnbanReason::Superseded, fx);
@@ -815,9 +961,17 @@ impl Jail {
         self.remember_offender(net, offense, expires, now);
         self.bans_total += 1;
         fx.changes.push(if replacing {
-            Change::Replace { net, expires }
+            Change::Replace {
+                net,
+                expires,
+                fleet: false,
+            }
         } else {
-            Change::Ban { net, expires }
+            Change::Ban {
+                net,
+                expires,
+                fleet: false,
+            }
         });
         fx.journal.push(Record::Ban(info.clone()));
         fx.events.push(EngineEvent::Banned(info.clone()));
@@ -1040,7 +1194,8 @@ mod tests {
             fx.changes,
             [Change::Ban {
                 net: net("192.0.2.7/32"),
-                expires
+                expires,
+                fleet: false
             }]
         );
         let EngineEvent::Banned(info) = &fx.events[0] else {
@@ -1314,7 +1469,8 @@ mod tests {
             fx.changes,
             [Change::Ban {
                 net: net("192.0.2.7/32"),
-                expires: t(1)
+                expires: t(1),
+                fleet: false
             }]
         );
         let (verdict, _) = fail(&mut jail, "2001:db8::1", 1, t(0));
@@ -1655,7 +1811,8 @@ mod tests {
                 },
                 Change::Ban {
                     net: net("192.0.2.0/24"),
-                    expires: t(61)
+                    expires: t(61),
+                    fleet: false
                 }
             ]
         );
@@ -1696,7 +1853,8 @@ mod tests {
             fx.changes,
             [Change::Replace {
                 net: net("192.0.2.0/24"),
-                expires: again.expires
+                expires: again.expires,
+                fleet: false
             }]
         );
         assert_eq!(jail.next_expiry(), Some(again.expires));
@@ -1975,6 +2133,7 @@ mod tests {
         let found = |n: &str, secs: i64| ActiveBan {
             net: net(n),
             expires: Timestamp::from_second(t(0).as_second() + secs).expect("ts"),
+            fleet: false,
         };
         let mut fx = Effects::default();
         let adopted = jail.adopt(
@@ -2383,5 +2542,128 @@ mod tests {
             ),
             (1000, 0, 0)
         );
+    }
+
+    fn pulled(n: &str, secs: i64, origin: &str) -> PulledBan {
+        PulledBan {
+            net: net(n),
+            expires: t(secs),
+            origin: FleetOrigin {
+                origin: origin.into(),
+                scenario: "crowdsecurity/ssh-bf".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn pulled_bans_are_kept_apart_ignoreip_wins_and_own_bans_are_not_doubled() {
+        let mut jail = jail_of(JailConfig {
+            ignoreip: vec!["10.0.0.0/8".parse().expect("net")],
+            ..config()
+        });
+        fail(&mut jail, "192.0.2.7", 5, t(0));
+        let mut fx = Effects::default();
+        let new = [
+            pulled("198.51.100.1/32", 600, "cscli"),
+            // Its own decision coming back.
+            pulled("192.0.2.7/32", 600, "astban"),
+            // In ignoreip, or covering it.
+            pulled("10.1.2.3/32", 600, "astban"),
+            pulled("10.0.0.0/8", 600, "CAPI"),
+            pulled("0.0.0.0/1", 600, "CAPI"),
+            pulled("198.51.100.2/32", 0, "cscli"),
+        ];
+        let out = jail.pull(&new, &[], true, t(0), &mut fx);
+        assert_eq!(
+            (out.added, out.local, out.ignored, out.in_force),
+            (1, 1, 3, 1)
+        );
+        assert_eq!(
+            fx.changes,
+            [Change::Ban {
+                net: net("198.51.100.1/32"),
+                expires: t(600),
+                fleet: true
+            }]
+        );
+        assert!(fx.events.is_empty());
+        let ban = jail
+            .bans()
+            .into_iter()
+            .find(|b| b.origin.is_some())
+            .expect("pulled");
+        assert_eq!(
+            ban.origin.as_ref().map(|o| o.origin.as_str()),
+            Some("cscli")
+        );
+        // A failure of a host the fleet bans is one of a banned network.
+        let (verdict, _) = fail(&mut jail, "198.51.100.1", 1, t(1));
+        assert_eq!(verdict, Verdict::AlreadyBanned(net("198.51.100.1/32")));
+
+        // A delta deleting it lifts it; deleting a local ban does nothing.
+        let mut fx = Effects::default();
+        let out = jail.pull(
+            &[],
+            &[net("198.51.100.1/32"), net("192.0.2.7/32")],
+            false,
+            t(2),
+            &mut fx,
+        );
+        assert_eq!((out.lifted, out.in_force), (1, 0));
+        assert_eq!(
+            fx.changes,
+            [Change::Unban {
+                net: net("198.51.100.1/32")
+            }]
+        );
+        assert_eq!(jail.bans().len(), 1);
+    }
+
+    #[test]
+    fn a_startup_listing_lifts_pulled_bans_it_lacks_and_a_pulled_ban_ends_on_time() {
+        let mut jail = jail_of(config());
+        let mut fx = Effects::default();
+        jail.pull(
+            &[
+                pulled("198.51.100.1/32", 600, "cscli"),
+                pulled("198.51.100.2/32", 60, "cscli"),
+            ],
+            &[],
+            true,
+            t(0),
+            &mut fx,
+        );
+        let mut fx = Effects::default();
+        let out = jail.pull(
+            &[pulled("198.51.100.2/32", 60, "cscli")],
+            &[],
+            true,
+            t(1),
+            &mut fx,
+        );
+        assert_eq!((out.lifted, out.added, out.in_force), (1, 0, 1));
+        let mut fx = Effects::default();
+        jail.expire(t(60), &mut fx);
+        assert!(jail.bans().is_empty());
+        assert!(fx.events.is_empty() && fx.journal.is_empty());
+        assert_eq!(
+            fx.changes,
+            [Change::Unban {
+                net: net("198.51.100.2/32")
+            }]
+        );
+        // The ban restores as pulled, in the fleet's set.
+        let mut jail = jail_of(config());
+        jail.pull(
+            &[pulled("198.51.100.3/32", 600, "cscli")],
+            &[],
+            true,
+            t(0),
+            &mut Effects::default(),
+        );
+        let saved = jail.snapshot();
+        let mut restored = jail_of(config());
+        let active = restored.restore(saved, t(1), &mut Effects::default());
+        assert!(active.iter().all(|b| b.fleet) && active.len() == 1);
     }
 }

@@ -104,6 +104,32 @@ impl fmt::Display for FleetOrigin {
     }
 }
 
+/// A ban decision of the fleet, as the pull task hands it to the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledBan {
+    /// The network it bans.
+    pub net: IpNet,
+    /// When the decision ends.
+    pub expires: Timestamp,
+    /// Who made it.
+    pub origin: FleetOrigin,
+}
+
+/// What one poll of the fleet's decisions changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PullOutcome {
+    /// Pulled bans added.
+    pub added: usize,
+    /// Pulled bans lifted (deleted or expired on the LAPI).
+    pub lifted: usize,
+    /// Decisions `ignoreip`, own addresses or their shape kept out.
+    pub ignored: usize,
+    /// Decisions on networks astban already bans (its own coming back).
+    pub local: usize,
+    /// Pulled bans in force after the poll.
+    pub in_force: usize,
+}
+
 impl BanInfo {
     /// How long the ban lasts in total.
     pub fn duration(&self) -> Duration {
@@ -459,6 +485,23 @@ impl EngineHandle {
         named: Vec<ResolvedIgnore>,
     ) -> Result<usize, EngineGone> {
         self.ask(|reply| Command::SetNamed { named, reply }).await
+    }
+
+    /// Applies one poll of the fleet's decision stream (see the pull
+    /// task): `startup` says `new` lists every decision in force.
+    pub async fn pull(
+        &self,
+        new: Vec<PulledBan>,
+        deleted: Vec<IpNet>,
+        startup: bool,
+    ) -> Result<PullOutcome, EngineGone> {
+        self.ask(|reply| Command::Pull {
+            new,
+            deleted,
+            startup,
+            reply,
+        })
+        .await
     }
 
     /// Events from now on.

@@ -70,6 +70,12 @@ pub(super) enum Command {
         named: Vec<ResolvedIgnore>,
         reply: oneshot::Sender<usize>,
     },
+    Pull {
+        new: Vec<super::PulledBan>,
+        deleted: Vec<IpNet>,
+        startup: bool,
+        reply: oneshot::Sender<super::PullOutcome>,
+    },
 }
 
 /// Everything the engine task is made of.
@@ -214,6 +220,20 @@ impl Engine {
             Command::Adopt { bans, reply } => {
                 let result = jail.adopt(&bans, now, fx);
                 self.parts.metrics.banned(BanOrigin::Adopted, result as u64);
+                replies.push(Box::new(move || {
+                    let _ = reply.send(result);
+                }));
+            }
+            Command::Pull {
+                new,
+                deleted,
+                startup,
+                reply,
+            } => {
+                let result = jail.pull(&new, &deleted, startup, now, fx);
+                self.parts
+                    .metrics
+                    .banned(BanOrigin::Fleet, result.added as u64);
                 replies.push(Box::new(move || {
                     let _ = reply.send(result);
                 }));

@@ -75,7 +75,10 @@ impl Applier {
             firewall,
             rx,
             status: status_tx,
-            mirror: restored.into_iter().map(|b| (b.net, b.expires)).collect(),
+            mirror: restored
+                .into_iter()
+                .map(|b| (b.net, (b.expires, b.fleet)))
+                .collect(),
             synced: false,
             pending: HashMap::new(),
             last_error: None,
@@ -159,7 +162,7 @@ struct Worker<F> {
     status: watch::Sender<FirewallStatus>,
     /// The bans that should be in the kernel, and when each ends: every
     /// change given is folded in, so a rebuilt table gets all of them.
-    mirror: HashMap<IpNet, Timestamp>,
+    mirror: HashMap<IpNet, (Timestamp, bool)>,
     /// The table and its rules are known to be in place.
     synced: bool,
     /// Changes not yet in the kernel, one per network.
@@ -223,8 +226,8 @@ impl<F: Firewall> Worker<F> {
         for change in changes {
             let net = change.net();
             match change {
-                Change::Ban { expires, .. } | Change::Replace { expires, .. } => {
-                    self.mirror.insert(net, expires);
+                Change::Ban { expires, fleet, .. } | Change::Replace { expires, fleet, .. } => {
+                    self.mirror.insert(net, (expires, fleet));
                 }
                 Change::Unban { .. } => {
                     self.mirror.remove(&net);
@@ -337,6 +340,7 @@ impl<F: Firewall> Worker<F> {
                     .map(|b| Change::Ban {
                         net: b.net,
                         expires: b.expires,
+                        fleet: b.fleet,
                     })
                     .collect();
                 let refused = self.bisect(bans, false, now).await?;
@@ -419,11 +423,15 @@ impl<F: Firewall> Worker<F> {
 
     /// The mirror's bans that have not ended by `now`.
     fn wanted(&mut self, now: Timestamp) -> Vec<ActiveBan> {
-        self.mirror.retain(|_, expires| *expires > now);
+        self.mirror.retain(|_, (expires, _)| *expires > now);
         let mut bans: Vec<ActiveBan> = self
             .mirror
             .iter()
-            .map(|(&net, &expires)| ActiveBan { net, expires })
+            .map(|(&net, &(expires, fleet))| ActiveBan {
+                net,
+                expires,
+                fleet,
+            })
             .collect();
         bans.sort_by_key(|b| b.net);
         bans
@@ -658,6 +666,7 @@ mod tests {
         Change::Ban {
             net: net(s),
             expires: in_a_minute(),
+            fleet: false,
         }
     }
 
@@ -665,6 +674,7 @@ mod tests {
         ActiveBan {
             net: net(s),
             expires: in_a_minute(),
+            fleet: false,
         }
     }
 

@@ -43,7 +43,7 @@ impl Firewall for DryRunFirewall {
     async fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
         for change in changes {
             match *change {
-                Change::Ban { net, expires } | Change::Replace { net, expires } => {
+                Change::Ban { net, expires, .. } | Change::Replace { net, expires, .. } => {
                     if let Some(secs) = timeout_secs(expires, now) {
                         let duration = format_duration(Duration::from_secs(secs.into()));
                         tracing::info!(%net, %duration, "dry-run: would ban");

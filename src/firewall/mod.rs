@@ -33,6 +33,8 @@ pub enum Change {
         net: IpNet,
         /// When the kernel should drop the ban by itself.
         expires: Timestamp,
+        /// Pulled from the fleet (CrowdSec LAPI): kept in sets of its own.
+        fleet: bool,
     },
     /// `net` was banned and now is until `expires` instead. Unlike a plain
     /// addition this removes the kernel's element first, because re-adding
@@ -43,8 +45,10 @@ pub enum Change {
         net: IpNet,
         /// The new end of the ban.
         expires: Timestamp,
+        /// Pulled from the fleet.
+        fleet: bool,
     },
-    /// `net` is no longer banned.
+    /// `net` is no longer banned (in astban's sets and the fleet's).
     Unban {
         /// The network whose ban ends.
         net: IpNet,
@@ -74,9 +78,18 @@ impl Change {
     pub fn then(&self, next: Change) -> Change {
         match (self, next) {
             // The kernel may still hold the element from before: replace it.
-            (Change::Unban { .. } | Change::Replace { .. }, Change::Ban { net, expires }) => {
-                Change::Replace { net, expires }
-            }
+            (
+                Change::Unban { .. } | Change::Replace { .. },
+                Change::Ban {
+                    net,
+                    expires,
+                    fleet,
+                },
+            ) => Change::Replace {
+                net,
+                expires,
+                fleet,
+            },
             (_, next) => next,
         }
     }
@@ -89,6 +102,8 @@ pub struct ActiveBan {
     pub net: IpNet,
     /// When it ends.
     pub expires: Timestamp,
+    /// Pulled from the fleet: in the fleet's sets.
+    pub fleet: bool,
 }
 
 /// A backend that enforces bans.
@@ -303,8 +318,16 @@ mod tests {
     fn a_ban_after_an_unban_replaces_the_element() {
         let net: IpNet = "192.0.2.1/32".parse().expect("net");
         let expires = Timestamp::from_second(1_000).expect("ts");
-        let ban = Change::Ban { net, expires };
-        let replace = Change::Replace { net, expires };
+        let ban = Change::Ban {
+            net,
+            expires,
+            fleet: false,
+        };
+        let replace = Change::Replace {
+            net,
+            expires,
+            fleet: false,
+        };
         assert_eq!(Change::Unban { net }.then(ban.clone()), replace);
         assert_eq!(replace.then(ban.clone()), replace);
         assert_eq!(ban.then(Change::Unban { net }), Change::Unban { net });

@@ -9,6 +9,7 @@
 //!     set v4net { type ipv4_addr; flags interval,timeout; }   # networks
 //!     set v6    { type ipv6_addr; flags timeout; }
 //!     set v6net { type ipv6_addr; flags interval,timeout; }   # e.g. /64 prefixes
+//!     set fleet_v4, fleet_v4net, fleet_v6, fleet_v6net        # pulled from CrowdSec
 //!     chain input {
 //!         type filter hook input priority -10; policy accept;
 //!         [meta l4proto { tcp, udp } th dport { PORTS }] ip saddr @v4 drop
@@ -74,13 +75,21 @@ const EXPIRY_SLACK: i64 = 2;
 const MAX_STDERR: usize = 1024;
 
 /// The sets, the address family their rule matches, and whether they hold
-/// prefixes.
-const SETS: [(&str, &str, SetType, bool); 4] = [
+/// prefixes. Bans pulled from the fleet live in the `fleet_` sets, so that
+/// `nft list table` tells them from astban's own.
+const SETS: [(&str, &str, SetType, bool); 8] = [
     ("v4", "ip", SetType::Ipv4Addr, false),
     ("v4net", "ip", SetType::Ipv4Addr, true),
     ("v6", "ip6", SetType::Ipv6Addr, false),
     ("v6net", "ip6", SetType::Ipv6Addr, true),
+    ("fleet_v4", "ip", SetType::Ipv4Addr, false),
+    ("fleet_v4net", "ip", SetType::Ipv4Addr, true),
+    ("fleet_v6", "ip6", SetType::Ipv6Addr, false),
+    ("fleet_v6net", "ip6", SetType::Ipv6Addr, true),
 ];
+
+/// The prefix of the sets of pulled bans.
+const FLEET: &str = "fleet_";
 
 /// Bans in an nftables table of astban's own.
 #[derive(Debug, Clone)]
@@ -114,14 +123,19 @@ impl NftFirewall {
     }
 
     /// The set a ban of `net` is stored in: hosts in the hash sets `v4` and
-    /// `v6`, prefixes in the interval sets `v4net` and `v6net`.
-    pub fn set_name(net: IpNet) -> &'static str {
+    /// `v6`, prefixes in the interval sets `v4net` and `v6net`; pulled
+    /// bans in the same with `fleet_` in front.
+    pub fn set_name(net: IpNet, fleet: bool) -> &'static str {
         let host = net.prefix_len() == net.max_prefix_len();
-        match (net, host) {
-            (IpNet::V4(_), true) => "v4",
-            (IpNet::V4(_), false) => "v4net",
-            (IpNet::V6(_), true) => "v6",
-            (IpNet::V6(_), false) => "v6net",
+        match (net, host, fleet) {
+            (IpNet::V4(_), true, false) => "v4",
+            (IpNet::V4(_), false, false) => "v4net",
+            (IpNet::V6(_), true, false) => "v6",
+            (IpNet::V6(_), false, false) => "v6net",
+            (IpNet::V4(_), true, true) => "fleet_v4",
+            (IpNet::V4(_), false, true) => "fleet_v4net",
+            (IpNet::V6(_), true, true) => "fleet_v6",
+            (IpNet::V6(_), false, true) => "fleet_v6net",
         }
     }
 
@@ -245,19 +259,32 @@ impl NftFirewall {
         for (set, _, _, _) in SETS {
             let mut removals = Vec::new();
             let mut additions = Vec::new();
-            for change in changes
-                .iter()
-                .filter(|c| NftFirewall::set_name(c.net()) == set)
-            {
+            for change in changes {
                 match *change {
-                    Change::Ban { net, expires } => {
+                    Change::Ban {
+                        net,
+                        expires,
+                        fleet,
+                    } if NftFirewall::set_name(net, fleet) == set => {
                         additions.extend(timeout_secs(expires, now).map(|t| (net, t)))
                     }
-                    Change::Replace { net, expires } => {
+                    Change::Replace {
+                        net,
+                        expires,
+                        fleet,
+                    } if NftFirewall::set_name(net, fleet) == set => {
                         removals.push(net);
                         additions.extend(timeout_secs(expires, now).map(|t| (net, t)));
                     }
-                    Change::Unban { net } => removals.push(net),
+                    // An unban clears both astban's set and the fleet's:
+                    // the engine never holds a network in both.
+                    Change::Unban { net }
+                        if NftFirewall::set_name(net, false) == set
+                            || NftFirewall::set_name(net, true) == set =>
+                    {
+                        removals.push(net)
+                    }
+                    _ => {}
                 }
             }
             any |= !removals.is_empty() || !additions.is_empty();
@@ -379,17 +406,17 @@ impl Firewall for NftFirewall {
         self.structure(&mut batch);
         self.run(batch).await?;
         // Plain `add`: an element the kernel already has keeps its timeout.
-        let live: Vec<(IpNet, u32)> = bans
+        let live: Vec<(IpNet, bool, u32)> = bans
             .iter()
-            .filter_map(|b| timeout_secs(b.expires, now).map(|t| (b.net, t)))
+            .filter_map(|b| timeout_secs(b.expires, now).map(|t| (b.net, b.fleet, t)))
             .collect();
         for chunk in live.chunks(MAX_ELEMENTS_PER_TRANSACTION) {
             let mut batch = Batch::new();
             for (set, _, _, _) in SETS {
                 let elems = chunk
                     .iter()
-                    .filter(|(net, _)| NftFirewall::set_name(*net) == set)
-                    .map(|&(net, t)| element(net, t))
+                    .filter(|(net, fleet, _)| NftFirewall::set_name(*net, *fleet) == set)
+                    .map(|&(net, _, t)| element(net, t))
                     .collect();
                 self.elements(&mut batch, NfCmd::Add, set, elems);
             }
@@ -466,11 +493,12 @@ impl Firewall for NftFirewall {
         Ok(listing
             .elements_left(&self.table)
             .into_iter()
-            .filter_map(|(net, left)| {
+            .filter_map(|(net, fleet, left)| {
                 let left = i64::try_from(left?).ok()?;
                 Some(ActiveBan {
                     net,
                     expires: Timestamp::from_second(now.as_second().saturating_add(left)).ok()?,
+                    fleet,
                 })
             })
             .collect())
@@ -578,15 +606,18 @@ impl Listing {
         None
     }
 
-    /// The elements of astban's sets with the seconds they have left
-    /// (`None` if nft did not say).
-    fn elements_left(&self, table: &str) -> Vec<(IpNet, Option<u64>)> {
+    /// The elements of astban's sets, whether in a fleet set, with the
+    /// seconds they have left (`None` if nft did not say).
+    fn elements_left(&self, table: &str) -> Vec<(IpNet, bool, Option<u64>)> {
         self.of(table)
             .filter(|(kind, set)| *kind == "set" && SETS.iter().any(|(name, ..)| set.name == *name))
-            .flat_map(|(_, set)| &set.elem)
-            .filter_map(|e| match e {
-                ListedElement::Wrapped { elem } => Some((elem.val.net()?, elem.expires)),
-                other => Some((other.net()?, None)),
+            .flat_map(|(_, set)| {
+                let fleet = set.name.starts_with(FLEET);
+                set.elem.iter().map(move |e| (fleet, e))
+            })
+            .filter_map(|(fleet, e)| match e {
+                ListedElement::Wrapped { elem } => Some((elem.val.net()?, fleet, elem.expires)),
+                other => Some((other.net()?, fleet, None)),
             })
             .collect()
     }
@@ -666,7 +697,10 @@ mod tests {
 
     #[test]
     fn hosts_go_to_hash_sets_and_prefixes_to_interval_sets() {
-        let set = |s: &str| NftFirewall::set_name(s.parse().expect("net"));
+        let set = |s: &str| NftFirewall::set_name(s.parse().expect("net"), false);
+        let fleet = |s: &str| NftFirewall::set_name(s.parse().expect("net"), true);
+        assert_eq!(fleet("192.0.2.7/32"), "fleet_v4");
+        assert_eq!(fleet("2001:db8::/64"), "fleet_v6net");
         assert_eq!(set("192.0.2.7/32"), "v4");
         assert_eq!(set("192.0.2.0/24"), "v4net");
         assert_eq!(set("2001:db8::1/128"), "v6");
@@ -721,6 +755,7 @@ mod tests {
             Change::Ban {
                 net: "10.0.0.0/24".parse().expect("net"),
                 expires: Timestamp::from_second(1_600).expect("ts"),
+                fleet: false,
             },
             Change::Unban {
                 net: "10.0.0.0/25".parse().expect("net"),
@@ -728,16 +763,19 @@ mod tests {
             Change::Ban {
                 net: "10.9.9.9/32".parse().expect("net"),
                 expires: now,
+                fleet: false,
             },
         ];
         let cmds = commands(&fw, &changes, now);
         // The expired ban of 10.9.9.9 is skipped entirely.
         assert!(!format!("{cmds:?}").contains("10.9.9.9"));
         let names: Vec<&str> = cmds.iter().map(|(c, _)| c.as_str()).collect();
-        assert_eq!(names, ["add", "delete", "add"]);
+        // The unban clears v4net and fleet_v4net; sets go in SETS order.
+        assert_eq!(names, ["add", "delete", "add", "add", "delete"]);
         assert!(cmds[0].1.contains(r#""len":25"#) && cmds[0].1.contains(r#""timeout":1"#));
         assert!(cmds[1].1.contains(r#""len":25"#));
         assert!(cmds[2].1.contains(r#""len":24"#) && cmds[2].1.contains(r#""timeout":600"#));
+        assert!(cmds[4].1.contains(r#""len":25"#));
         assert!(fw.changes_batch(&changes[2..], now).is_none());
     }
 
@@ -751,6 +789,7 @@ mod tests {
             &[Change::Replace {
                 net,
                 expires: Timestamp::from_second(1_060).expect("ts"),
+                fleet: false,
             }],
             now,
         );
@@ -759,8 +798,29 @@ mod tests {
         assert_eq!(cmds[1].1, r#"["192.0.2.7"]"#);
         assert!(cmds[2].1.contains(r#""timeout":60"#));
         // Replaced by a ban that is already over: only removed.
-        let cmds = commands(&fw, &[Change::Replace { net, expires: now }], now);
+        let cmds = commands(
+            &fw,
+            &[Change::Replace {
+                net,
+                expires: now,
+                fleet: false,
+            }],
+            now,
+        );
         assert_eq!(cmds.len(), 2);
+        // A pulled ban goes to the fleet's set.
+        let value = json(
+            fw.changes_batch(
+                &[Change::Ban {
+                    net,
+                    expires: Timestamp::from_second(1_060).expect("ts"),
+                    fleet: true,
+                }],
+                now,
+            )
+            .expect("work"),
+        );
+        assert_eq!(value["nftables"][0]["add"]["element"]["name"], "fleet_v4");
     }
 
     /// A stand-in for nft: `sh -c SCRIPT` (nft's own arguments follow and
@@ -776,6 +836,7 @@ mod tests {
         [Change::Ban {
             net: "192.0.2.7/32".parse().expect("net"),
             expires: Timestamp::now() + jiff::SignedDuration::from_secs(60),
+            fleet: false,
         }]
     }
 
@@ -866,10 +927,10 @@ mod tests {
 
     #[test]
     fn a_complete_table_has_no_gap_and_losses_are_named() {
-        let all = ["v4", "v4net", "v6", "v6net"];
-        assert_eq!(gap(ruleset(&all, 4), "t"), None);
+        let all = SETS.map(|(set, ..)| set);
+        assert_eq!(gap(ruleset(&all, SETS.len()), "t"), None);
         assert_eq!(
-            gap(ruleset(&all, 4), "astban").as_deref(),
+            gap(ruleset(&all, SETS.len()), "astban").as_deref(),
             Some("table inet astban is gone from the kernel")
         );
         assert_eq!(
@@ -961,10 +1022,11 @@ esac"#,
         let ban = |host: &str, secs: i64| ActiveBan {
             net: format!("{host}/32").parse().expect("net"),
             expires: now + jiff::SignedDuration::from_secs(secs),
+            fleet: false,
         };
         write(
             "ruleset.json",
-            ruleset(&["v4", "v4net", "v6", "v6net"], 4).to_string(),
+            ruleset(&SETS.map(|(set, ..)| set), SETS.len()).to_string(),
         );
         fw.verify(&[], now)
             .await

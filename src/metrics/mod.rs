@@ -80,14 +80,17 @@ pub enum BanOrigin {
     Restored,
     /// Found in the kernel at start without a record in the state.
     Adopted,
+    /// Pulled from the fleet's CrowdSec LAPI.
+    Fleet,
 }
 
 impl BanOrigin {
-    const ALL: [BanOrigin; 4] = [
+    const ALL: [BanOrigin; 5] = [
         BanOrigin::Automatic,
         BanOrigin::Manual,
         BanOrigin::Restored,
         BanOrigin::Adopted,
+        BanOrigin::Fleet,
     ];
 
     fn as_str(self) -> &'static str {
@@ -96,6 +99,7 @@ impl BanOrigin {
             BanOrigin::Manual => "manual",
             BanOrigin::Restored => "restored",
             BanOrigin::Adopted => "adopted",
+            BanOrigin::Fleet => "fleet",
         }
     }
 }
