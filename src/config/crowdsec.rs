@@ -123,6 +123,14 @@ impl TryFrom<&CrowdsecConfig> for CrowdsecSettings {
                 );
             }
         };
+        // The LAPI authenticates by token and key, never by URL; a user or
+        // password here would only end up in the log and in status.
+        if !url.username().is_empty() || url.password().is_some() {
+            return invalid(
+                "crowdsec.url",
+                "must not carry a user or password; set crowdsec.machine_id and crowdsec.password_file".into(),
+            );
+        }
         if !url.path().ends_with('/') {
             let path = format!("{}/", url.path());
             url.set_path(&path);
@@ -174,9 +182,9 @@ impl TryFrom<&CrowdsecConfig> for CrowdsecSettings {
                 "must be at least 1s (e.g. \"10s\")".into(),
             );
         }
-        if c.scenario_prefix.is_empty()
-            || !c
-                .scenario_prefix
+        let prefix = c.scenario_prefix.trim_end_matches('/');
+        if prefix.is_empty()
+            || !prefix
                 .chars()
                 .all(|ch| ch.is_ascii_alphanumeric() || "-_./".contains(ch))
         {
@@ -197,7 +205,7 @@ impl TryFrom<&CrowdsecConfig> for CrowdsecSettings {
             push_manual: c.push_manual,
             pull,
             poll_interval: c.poll_interval,
-            scenario_prefix: c.scenario_prefix.trim_end_matches('/').to_owned(),
+            scenario_prefix: prefix.to_owned(),
             origins: c.origins.clone(),
             timeout: c.timeout,
             queue_max: c.queue_max,
@@ -245,6 +253,17 @@ mod tests {
             }),
             "crowdsec.url"
         );
+        for (url, prefix, bad) in [
+            ("http://user:pw@127.0.0.1:8080", "astban", "crowdsec.url"),
+            ("http://127.0.0.1:8080", "/", "crowdsec.scenario_prefix"),
+        ] {
+            let c = CrowdsecConfig {
+                url: Some(url.into()),
+                scenario_prefix: prefix.into(),
+                ..on()
+            };
+            assert_eq!(key(c), bad, "{url} {prefix}");
+        }
         assert_eq!(
             key(CrowdsecConfig {
                 password: Secret::default(),

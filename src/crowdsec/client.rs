@@ -141,14 +141,8 @@ impl Lapi {
                 source,
             })?;
         if !status.is_success() {
-            let mut body = String::from_utf8_lossy(&bytes).into_owned();
-            if body.len() > MAX_BODY {
-                let mut end = MAX_BODY;
-                while !body.is_char_boundary(end) {
-                    end -= 1;
-                }
-                body.truncate(end);
-            }
+            // Shown in the log and in status: bounded and sanitised.
+            let body = crate::failure::quote(&bytes, MAX_BODY);
             return Err(LapiError::Status { what, status, body });
         }
         Ok(bytes.to_vec())
