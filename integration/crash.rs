@@ -142,7 +142,7 @@ fn kill_and_restart(ns: &netns::Netns, round: u32, kill_after: usize) {
 
     // Restart: everything reported is banned, once, in astban and in the
     // kernel; the kernel holds nothing more.
-    let d = Daemon::start_restoring(config, socket);
+    let d = Daemon::start(config, socket);
     let bans = d.bans();
     let listed: BTreeSet<String> = bans
         .iter()

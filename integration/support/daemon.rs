@@ -15,8 +15,6 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_astban");
 
 /// Longest a start may take before a test calls it hung.
 const START_DEADLINE: Duration = Duration::from_secs(30);
-/// The same for a start that replays a large ban journal.
-const RESTORE_DEADLINE: Duration = Duration::from_secs(180);
 
 /// A running `astban run`.
 pub struct Daemon {
@@ -32,15 +30,6 @@ impl Daemon {
     /// running. `socket` must be the config's `[control] socket`.
     pub fn start(config: &Path, socket: &Path) -> Daemon {
         Daemon::start_with_env(config, socket, &[])
-    }
-
-    /// Like [`Daemon::start`], for a start that has much to restore (a
-    /// journal of 50,000 bans in a debug build on a loaded machine): a
-    /// longer guard against a hang, nothing more.
-    #[allow(dead_code)]
-    pub fn start_restoring(config: &Path, socket: &Path) -> Daemon {
-        let config = config.to_str().expect("UTF-8 config path");
-        Daemon::spawn(&["run", "--config", config], socket, &[], RESTORE_DEADLINE)
     }
 
     /// Like [`Daemon::start`], with extra environment variables.
