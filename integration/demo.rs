@@ -93,8 +93,7 @@ fn the_demo_shows_ami_counting_the_log_taking_over_and_ami_coming_back() {
     ] {
         assert!(bans.iter().any(|b| b == host), "{host} not in {bans:?}");
     }
-    let logged = d.wait_for_log("demo: replay finished", SOON);
-    assert!(logged.contains("replay finished"));
+    d.wait_for_log("demo: replay finished", SOON);
     let said = d.logged();
     assert!(said.contains("demo: status: ami down"), "{said}");
     assert!(said.contains("dry-run"), "{said}");

@@ -110,8 +110,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
 fn check_config(path: Option<&Path>) -> Result<ExitCode> {
     let cfg = Config::load(path)?;
     // The rules (built-in or a file, extra rules, ignoreregex) are
-    // part of the config: compile them exactly as the daemon will.
-    let rules = RuleSet::from_config(&cfg.log)?;
+    // part of the config: compile them exactly as the daemon will, which
+    // is only when the input mode reads the log.
+    let rules = (cfg.input.mode.uses_log())
+        .then(|| RuleSet::from_config(&cfg.log))
+        .transpose()?;
     let source = match path {
         Some(p) => p.display().to_string(),
         None if Path::new(DEFAULT_CONFIG_PATH).exists() => DEFAULT_CONFIG_PATH.into(),
@@ -130,10 +133,12 @@ fn check_config(path: Option<&Path>) -> Result<ExitCode> {
         (true, None) => format!("# log file: {}\n", log_path.display()),
         (true, Some(why)) => format!("# log file: {} ({why})\n", log_path.display()),
     };
+    let rules = match &rules {
+        Some(r) => format!("{} ({} rules)", r.origin(), r.rules().len()),
+        None => "not used (input.mode = \"ami\")".into(),
+    };
     print!(
-        "# astban: config OK ({source}, plus ASTBAN_* environment); log rules: {} ({} rules)\n{log_file}\n{}",
-        rules.origin(),
-        rules.rules().len(),
+        "# astban: config OK ({source}, plus ASTBAN_* environment); log rules: {rules}\n{log_file}\n{}",
         cfg.to_masked_toml()?
     );
     Ok(ExitCode::SUCCESS)

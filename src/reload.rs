@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use crate::config::{Config, LogConfig, NameSettings};
+use crate::config::{Config, JailSettings, LogConfig, NameSettings};
 
 /// What a reload will do.
 #[derive(Debug, Clone)]
@@ -42,7 +42,10 @@ impl Plan {
         let mut jail = file.jail.clone();
         jail.ignore_self = running.jail.ignore_self;
         jail.ipv6_prefix = running.jail.ipv6_prefix;
-        let jail_changed = !same(&running.jail, &jail);
+        // Compared as the engine takes them: a change to the host names
+        // alone goes to the resolver, not the engine.
+        let jail_changed =
+            JailSettings::try_from(&running.jail).ok() != JailSettings::try_from(&jail).ok();
         let names_changed =
             NameSettings::try_from(&running.jail).ok() != NameSettings::try_from(&jail).ok();
         applied.jail = jail;
@@ -134,12 +137,15 @@ mod tests {
         file.jail
             .ignoreip
             .push("trunk.example".parse().expect("name"));
+        // A name is the resolver's business alone: the engine is not
+        // reconfigured (which would re-check every ban) for it.
         let plan = Plan::new(&base(), &file);
-        assert!(plan.names_changed && plan.jail_changed);
+        assert!(plan.names_changed && !plan.jail_changed);
         assert!(plan.restart_needed.is_empty());
         let mut later = file.clone();
         later.jail.ignore_names_servers = vec!["127.0.0.1:5353".into()];
-        assert!(Plan::new(&file, &later).names_changed);
+        let plan = Plan::new(&file, &later);
+        assert!(plan.names_changed && !plan.jail_changed);
         // A network alone is no business of the resolver's.
         let mut nets = base();
         nets.jail

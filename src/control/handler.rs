@@ -127,15 +127,21 @@ impl Handler for DaemonHandler {
     }
 
     async fn bans(&self) -> Result<mpsc::Receiver<Vec<BanInfo>>, Refusal> {
+        // The first page before answering: a stopped engine is a refusal,
+        // not an empty list.
+        let first = self.engine.bans_page(None, BANS_PAGE).await?;
         let (tx, rx) = mpsc::channel(2);
         let engine = self.engine.clone();
         tokio::spawn(async move {
-            let mut after = None;
-            while let Ok(page) = engine.bans_page(after, BANS_PAGE).await {
-                let Some(last) = page.last() else { break };
-                after = Some((last.expires, last.net));
+            let mut page = first;
+            while let Some(last) = page.last() {
+                let after = Some((last.expires, last.net));
                 if tx.send(page).await.is_err() {
-                    break;
+                    return;
+                }
+                match engine.bans_page(after, BANS_PAGE).await {
+                    Ok(next) => page = next,
+                    Err(_) => return,
                 }
             }
         });
