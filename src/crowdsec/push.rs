@@ -43,7 +43,7 @@ enum Job {
 /// delete exactly astban's decision on unban). Bounded: at `max` jobs the
 /// oldest is dropped (and counted), so a LAPI down for days costs at most
 /// `max` small records; the kernel still has every ban.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Queue {
     jobs: VecDeque<Job>,
     #[serde(default)]
@@ -151,22 +151,19 @@ pub async fn run_push(
     let mut queue = load(&path, settings.queue_max);
     let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
     let mut retry_at: Option<tokio::time::Instant> = None;
-    let mut dirty = false;
+    // When the queue changed and is not saved yet: saved a moment later,
+    // so that a flood of bans costs one write, not one fsync'd rewrite of
+    // the whole queue per ban.
+    let mut save_at: Option<tokio::time::Instant> = None;
     loop {
         link.update(|s| {
             s.queued = queue.jobs.len();
             s.dropped = queue.dropped;
         });
-        if dirty {
-            let snapshot = serde_json::to_vec(&queue).unwrap_or_default();
-            let p = path.clone();
-            let saved =
-                tokio::task::spawn_blocking(move || crate::persist::write_atomic(&p, &snapshot))
-                    .await;
-            if let Ok(Err(e)) = saved {
-                tracing::warn!(path = %path.display(), "cannot save the CrowdSec push queue: {e}");
-            }
-            dirty = false;
+        if save_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+            save_at = None;
+            let (p, snapshot) = (path.clone(), queue.clone());
+            let _ = tokio::task::spawn_blocking(move || save(&p, &snapshot)).await;
         }
         let ready =
             !queue.jobs.is_empty() && retry_at.is_none_or(|at| at <= tokio::time::Instant::now());
@@ -199,22 +196,24 @@ pub async fn run_push(
                     }
                 }
             }
-            dirty = true;
+            changed(&mut save_at);
             continue;
         }
         let wait = retry_at.unwrap_or_else(|| tokio::time::Instant::now() + RETRY_MAX);
+        let save_due = save_at.unwrap_or(wait);
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep_until(wait), if retry_at.is_some() => {}
+            () = tokio::time::sleep_until(save_due), if save_at.is_some() => {}
             event = events.recv() => match event {
                 Ok(event) => {
                     if let Some(job) = push_of(&event, &settings) {
                         queue.add(job);
-                        dirty = true;
+                        changed(&mut save_at);
                     } else if let EngineEvent::Unbanned { net, reason: UnbanReason::Manual } = event {
                         if let Some(scenario) = queue.scenario_of(net, Timestamp::now()) {
                             queue.add(Job::Delete { net, scenario });
-                            dirty = true;
+                            changed(&mut save_at);
                         }
                     }
                 }
@@ -225,10 +224,25 @@ pub async fn run_push(
             },
         }
     }
-    if dirty {
-        if let Err(e) = crate::persist::save_json(&path, &queue) {
-            tracing::warn!(path = %path.display(), "cannot save the CrowdSec push queue: {e}");
-        }
+    if save_at.is_some() {
+        save(&path, &queue);
+    }
+}
+
+/// How long a changed queue waits to be saved (a SIGKILL loses at most
+/// this much of it; the bans themselves are in the engine's journal).
+const SAVE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Notes that the queue changed: a save is due within [`SAVE_DELAY`].
+fn changed(save_at: &mut Option<tokio::time::Instant>) {
+    save_at.get_or_insert_with(|| tokio::time::Instant::now() + SAVE_DELAY);
+}
+
+/// Writes the queue atomically; a failure is logged, and the queue stays
+/// in memory.
+fn save(path: &std::path::Path, queue: &Queue) {
+    if let Err(e) = crate::persist::save_json(path, queue) {
+        tracing::warn!(path = %path.display(), "cannot save the CrowdSec push queue: {e}");
     }
 }
 
